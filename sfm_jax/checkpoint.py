@@ -1,0 +1,74 @@
+"""Checkpoints: orbax's `CheckpointManager` behind `save`, `restore` and `latest_step`.
+
+Saves are asynchronous (training continues while the arrays are written); orbax writes each step
+to a temporary folder and renames it when complete, so a run killed in the middle of a save
+leaves the previous checkpoints intact and the partial one invisible to `latest_step`. Call
+`wait` (or use the manager as a context manager, which closes it) before the process exits.
+
+Only the state's arrays (`TrainState.arrays()`) are stored; the loss function and optimizer are
+code, rebuilt by the entry point, and restoring fills them from the template state.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from sfm_jax.train_state import TrainState
+
+
+def make_manager(directory: str | os.PathLike, *, max_to_keep: int | None = 3,
+                 save_interval_steps: int = 1, async_save: bool = True) -> ocp.CheckpointManager:
+  """A checkpoint manager for `directory` (created if needed, made absolute).
+
+  Args:
+    directory: folder holding one subfolder per saved step.
+    max_to_keep: newest checkpoints kept (None keeps all).
+    save_interval_steps: `save` skips steps that are not a multiple of this (unless forced).
+    async_save: write in a background thread.
+  """
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
+      enable_async_checkpointing=async_save, create=True)
+  return ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), options=options)
+
+
+def save(manager: ocp.CheckpointManager, state: TrainState, *, force: bool = False) -> bool:
+  """Starts saving `state` at its step; returns whether a save was started."""
+  step = int(jax.device_get(state.step))
+  return manager.save(step, args=ocp.args.StandardSave(state.arrays()), force=force)
+
+
+def restore(manager: ocp.CheckpointManager, template: TrainState,
+            step: int | None = None) -> TrainState:
+  """The state saved at `step` (default: the latest), with `template`'s structure and shardings.
+
+  Args:
+    manager: the manager.
+    template: a state of the same structure (e.g. freshly created); its arrays give shapes,
+      dtypes and shardings of the result, and its loss function and optimizer are kept.
+    step: which checkpoint; None for the latest.
+
+  Raises:
+    FileNotFoundError: when there is no checkpoint (or not the requested step).
+  """
+  if step is None:
+    step = manager.latest_step()
+  if step is None or step not in manager.all_steps():
+    raise FileNotFoundError(f"{manager.directory}: no checkpoint at step {step} "
+                            f"(available: {sorted(manager.all_steps())})")
+  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template.arrays())
+  arrays = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  return template.with_arrays(arrays)
+
+
+def latest_step(manager: ocp.CheckpointManager) -> int | None:
+  """The newest complete checkpoint's step, or None."""
+  return manager.latest_step()
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Blocks until every started save is on disk."""
+  manager.wait_until_finished()

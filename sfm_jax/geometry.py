@@ -1,0 +1,212 @@
+"""Rotations, cameras, normals, the mesh Laplacian and similarity Procrustes.
+
+Model space: x to the subject's left, y up, z out of the face toward the camera; millimetres.
+Rotation matrices act on column vectors (`p' = R p`); batched points are `[..., V, 3]`.
+Everything is pure JAX and differentiable unless it says otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sfm_jax.sphere import normalize, safe_norm
+
+Array = Any
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotations.
+
+
+def euler_to_matrix(angles: Array) -> Array:
+  """Rotation from Euler angles `[..., 3]` = (pitch about x, yaw about y, roll about z), radians.
+
+  `R = Rz(roll) @ Ry(yaw) @ Rx(pitch)`: pitch is applied first. Returns `[..., 3, 3]`.
+  """
+  pitch, yaw, roll = angles[..., 0], angles[..., 1], angles[..., 2]
+  cx, sx, cy, sy, cz, sz = (jnp.cos(pitch), jnp.sin(pitch), jnp.cos(yaw), jnp.sin(yaw),
+                            jnp.cos(roll), jnp.sin(roll))
+  one, zero = jnp.ones_like(pitch), jnp.zeros_like(pitch)
+  rx = jnp.stack([one, zero, zero, zero, cx, -sx, zero, sx, cx], -1).reshape(*pitch.shape, 3, 3)
+  ry = jnp.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], -1).reshape(*pitch.shape, 3, 3)
+  rz = jnp.stack([cz, -sz, zero, sz, cz, zero, zero, zero, one], -1).reshape(*pitch.shape, 3, 3)
+  return rz @ ry @ rx
+
+
+def rotation_6d_to_matrix(x: Array) -> Array:
+  """Continuous 6D rotation representation (Zhou et al., CVPR 2019) to a matrix.
+
+  The 6 numbers are two 3-vectors; Gram-Schmidt turns them into the first two columns of R and
+  their cross product is the third. `[..., 6] -> [..., 3, 3]`.
+  """
+  b1 = normalize(x[..., 0:3])
+  a2 = x[..., 3:6]
+  b2 = normalize(a2 - jnp.sum(b1 * a2, -1, keepdims=True) * b1)
+  b3 = jnp.cross(b1, b2)
+  return jnp.stack([b1, b2, b3], axis=-1)
+
+
+def matrix_to_rotation_6d(rotation: Array) -> Array:
+  """Inverse of `rotation_6d_to_matrix` on rotations: the first two columns, `[..., 6]`."""
+  return jnp.concatenate([rotation[..., :, 0], rotation[..., :, 1]], axis=-1)
+
+
+def quaternion_to_matrix(q: Array) -> Array:
+  """Quaternion `[..., 4]` = (w, x, y, z), normalised here, to a rotation `[..., 3, 3]`."""
+  w, x, y, z = jnp.moveaxis(normalize(q), -1, 0)
+  rows = [
+      1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+      2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+      2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+  ]
+  return jnp.stack(rows, -1).reshape(*w.shape, 3, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cameras.
+
+
+def rigid_transform(points: Array, rotation: Array, translation: Array) -> Array:
+  """`R p + t` for `[..., V, 3]` points, `[..., 3, 3]` rotation, `[..., 3]` translation."""
+  return jnp.einsum("...ij,...vj->...vi", rotation, points) + translation[..., None, :]
+
+
+def weak_perspective(points: Array, rotation: Array, scale: Array, translation: Array) -> Array:
+  """Scaled orthographic projection: `scale * (R p)[:2] + t`.
+
+  Args:
+    points: `[B, V, 3]` model-space points, mm.
+    rotation: `[B, 3, 3]`.
+    scale: `[B]` pixels per mm.
+    translation: `[B, 2]` image-plane offset, pixels.
+
+  Returns:
+    `[B, V, 2]` camera-plane coordinates (x right, y up, same orientation as model space).
+  """
+  rotated = jnp.einsum("bij,bvj->bvi", rotation, points)
+  return scale[:, None, None] * rotated[..., :2] + translation[:, None, :]
+
+
+def pinhole(points: Array, rotation: Array, translation: Array, focal: Array,
+            principal_point: Array) -> tuple[Array, Array]:
+  """Perspective projection with the camera at the origin looking down -z (OpenGL convention).
+
+  Camera-space points are `q = R p + t`; visible points have `q_z < 0`, and the projection is
+  `f * q_xy / (-q_z) + c`.
+
+  Args:
+    points: `[B, V, 3]` model-space points, mm.
+    rotation: `[B, 3, 3]`.
+    translation: `[B, 3]` mm (e.g. `(0, 0, -distance)`).
+    focal: `[B]` focal length in pixels.
+    principal_point: `[B, 2]` pixels.
+
+  Returns:
+    (`[B, V, 2]` projected points, x right and y up, `[B, V]` depth `-q_z` in mm).
+  """
+  q = rigid_transform(points, rotation, translation)
+  depth = -q[..., 2]
+  projected = focal[:, None, None] * q[..., :2] / depth[..., None] + principal_point[:, None, :]
+  return projected, depth
+
+
+# ---------------------------------------------------------------------------------------------
+# Mesh differential quantities.
+
+
+def face_normals(vertices: Array, triangles: Array, *, normalized: bool = True) -> Array:
+  """Triangle normals `[..., T, 3]` (`(v1 - v0) x (v2 - v0)`, outward for CCW triangles)."""
+  v0, v1, v2 = (vertices[..., triangles[:, k], :] for k in range(3))
+  n = jnp.cross(v1 - v0, v2 - v0)
+  return normalize(n) if normalized else n
+
+
+def vertex_normals(vertices: Array, triangles: Array) -> Array:
+  """Area-weighted unit vertex normals `[..., V, 3]` (scatter-add of unnormalised face normals)."""
+  n = face_normals(vertices, triangles, normalized=False)
+  total = jnp.zeros_like(vertices)
+  for k in range(3):
+    total = total.at[..., triangles[:, k], :].add(n)
+  return normalize(total)
+
+
+def mesh_edges(triangles: np.ndarray) -> np.ndarray:
+  """Unique undirected edges `[N, 2]` (int32, smaller index first) of a triangle list (numpy)."""
+  triangles = np.asarray(triangles)
+  pairs = np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]])
+  return np.unique(np.sort(pairs, axis=1), axis=0).astype(np.int32)
+
+
+def uniform_laplacian(fields: Array, edges: Array) -> Array:
+  """Uniform graph Laplacian `(L x)_i = x_i - mean_{j ~ i} x_j` via segment sums.
+
+  Args:
+    fields: `[..., V, C]` per-vertex values.
+    edges: `[N, 2]` int undirected edges (each listed once).
+
+  Returns:
+    `[..., V, C]`. An isolated vertex (no edge) gets `L x = x`.
+  """
+  num_vertices = fields.shape[-2]
+  source = jnp.concatenate([edges[:, 0], edges[:, 1]])
+  target = jnp.concatenate([edges[:, 1], edges[:, 0]])
+  moved = jnp.moveaxis(fields, -2, 0)  # [V, ..., C]
+  neighbour_sum = jax.ops.segment_sum(moved[source], target, num_segments=num_vertices)
+  degree = jax.ops.segment_sum(jnp.ones_like(target, dtype=fields.dtype), target,
+                               num_segments=num_vertices)
+  degree = jnp.maximum(degree, 1.0).reshape((num_vertices,) + (1,) * (moved.ndim - 1))
+  return jnp.moveaxis(moved - neighbour_sum / degree, 0, -2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Procrustes.
+
+
+def similarity_procrustes(source: Array, target: Array, *, weights: Array | None = None,
+                          with_scale: bool = True) -> tuple[Array, Array, Array]:
+  """Least-squares similarity (Umeyama 1991): `target ~ scale * R @ source + t`.
+
+  Args:
+    source: `[N, 3]` points.
+    target: `[N, 3]` corresponding points.
+    weights: optional `[N]` non-negative weights.
+    with_scale: False fixes scale to 1 (rigid alignment).
+
+  Returns:
+    (scale scalar, rotation `[3, 3]` with det +1, translation `[3]`). Batch with `jax.vmap`.
+  """
+  if weights is None:
+    weights = jnp.ones(source.shape[0], source.dtype)
+  w = weights / jnp.sum(weights)
+  mu_s = w @ source
+  mu_t = w @ target
+  xs, xt = source - mu_s, target - mu_t
+  covariance = (xt * w[:, None]).T @ xs  # [3, 3], sum_i w_i (t_i)(s_i)^T
+  u, d, vt = jnp.linalg.svd(covariance)
+  sign = jnp.sign(jnp.linalg.det(u) * jnp.linalg.det(vt))
+  sign = jnp.where(sign == 0, 1.0, sign)
+  correction = jnp.asarray([1.0, 1.0, 0.0], source.dtype) + jnp.asarray([0.0, 0.0, 1.0],
+                                                                          source.dtype) * sign
+  rotation = (u * correction) @ vt
+  if with_scale:
+    variance = jnp.sum(w * jnp.sum(jnp.square(xs), -1))
+    scale = jnp.sum(d * correction) / variance
+  else:
+    scale = jnp.ones((), source.dtype)
+  translation = mu_t - scale * rotation @ mu_s
+  return scale, rotation, translation
+
+
+def apply_similarity(points: Array, scale: Array, rotation: Array, translation: Array) -> Array:
+  """`scale * R p + t` for `[N, 3]` points."""
+  return scale * points @ rotation.T + translation
+
+
+def aligned_distance(source: Array, target: Array, *, weights: Array | None = None) -> Array:
+  """Per-point distances `[N]` after similarity-aligning `source` to `target`."""
+  scale, rotation, translation = similarity_procrustes(source, target, weights=weights)
+  return safe_norm(apply_similarity(source, scale, rotation, translation) - target)

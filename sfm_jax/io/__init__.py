@@ -1,0 +1,6 @@
+"""File formats: meshes (OBJ/PLY), images (PNG) and atomic writes. Model files live in
+`sfm_jax.model` (`save_model` / `load_model`)."""
+
+from sfm_jax.io.atomic import atomic_write
+from sfm_jax.io.image import encode_png, read_png, write_png
+from sfm_jax.io.mesh import Mesh, read_mesh, read_obj, read_ply, write_mesh, write_obj, write_ply

@@ -1,0 +1,221 @@
+"""The face model: `FaceModel` pytree, `decode`, and the `.npz` model file.
+
+Shape letters: `B` batch, `V` vertices, `T` triangles, `K` shape code size, `E` expression size,
+`A` albedo size, `L` landmarks. Units are millimetres.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from sfm_jax.io.atomic import atomic_write
+
+Array = Any  # jax.Array or np.ndarray
+
+FORMAT_VERSION = 1
+CODE_KINDS = ("sphere", "gaussian")
+
+
+@struct.dataclass
+class FaceModel:
+  """A linear face model whose shape codes live on a sphere (`code_kind="sphere"`) or are
+  Gaussian (`code_kind="gaussian"`, the PCA baseline and third-party 3DMMs).
+
+  Attributes:
+    mean: `[V, 3]` mean shape, mm.
+    shape_basis: `[K, V, 3]` identity basis, mm per unit code.
+    expr_basis: `[E, V, 3]` expression basis (E may be 0).
+    albedo_mean: `[V, 3]` mean per-vertex albedo in [0, 1], or None.
+    albedo_basis: `[A, V, 3]` albedo basis, or None (present exactly when `albedo_mean` is).
+    radius: scalar radius R of the code sphere (for Gaussian models: the typical code norm).
+    triangles: `[T, 3]` int, 0-based, counter-clockwise seen from outside. A pytree leaf so
+      the model can cross `jit`; it is topology and carries no gradient.
+    landmarks: `[L]` int vertex index of each iBUG-68 landmark, -1 where undefined.
+    code_kind: "sphere" or "gaussian" (static).
+  """
+  mean: Array
+  shape_basis: Array
+  expr_basis: Array
+  radius: Array
+  triangles: Array
+  landmarks: Array
+  albedo_mean: Array | None = None
+  albedo_basis: Array | None = None
+  code_kind: str = struct.field(pytree_node=False, default="sphere")
+
+  @property
+  def num_vertices(self) -> int:
+    return self.mean.shape[0]
+
+  @property
+  def shape_dim(self) -> int:
+    return self.shape_basis.shape[0]
+
+  @property
+  def expr_dim(self) -> int:
+    return self.expr_basis.shape[0]
+
+
+def _contract(codes: Array, basis: Array, compute_dtype) -> Array:
+  """`[B, K] x [K, V, 3] -> [B, V * 3]` as one matmul, accumulating in float32 or wider."""
+  flat = basis.reshape(basis.shape[0], -1)
+  if compute_dtype is not None:
+    codes, flat = codes.astype(compute_dtype), flat.astype(compute_dtype)
+  accumulate = jnp.promote_types(jnp.result_type(codes, flat), jnp.float32)
+  return jnp.dot(codes, flat, preferred_element_type=accumulate)
+
+
+def decode(model: FaceModel, shape_codes: Array, expr_codes: Array | None = None, *,
+           compute_dtype=None) -> Array:
+  """Vertices of the faces with the given codes.
+
+  `mean + einsum('bk,kvc->bvc', s, shape_basis) + einsum('be,evc->bvc', e, expr_basis)`, computed
+  as one matmul per basis over the flattened `[K, V*3]` layout (no copy of the basis is made).
+  Differentiable in the codes and in every float field of the model.
+
+  Args:
+    model: the face model.
+    shape_codes: `[B, K]` shape codes `s` (on the sphere for SFM, N(0, I)-like for Gaussian).
+    expr_codes: `[B, E]` expression codes, or None for neutral faces.
+    compute_dtype: e.g. `jnp.bfloat16` to multiply in that type; accumulation stays in float32.
+      Casting a float32 basis costs one pass over it per call: store the basis in bfloat16 to
+      halve the bytes read instead.
+
+  Returns:
+    `[B, V, 3]` vertices in mm, in the wider of float32 and the inputs' type.
+  """
+  batch = shape_codes.shape[0]
+  flat = _contract(shape_codes, model.shape_basis, compute_dtype)
+  if expr_codes is not None and model.expr_basis.shape[0] > 0:
+    flat = flat + _contract(expr_codes, model.expr_basis, compute_dtype)
+  out = flat.reshape(batch, model.num_vertices, 3)
+  return out + model.mean.astype(out.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model file.
+
+_REQUIRED = ("mean", "shape_basis", "expr_basis", "radius", "triangles", "landmarks")
+_OPTIONAL = ("albedo_mean", "albedo_basis")
+
+
+def save_model(path: str | os.PathLike, model: FaceModel) -> None:
+  """Writes `model` to an `.npz` model file atomically (design section 3)."""
+  path = os.fspath(path)
+  arrays = {name: np.asarray(getattr(model, name)) for name in _REQUIRED}
+  for name in _OPTIONAL:
+    if getattr(model, name) is not None:
+      arrays[name] = np.asarray(getattr(model, name))
+  arrays["format_version"] = np.asarray(FORMAT_VERSION, np.int32)
+  arrays["code_kind"] = np.asarray(model.code_kind)
+  # Validate what we are about to write, so a bad model never reaches the disk.
+  validate_model_arrays(arrays, source=path)
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  with atomic_write(path, "wb") as f:
+    f.write(buffer.getvalue())
+
+
+def validate_model_arrays(arrays: dict, *, source: str) -> None:
+  """Checks a model file's arrays; raises `ValueError` naming `source` and the offending key."""
+  def fail(key, message):
+    raise ValueError(f"{source}: key '{key}': {message}")
+
+  for key in ("format_version", "code_kind") + _REQUIRED:
+    if key not in arrays:
+      fail(key, "missing")
+  version = arrays["format_version"]
+  if version.shape != () or not np.issubdtype(version.dtype, np.integer):
+    fail("format_version", f"expected an integer scalar, got {version.dtype} {version.shape}")
+  if int(version) != FORMAT_VERSION:
+    fail("format_version", f"unknown version {int(version)} (this sfm_jax reads {FORMAT_VERSION})")
+  if str(arrays["code_kind"]) not in CODE_KINDS:
+    fail("code_kind", f"expected one of {CODE_KINDS}, got {str(arrays['code_kind'])!r}")
+
+  def float_array(key, ndim):
+    a = arrays[key]
+    if a.ndim != ndim or not np.issubdtype(a.dtype, np.floating):
+      fail(key, f"expected a float array with {ndim} dims, got {a.dtype} {a.shape}")
+    if not np.all(np.isfinite(a)):
+      fail(key, f"{int(np.size(a) - np.isfinite(a).sum())} non-finite values")
+    return a
+
+  mean = float_array("mean", 2)
+  if mean.shape[1] != 3 or mean.shape[0] == 0:
+    fail("mean", f"expected [V, 3] with V > 0, got {mean.shape}")
+  num_vertices = mean.shape[0]
+  for key in ("shape_basis", "expr_basis"):
+    basis = float_array(key, 3)
+    if basis.shape[1:] != (num_vertices, 3):
+      fail(key, f"expected [*, {num_vertices}, 3], got {basis.shape}")
+  radius = float_array("radius", 0)
+  if not radius > 0:
+    fail("radius", f"must be positive, got {float(radius)}")
+  if ("albedo_mean" in arrays) != ("albedo_basis" in arrays):
+    fail("albedo_basis" if "albedo_mean" in arrays else "albedo_mean",
+         "albedo_mean and albedo_basis must be given together")
+  if "albedo_mean" in arrays:
+    if float_array("albedo_mean", 2).shape != (num_vertices, 3):
+      fail("albedo_mean", f"expected [{num_vertices}, 3], got {arrays['albedo_mean'].shape}")
+    if float_array("albedo_basis", 3).shape[1:] != (num_vertices, 3):
+      fail("albedo_basis", f"expected [A, {num_vertices}, 3], got {arrays['albedo_basis'].shape}")
+  triangles = arrays["triangles"]
+  if triangles.ndim != 2 or triangles.shape[1] != 3 or not np.issubdtype(triangles.dtype,
+                                                                           np.integer):
+    fail("triangles", f"expected an integer [T, 3] array, got {triangles.dtype} {triangles.shape}")
+  if triangles.size and (triangles.min() < 0 or triangles.max() >= num_vertices):
+    bad = int(np.argwhere((triangles < 0) | (triangles >= num_vertices))[0, 0])
+    fail("triangles", f"triangle {bad} {triangles[bad].tolist()} indexes outside "
+                      f"[0, {num_vertices})")
+  landmarks = arrays["landmarks"]
+  if landmarks.ndim != 1 or not np.issubdtype(landmarks.dtype, np.integer):
+    fail("landmarks", f"expected an integer [L] array, got {landmarks.dtype} {landmarks.shape}")
+  if landmarks.size and (landmarks.min() < -1 or landmarks.max() >= num_vertices):
+    fail("landmarks", f"indices must lie in [-1, {num_vertices}), got "
+                      f"[{landmarks.min()}, {landmarks.max()}]")
+
+
+def load_model(path: str | os.PathLike, *, dtype=np.float32) -> FaceModel:
+  """Reads and validates a model file written by `save_model`.
+
+  Args:
+    path: the `.npz` file.
+    dtype: float type of the returned arrays.
+
+  Raises:
+    ValueError: naming the file and the key for a missing key, wrong shape or dtype, non-finite
+      values, indices out of range, an unknown `format_version` or `code_kind`; or naming the
+      file when it is not a readable `.npz`.
+  """
+  path = os.fspath(path)
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      arrays = {key: npz[key] for key in npz.files}
+  except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+    raise ValueError(f"{path}: not a readable .npz model file ({e})") from None
+  validate_model_arrays(arrays, source=path)
+  as_float = lambda key: (np.asarray(arrays[key], dtype) if key in arrays else None)
+  return FaceModel(
+      mean=as_float("mean"),
+      shape_basis=as_float("shape_basis"),
+      expr_basis=as_float("expr_basis"),
+      radius=as_float("radius"),
+      triangles=np.asarray(arrays["triangles"], np.int32),
+      landmarks=np.asarray(arrays["landmarks"], np.int32),
+      albedo_mean=as_float("albedo_mean"),
+      albedo_basis=as_float("albedo_basis"),
+      code_kind=str(arrays["code_kind"]),
+  )
+
+
+def to_device(model: FaceModel) -> FaceModel:
+  """The same model with every array placed on the default device."""
+  return jax.tree_util.tree_map(jnp.asarray, model)

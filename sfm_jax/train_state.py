@@ -1,0 +1,90 @@
+"""The one train state both stages share, and the one pure train step.
+
+A stage supplies a loss function with the signature
+
+    loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))
+
+(`model_state` holds non-trained collections such as BatchNorm statistics; stage 1 passes `{}`),
+and an optax transformation. `train_step(state, batch) -> (state, metrics)` is then the same for
+both stages: pure, jittable, and meant to be jitted with the state donated (`jit_train_step`).
+Parallelism wraps this function in `parallel.py`; nothing here knows about devices.
+
+The random key is stored as raw key data and never advanced: each step uses
+`fold_in(key, step)`, so a run restored from a checkpoint draws exactly the numbers an
+uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+LossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, tuple[dict, Any]]]
+
+
+class TrainState(struct.PyTreeNode):
+  """Training state: arrays are pytree leaves; the loss function and optimizer are static.
+
+  Attributes:
+    step: int32 scalar, number of updates applied.
+    params: trainable pytree.
+    opt_state: the optimizer state for `params`.
+    rng: `[2]` uint32 raw key data (`jax.random.key_data`) of the run's base key.
+    model_state: non-trained pytree carried between steps (BatchNorm statistics), `{}` if none.
+    loss_fn: the stage's loss (the design's `apply`), see the module docstring. Static.
+    tx: the optax transformation. Static.
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+  model_state: Any
+  loss_fn: LossFn = struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+  @classmethod
+  def create(cls, *, params: Any, tx: optax.GradientTransformation, loss_fn: LossFn,
+             seed: int | jax.Array, model_state: Any = None) -> "TrainState":
+    """A fresh state at step 0. `seed` is an int or a key made by `jax.random.key`."""
+    key = jax.random.key(seed) if isinstance(seed, int) else seed
+    return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+               rng=jax.random.key_data(key), model_state={} if model_state is None else model_state,
+               loss_fn=loss_fn, tx=tx)
+
+  def step_key(self) -> jax.Array:
+    """The key of the current step: `fold_in(base key, step)`."""
+    return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
+
+  def arrays(self) -> dict:
+    """The state's arrays as a plain dict (what checkpoints store)."""
+    return {"step": self.step, "params": self.params, "opt_state": self.opt_state,
+            "rng": self.rng, "model_state": self.model_state}
+
+  def with_arrays(self, arrays: dict) -> "TrainState":
+    """This state with its arrays replaced by `arrays` (the inverse of `arrays`)."""
+    return self.replace(**arrays)
+
+
+def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
+  """One optimisation step. Pure: jit it (see `jit_train_step`) or wrap it in `parallel.py`.
+
+  Returns the new state and the metrics of this step (the loss function's metrics plus
+  `loss` and `grad_norm`), computed before the update.
+  """
+  grad_fn = jax.value_and_grad(state.loss_fn, has_aux=True)
+  (loss, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch,
+                                                  state.step_key())
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            model_state=model_state)
+  return new_state, metrics
+
+
+jit_train_step = jax.jit(train_step, donate_argnums=0)
+jit_train_step.__doc__ = "`train_step` jitted with the state donated (its buffers are reused)."

@@ -1,0 +1,128 @@
+"""Pictures for people: shaded mesh previews and image grids (numpy only, not differentiable).
+
+`shade_mesh` is a small z-buffer rasteriser used for PNGs of faces (demo output, model and data
+previews). The differentiable renderer used in training is `sfm_jax.render`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SKIN = np.array([0.86, 0.72, 0.62])
+BACKGROUND = np.array([1.0, 1.0, 1.0])
+
+
+def _rotation_y(degrees: float) -> np.ndarray:
+  a = np.deg2rad(degrees)
+  return np.array([[np.cos(a), 0.0, np.sin(a)], [0.0, 1.0, 0.0], [-np.sin(a), 0.0, np.cos(a)]])
+
+
+def _vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+  v0, v1, v2 = (vertices[triangles[:, k]] for k in range(3))
+  face_normals = np.cross(v1 - v0, v2 - v0)
+  normals = np.zeros_like(vertices)
+  for k in range(3):
+    np.add.at(normals, triangles[:, k], face_normals)
+  return normals / np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-12)
+
+
+def shade_mesh(vertices: np.ndarray, triangles: np.ndarray, *, size: int = 256,
+               yaw_degrees: float = 0.0, colors: np.ndarray | None = None,
+               extent_mm: float | None = None, center: np.ndarray | None = None) -> np.ndarray:
+  """Renders a mesh seen from +z (orthographic), Gouraud-shaded with a head light and a key light.
+
+  Args:
+    vertices: `[V, 3]` model space (x left of the subject, y up, z toward the viewer), mm.
+    triangles: `[T, 3]` int.
+    size: output side in pixels.
+    yaw_degrees: turn the mesh about the vertical axis before viewing.
+    colors: optional `[V, 3]` albedo in [0, 1] (default: a skin tone).
+    extent_mm: side of the square viewed (default: fit the mesh with a margin). Give the same value
+      for several meshes to compare their sizes.
+    center: `[3]` point at the picture centre (default: the bounding box centre).
+
+  Returns:
+    `[size, size, 3]` float image in [0, 1], white background.
+  """
+  vertices = np.asarray(vertices, np.float64)
+  triangles = np.asarray(triangles)
+  if center is None:
+    center = 0.5 * (vertices.min(0) + vertices.max(0))
+  rotated = (vertices - center) @ _rotation_y(yaw_degrees).T
+  if extent_mm is None:
+    extent_mm = 1.1 * float(np.max(rotated.max(0)[:2] - rotated.min(0)[:2]))
+  scale = size / extent_mm
+  # Pixel coordinates: column right, row down; depth toward the viewer is +z.
+  px = rotated[:, 0] * scale + size / 2.0
+  py = size / 2.0 - rotated[:, 1] * scale
+  normals = _vertex_normals(rotated, triangles)
+  light_dirs = np.array([[0.0, 0.0, 1.0], [-0.5, 0.6, 0.62]])
+  light_dirs /= np.linalg.norm(light_dirs, axis=1, keepdims=True)
+  intensity = 0.25 + 0.45 * np.clip(normals @ light_dirs[0], 0, 1) + 0.4 * np.clip(
+      normals @ light_dirs[1], 0, 1)
+  albedo = np.broadcast_to(SKIN if colors is None else np.asarray(colors), vertices.shape)
+  vertex_rgb = np.clip(albedo * intensity[:, None], 0.0, 1.0)
+
+  depth = np.full(size * size, -np.inf)
+  owner = np.full(size * size, -1, np.int64)
+  weights_out = np.zeros((size * size, 3))
+  tri_x, tri_y, tri_z = px[triangles], py[triangles], rotated[:, 2][triangles]
+  # Every triangle tests the same small window of candidate pixels around its bounding box;
+  # triangles are processed in chunks so the window arrays stay small for big triangles.
+  x0 = np.floor(tri_x.min(1)).astype(np.int64)
+  y0 = np.floor(tri_y.min(1)).astype(np.int64)
+  window = int(np.ceil(max(np.max(tri_x.max(1) - x0), np.max(tri_y.max(1) - y0), 1.0))) + 1
+  offsets = np.stack(np.meshgrid(np.arange(window), np.arange(window)), -1).reshape(-1, 2)
+  chunk = max(1, 2_000_000 // (window * window))
+  for start in range(0, len(triangles), chunk):
+    sl = slice(start, start + chunk)
+    cx = x0[sl, None] + offsets[None, :, 0]
+    cy = y0[sl, None] + offsets[None, :, 1]
+    sx, sy = cx + 0.5, cy + 0.5  # pixel centres
+    ax, ay = tri_x[sl, 0:1], tri_y[sl, 0:1]
+    bx, by = tri_x[sl, 1:2], tri_y[sl, 1:2]
+    qx, qy = tri_x[sl, 2:3], tri_y[sl, 2:3]
+    area = (bx - ax) * (qy - ay) - (qx - ax) * (by - ay)
+    area = np.where(np.abs(area) < 1e-12, np.nan, area)
+    w0 = ((bx - sx) * (qy - sy) - (qx - sx) * (by - sy)) / area
+    w1 = ((qx - sx) * (ay - sy) - (ax - sx) * (qy - sy)) / area
+    w2 = 1.0 - w0 - w1
+    inside = ((w0 >= 0) & (w1 >= 0) & (w2 >= 0) & (cx >= 0) & (cx < size) & (cy >= 0)
+              & (cy < size))
+    z = w0 * tri_z[sl, 0:1] + w1 * tri_z[sl, 1:2] + w2 * tri_z[sl, 2:3]
+    tri_index, cand = np.nonzero(inside)
+    pixel = cy[tri_index, cand] * size + cx[tri_index, cand]
+    z_hit = z[tri_index, cand]
+    # Keep the nearest hit per pixel: sort by (pixel, -z) and take each pixel's first entry.
+    order = np.lexsort((-z_hit, pixel))
+    pixel, z_hit = pixel[order], z_hit[order]
+    first = np.ones(len(pixel), bool)
+    first[1:] = pixel[1:] != pixel[:-1]
+    pixel, z_hit = pixel[first], z_hit[first]
+    chosen = order[first]
+    closer = z_hit > depth[pixel]
+    pixel, chosen = pixel[closer], chosen[closer]
+    depth[pixel] = z_hit[closer]
+    owner[pixel] = start + tri_index[chosen]
+    weights_out[pixel] = np.stack([w0, w1, w2], -1)[tri_index[chosen], cand[chosen]]
+  image = np.tile(BACKGROUND, (size * size, 1))
+  hit = owner >= 0
+  corner_rgb = vertex_rgb[triangles[owner[hit]]]  # [P, 3 corners, 3 channels]
+  image[hit] = np.einsum("pk,pkc->pc", weights_out[hit], corner_rgb)
+  return image.reshape(size, size, 3)
+
+
+def image_grid(images: list[np.ndarray], *, columns: int, pad: int = 4,
+               background: float = 1.0) -> np.ndarray:
+  """Tiles equally sized `[H, W, 3]` images row by row into one image with `pad` pixels between."""
+  if not images:
+    raise ValueError("image_grid: no images")
+  height, width = images[0].shape[:2]
+  rows = -(-len(images) // columns)
+  grid = np.full((rows * height + (rows + 1) * pad, columns * width + (columns + 1) * pad, 3),
+                 background, np.float64)
+  for i, image in enumerate(images):
+    r, c = divmod(i, columns)
+    top, left = pad + r * (height + pad), pad + c * (width + pad)
+    grid[top:top + height, left:left + width] = image
+  return grid

@@ -1,0 +1,116 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from sfm_jax import sphere
+
+
+def test_project_lands_on_sphere_and_keeps_direction(rng):
+  z = rng.normal(size=(5, 7)) * rng.uniform(0.01, 100.0, size=(5, 1))
+  s = np.asarray(sphere.project(jnp.asarray(z, jnp.float32), 2.5))
+  np.testing.assert_allclose(np.linalg.norm(s, axis=-1), 2.5, rtol=1e-6)
+  np.testing.assert_allclose(s, 2.5 * z / np.linalg.norm(z, axis=-1, keepdims=True), rtol=1e-5)
+
+
+def test_project_gradients_random_points(x64, rng):
+  z = jnp.asarray(rng.normal(size=(4, 6)))
+  check_grads(lambda z: sphere.project(z, 1.7), (z,), order=2, modes=("fwd", "rev"))
+  check_grads(lambda r: sphere.project(z, r), (jnp.asarray(1.7),), order=2, modes=("fwd", "rev"))
+
+
+@pytest.mark.parametrize("norm", [0.0, 3e-7, 2e-6, 1e-6 + 1e-7])
+def test_project_gradients_near_zero(x64, rng, norm):
+  direction = rng.normal(size=(3, 5))
+  z = jnp.asarray(norm * direction / np.linalg.norm(direction, axis=-1, keepdims=True))
+  # Check through z = 1e-6 w: the same code path at the same points, but with O(1) derivatives,
+  # so second-order finite differences are not swamped by rounding (steps stay on one side of
+  # the floor eps = 1e-6, whose kink is a genuine discontinuity of the first derivative).
+  w = z / 1e-6
+  check_grads(lambda w: sphere.project(1e-6 * w, 2.0), (w,), order=2, modes=("fwd", "rev"),
+              eps=1e-5)
+  value, jac = sphere.project(z, 2.0), jax.jacfwd(lambda z: sphere.project(z, 2.0))(z)
+  assert np.all(np.isfinite(value)) and np.all(np.isfinite(jac))
+  if norm < 1e-6:  # linear below the floor: R z / eps
+    np.testing.assert_allclose(value, 2.0 * z / 1e-6, rtol=1e-12, atol=1e-300)
+
+
+def test_project_at_zero_float32_is_finite():
+  z = jnp.zeros((2, 4), jnp.float32)
+  value, vjp = jax.vjp(lambda z: sphere.project(z, 3.0), z)
+  (grad,) = vjp(jnp.ones_like(value))
+  assert np.all(value == 0) and np.all(np.isfinite(grad))
+  np.testing.assert_allclose(grad, 3.0 / 1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("magnitude", [1e20, 1e30, 1e37])
+def test_project_huge_norms_float32(rng, magnitude):
+  z = jnp.asarray(rng.normal(size=(3, 8)) * magnitude, jnp.float32)
+  value, vjp = jax.vjp(lambda z: sphere.project(z, 3.0), z)
+  (grad,) = vjp(jnp.ones_like(value))
+  assert np.all(np.isfinite(value)) and np.all(np.isfinite(grad))
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(value, np.float64), axis=-1), 3.0,
+                             rtol=1e-6)
+  # Exact Jacobian-vector product of R z/|z| with a ones cotangent: R/|z| (1 - u <u, 1>).
+  z64 = np.asarray(z, np.float64)
+  u = z64 / np.linalg.norm(z64, axis=-1, keepdims=True)
+  expected = 3.0 / np.linalg.norm(z64, axis=-1, keepdims=True) * (
+      1.0 - u * u.sum(-1, keepdims=True))
+  # Entries below float32's smallest normal number (at 1e37) are flushed to zero.
+  np.testing.assert_allclose(np.asarray(grad, np.float64), expected, rtol=1e-4,
+                             atol=max(1e-6 * np.abs(expected).max(), np.finfo(np.float32).tiny))
+
+
+def test_cosine_and_geodesic_match_numpy(x64, rng):
+  a, b = rng.normal(size=(10, 4)), rng.normal(size=(10, 4))
+  cos = np.sum(a * b, -1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+  np.testing.assert_allclose(sphere.cosine_similarity(a, b), cos, rtol=1e-12)
+  np.testing.assert_allclose(sphere.geodesic_distance(a, b), np.arccos(cos), rtol=1e-10)
+  # Accurate where arccos is not: nearly equal and opposite directions.
+  e = np.array([1.0, 0.0, 0.0])
+  tiny = np.array([1.0, 1e-9, 0.0])
+  np.testing.assert_allclose(sphere.geodesic_distance(e, tiny), 1e-9, rtol=1e-6)
+  np.testing.assert_allclose(sphere.geodesic_distance(e, -tiny), np.pi - 1e-9, rtol=1e-12)
+  check_grads(lambda a: sphere.geodesic_distance(a, b), (jnp.asarray(a),), order=2)
+  assert np.all(np.isfinite(jax.grad(lambda a: sphere.geodesic_distance(a, a))(jnp.asarray(e))))
+
+
+def test_tangent_project_is_orthogonal_and_idempotent(x64, rng):
+  u, g = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+  t = np.asarray(sphere.tangent_project(u, g))
+  unit = u / np.linalg.norm(u, axis=-1, keepdims=True)
+  np.testing.assert_allclose(np.sum(t * unit, -1), 0.0, atol=1e-12)
+  np.testing.assert_allclose(sphere.tangent_project(u, t), t, atol=1e-12)
+  np.testing.assert_allclose(t, g - np.sum(g * unit, -1, keepdims=True) * unit, atol=1e-12)
+
+
+def test_uniform_samples_are_on_sphere_and_centred():
+  s = np.asarray(sphere.sample_uniform(jax.random.key(0), (20000,), 5, 2.0))
+  np.testing.assert_allclose(np.linalg.norm(s, axis=-1), 2.0, rtol=1e-5)
+  # Mean 0 and covariance R^2/K I for the uniform distribution; 20000 samples: se ~ 0.01.
+  np.testing.assert_allclose(s.mean(0), 0.0, atol=0.05)
+  np.testing.assert_allclose(np.cov(s.T), np.eye(5) * 4.0 / 5.0, atol=0.05)
+
+
+def _vmf_mean_cosine(kappa: float, dim: int) -> float:
+  """E[<x, mu>] by quadrature of the marginal density of w: exp(kappa w) (1 - w^2)^((d-3)/2)."""
+  w = np.linspace(-1.0, 1.0, 400001)[1:-1]
+  log_density = kappa * w + 0.5 * (dim - 3) * np.log1p(-w ** 2)
+  density = np.exp(log_density - log_density.max())
+  return float(np.sum(w * density) / np.sum(density))
+
+
+@pytest.mark.parametrize("kappa,dim", [(2.0, 3), (20.0, 10), (200.0, 16)])
+def test_vmf_mean_cosine_matches_quadrature(kappa, dim):
+  mu = jnp.arange(1.0, dim + 1.0)
+  x = np.asarray(sphere.sample_vmf(jax.random.key(1), mu, kappa, 4000, radius=3.0), np.float64)
+  np.testing.assert_allclose(np.linalg.norm(x, axis=-1), 3.0, rtol=1e-5)
+  mu_unit = np.asarray(mu) / np.linalg.norm(mu)
+  cosines = x @ mu_unit / 3.0
+  expected = _vmf_mean_cosine(kappa, dim)
+  assert abs(cosines.mean() - expected) < 4 * cosines.std() / np.sqrt(len(cosines)) + 1e-4
+  # The part orthogonal to mu has no preferred direction.
+  tangent = x / 3.0 - cosines[:, None] * mu_unit
+  assert np.linalg.norm(tangent.mean(0)) < 6 * np.sqrt(np.mean(np.sum(tangent ** 2, -1))
+                                                       / len(x))
