@@ -80,7 +80,7 @@ def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
                                                   state.step_key())
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+  metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                             model_state=model_state)
   return new_state, metrics

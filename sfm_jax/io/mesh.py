@@ -247,9 +247,27 @@ def _element_columns(element: _Element, rows: dict, path: str, where) -> dict:
   return rows
 
 
+def _triangle_mesh_size(elements, byte_order: str) -> int | None:
+  """Bytes the body needs if every list has 3 items (None when an element has several lists)."""
+  total = 0
+  for element in elements:
+    if element.has_list and len(element.properties) > 1:
+      return None
+    if element.has_list:
+      _, count_t, item_t = element.properties[0]
+      total += element.count * (np.dtype(count_t).itemsize + 3 * np.dtype(item_t).itemsize)
+    else:
+      total += element.count * np.dtype([(n, byte_order + t) for n, t in element.properties]).itemsize
+  return total
+
+
 def _read_binary_elements(body: bytes, elements, byte_order: str, path: str) -> dict:
   out, pos = {}, 0
   where = lambda element, i: f"element '{element.name}' {i}"
+  needed = _triangle_mesh_size(elements, byte_order)
+  size_hint = ("" if needed in (None, len(body)) else
+               f" (the data is {len(body)} bytes but the header's counts need {needed} for a "
+               "triangle mesh: counts and data disagree)")
   for element in elements:
     if not element.has_list:
       dtype = np.dtype([(name, byte_order + t) for name, t in element.properties])
@@ -272,7 +290,7 @@ def _read_binary_elements(body: bytes, elements, byte_order: str, path: str) -> 
       if wrong.size:
         i = int(wrong[0])
         raise ValueError(f"{path}: element '{element.name}' {i} has {int(array['n'][i])} "
-                         "vertices; triangles are required")
+                         f"vertices; triangles are required{size_hint}")
       if available < element.count:
         raise ValueError(f"{path}: truncated in element '{element.name}': {element.count} "
                          f"expected, data ends after {available}")

@@ -1,0 +1,132 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sfm_jax import geometry
+
+
+def _rx(a):
+  return np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+
+
+def _ry(a):
+  return np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+
+
+def _rz(a):
+  return np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+
+
+def test_euler_matches_composed_axis_rotations(x64, rng):
+  angles = rng.uniform(-np.pi, np.pi, size=(5, 3))
+  got = np.asarray(geometry.euler_to_matrix(angles))
+  for a, r in zip(angles, got):
+    np.testing.assert_allclose(r, _rz(a[2]) @ _ry(a[1]) @ _rx(a[0]), atol=1e-12)
+  # Yaw of +90 degrees turns the face (+z) toward the subject's left (+x).
+  np.testing.assert_allclose(geometry.euler_to_matrix(np.array([0.0, np.pi / 2, 0.0]))
+                             @ np.array([0.0, 0.0, 1.0]), [1.0, 0.0, 0.0], atol=1e-12)
+
+
+def test_6d_round_trip_and_orthonormality(x64, rng):
+  rotations = np.asarray(geometry.euler_to_matrix(rng.uniform(-3, 3, size=(6, 3))))
+  six = geometry.matrix_to_rotation_6d(rotations)
+  np.testing.assert_allclose(geometry.rotation_6d_to_matrix(six), rotations, atol=1e-12)
+  r = np.asarray(geometry.rotation_6d_to_matrix(rng.normal(size=(6, 6))))
+  np.testing.assert_allclose(r @ np.swapaxes(r, -1, -2), np.broadcast_to(np.eye(3), r.shape),
+                             atol=1e-12)
+  np.testing.assert_allclose(np.linalg.det(r), 1.0, atol=1e-12)
+
+
+def test_quaternion_known_rotations(x64):
+  half = np.pi / 4  # 90 degrees about each axis
+  for axis, reference in ((0, _rx), (1, _ry), (2, _rz)):
+    q = np.zeros(4)
+    q[0], q[1 + axis] = np.cos(half), np.sin(half)
+    np.testing.assert_allclose(geometry.quaternion_to_matrix(3.0 * q), reference(np.pi / 2),
+                               atol=1e-12)
+
+
+def test_projections_match_numpy(x64, rng):
+  points = rng.normal(size=(2, 5, 3)) * 50
+  rotation = np.asarray(geometry.euler_to_matrix(rng.uniform(-0.5, 0.5, size=(2, 3))))
+  scale, t2 = np.array([1.5, 0.7]), rng.normal(size=(2, 2))
+  expected = np.stack([scale[i] * (points[i] @ rotation[i].T)[:, :2] + t2[i] for i in range(2)])
+  np.testing.assert_allclose(geometry.weak_perspective(points, rotation, scale, t2), expected,
+                             rtol=1e-12)
+  t3 = np.array([[0.0, 0.0, -600.0], [10.0, -5.0, -900.0]])
+  focal, centre = np.array([1000.0, 800.0]), np.array([[48.0, 48.0], [112.0, 112.0]])
+  projected, depth = geometry.pinhole(points, rotation, t3, focal, centre)
+  q = np.einsum("bij,bvj->bvi", rotation, points) + t3[:, None]
+  np.testing.assert_allclose(depth, -q[..., 2], rtol=1e-12)
+  np.testing.assert_allclose(projected, focal[:, None, None] * q[..., :2] / -q[..., 2:]
+                             + centre[:, None], rtol=1e-12)
+
+
+def test_normals_of_a_tetrahedron_and_plane(x64):
+  # Right-angle corner: three faces along the axis planes, outward normals -x, -y, -z, and the
+  # slanted face with normal (1, 1, 1)/sqrt(3). All triangles CCW from outside.
+  vertices = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
+  triangles = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+  face_n = np.asarray(geometry.face_normals(vertices, triangles))
+  np.testing.assert_allclose(face_n, [[0, 0, -1], [0, -1, 0], [-1, 0, 0],
+                                      np.ones(3) / np.sqrt(3)], atol=1e-12)
+  vertex_n = np.asarray(geometry.vertex_normals(vertices, triangles))
+  # Vertex 0 touches the three axis faces with equal area: normal -(1, 1, 1)/sqrt(3).
+  np.testing.assert_allclose(vertex_n[0], -np.ones(3) / np.sqrt(3), atol=1e-12)
+  # Vertex 1 sums -y (area 1/2), -z (area 1/2) and the slanted face (area sqrt(3)/2).
+  total = np.array([0, -0.5, -0.5]) + 0.5 * np.ones(3)
+  np.testing.assert_allclose(vertex_n[1], total / np.linalg.norm(total), atol=1e-12)
+  grid = np.stack(np.meshgrid(np.arange(3.0), np.arange(3.0)), -1).reshape(-1, 2)
+  plane = np.concatenate([grid, np.zeros((9, 1))], -1)
+  tri = np.array([[0, 1, 4], [0, 4, 3], [1, 2, 5], [1, 5, 4]])
+  np.testing.assert_allclose(np.asarray(geometry.vertex_normals(plane, tri))[[0, 1, 4]],
+                             np.tile([0.0, 0.0, 1.0], (3, 1)), atol=1e-12)
+
+
+def test_uniform_laplacian_matches_dense_and_batches(x64, rng):
+  triangles = np.array([[0, 1, 2], [1, 3, 2], [2, 3, 4]])
+  edges = geometry.mesh_edges(triangles)
+  assert edges.tolist() == [[0, 1], [0, 2], [1, 2], [1, 3], [2, 3], [2, 4], [3, 4]]
+  adjacency = np.zeros((5, 5))
+  adjacency[edges[:, 0], edges[:, 1]] = adjacency[edges[:, 1], edges[:, 0]] = 1
+  dense = np.eye(5) - adjacency / adjacency.sum(1, keepdims=True)
+  fields = rng.normal(size=(3, 2, 5, 3))
+  np.testing.assert_allclose(geometry.uniform_laplacian(fields, edges),
+                             np.einsum("ij,abjc->abic", dense, fields), atol=1e-12)
+  # Constant fields are in the kernel.
+  np.testing.assert_allclose(geometry.uniform_laplacian(np.ones((5, 3)), edges), 0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("with_noise", [False, True])
+def test_procrustes_recovers_similarity(rng, with_noise):
+  source = rng.normal(size=(40, 3)) * 30.0
+  rotation = np.asarray(geometry.euler_to_matrix(np.array([0.3, -1.1, 2.0])), np.float64)
+  scale, translation = 1.37, np.array([5.0, -20.0, 100.0])
+  target = scale * source @ rotation.T + translation
+  if with_noise:
+    target = target + rng.normal(size=target.shape) * 1e-3
+  s, r, t = geometry.similarity_procrustes(jnp.asarray(source, jnp.float32),
+                                           jnp.asarray(target, jnp.float32))
+  tol = 1e-5 if not with_noise else 1e-4
+  np.testing.assert_allclose(s, scale, rtol=tol)
+  np.testing.assert_allclose(r, rotation, atol=tol)
+  np.testing.assert_allclose(t, translation, atol=tol * 200)
+  aligned = geometry.aligned_distance(jnp.asarray(source, jnp.float32),
+                                      jnp.asarray(target, jnp.float32))
+  assert float(jnp.max(aligned)) < (1e-3 if not with_noise else 1e-2)
+
+
+def test_procrustes_never_returns_a_reflection(x64, rng):
+  source = rng.normal(size=(20, 3))
+  mirrored = source * np.array([-1.0, 1.0, 1.0])
+  _, r, _ = geometry.similarity_procrustes(source, mirrored)
+  np.testing.assert_allclose(np.linalg.det(r), 1.0, atol=1e-12)
+  # The rigid variant with fixed scale, under vmap.
+  rotations = np.asarray(geometry.euler_to_matrix(rng.uniform(-1, 1, size=(3, 3))))
+  targets = np.einsum("bij,vj->bvi", rotations, source)
+  s, r, t = jax.vmap(lambda y: geometry.similarity_procrustes(source, y, with_scale=False))(
+      targets)
+  np.testing.assert_allclose(s, 1.0)
+  np.testing.assert_allclose(r, rotations, atol=1e-10)
+  np.testing.assert_allclose(t, 0.0, atol=1e-10)

@@ -1,0 +1,137 @@
+import io
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sfm_jax import model as fm
+from sfm_jax import synth
+
+
+def _random_model(rng, v=7, k=4, e=3, albedo=False):
+  return fm.FaceModel(
+      mean=rng.normal(size=(v, 3)).astype(np.float32),
+      shape_basis=rng.normal(size=(k, v, 3)).astype(np.float32),
+      expr_basis=rng.normal(size=(e, v, 3)).astype(np.float32),
+      radius=np.asarray(2.0, np.float32),
+      triangles=np.array([[0, 1, 2], [2, 3, 4], [4, 5, 6]], np.int32),
+      landmarks=np.array([0, -1, 6], np.int32),
+      albedo_mean=rng.uniform(size=(v, 3)).astype(np.float32) if albedo else None,
+      albedo_basis=rng.normal(size=(2, v, 3)).astype(np.float32) if albedo else None,
+  )
+
+
+def test_decode_equals_mean_plus_basis_contractions(x64, rng):
+  m = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64) if a.dtype.kind == "f" else a,
+                             _random_model(rng))
+  s, e = rng.normal(size=(5, 4)), rng.normal(size=(5, 3))
+  expected = (m.mean[None] + (s @ m.shape_basis.reshape(4, -1)).reshape(5, 7, 3)
+              + (e @ m.expr_basis.reshape(3, -1)).reshape(5, 7, 3))
+  np.testing.assert_allclose(fm.decode(m, s, e), expected, rtol=1e-12)
+  neutral = m.mean[None] + np.einsum("bk,kvc->bvc", s, m.shape_basis)
+  np.testing.assert_allclose(fm.decode(m, s), neutral, rtol=1e-12)
+  np.testing.assert_allclose(jax.jit(fm.decode)(m, s, e), expected, rtol=1e-12)
+
+
+def test_decode_bf16_compute_is_close_and_accumulates_in_float32(rng):
+  m = _random_model(rng, v=50, k=16, e=8)
+  s, e = rng.normal(size=(3, 16)).astype(np.float32), rng.normal(size=(3, 8)).astype(np.float32)
+  exact = np.asarray(fm.decode(m, s, e), np.float64)
+  low = fm.decode(m, s, e, compute_dtype=jnp.bfloat16)
+  assert low.dtype == jnp.float32
+  # bf16 inputs carry ~3 significant digits; errors scale with sqrt(K + E) terms of size ~1.
+  assert np.max(np.abs(np.asarray(low) - exact)) < 0.1
+
+
+def test_decode_gradient_matches_basis(rng):
+  m = _random_model(rng)
+  s = jnp.asarray(rng.normal(size=(1, 4)), jnp.float32)
+  jac = jax.jacfwd(lambda s: fm.decode(m, s))(s)  # [1, V, 3, 1, K]
+  np.testing.assert_allclose(jac[0, :, :, 0, :], np.moveaxis(m.shape_basis, 0, -1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("albedo", [False, True])
+def test_model_file_round_trip(tmp_path, rng, albedo):
+  m = _random_model(rng, albedo=albedo)
+  path = tmp_path / "model.npz"
+  fm.save_model(path, m)
+  loaded = fm.load_model(path)
+  for name in ("mean", "shape_basis", "expr_basis", "radius", "triangles", "landmarks",
+               "albedo_mean", "albedo_basis"):
+    a, b = getattr(m, name), getattr(loaded, name)
+    assert (a is None) == (b is None), name
+    if a is not None:
+      np.testing.assert_array_equal(a, b, err_msg=name)
+  assert loaded.code_kind == "sphere"
+  gaussian = m.replace(code_kind="gaussian")
+  fm.save_model(path, gaussian)
+  assert fm.load_model(path).code_kind == "gaussian"
+
+
+def _write_npz(path, arrays):
+  np.savez(path, **arrays)
+  return str(path)
+
+
+def _good_arrays(rng):
+  m = _random_model(rng)
+  arrays = {n: np.asarray(getattr(m, n)) for n in ("mean", "shape_basis", "expr_basis", "radius",
+                                                    "triangles", "landmarks")}
+  arrays.update(format_version=np.asarray(1), code_kind=np.asarray("sphere"))
+  return arrays
+
+
+@pytest.mark.parametrize("key,mutate,message", [
+    ("mean", lambda a: a.pop("mean"), "missing"),
+    ("shape_basis", lambda a: a.update(shape_basis=a["shape_basis"][:, :5]), "expected"),
+    ("expr_basis", lambda a: a.update(expr_basis=a["expr_basis"].astype(np.int32)), "float"),
+    ("mean", lambda a: a["mean"].__setitem__((2, 1), np.nan), "non-finite"),
+    ("triangles", lambda a: a["triangles"].__setitem__((1, 2), 7), "outside"),
+    ("triangles", lambda a: a["triangles"].__setitem__((0, 0), -1), "outside"),
+    ("landmarks", lambda a: a["landmarks"].__setitem__(0, 99), "indices"),
+    ("format_version", lambda a: a.update(format_version=np.asarray(2)), "unknown version"),
+    ("format_version", lambda a: a.pop("format_version"), "missing"),
+    ("code_kind", lambda a: a.update(code_kind=np.asarray("banana")), "expected one of"),
+    ("radius", lambda a: a.update(radius=np.asarray(-1.0, np.float32)), "positive"),
+    ("albedo_basis", lambda a: a.update(albedo_mean=np.zeros((7, 3), np.float32)), "together"),
+])
+def test_bad_model_files_name_file_and_key(tmp_path, rng, key, mutate, message):
+  arrays = _good_arrays(rng)
+  mutate(arrays)
+  path = _write_npz(tmp_path / "bad.npz", arrays)
+  with pytest.raises(ValueError) as info:
+    fm.load_model(path)
+  text = str(info.value)
+  assert path in text and f"'{key}'" in text and message in text, text
+
+
+def test_unreadable_model_file_names_file(tmp_path):
+  path = tmp_path / "junk.npz"
+  path.write_bytes(b"this is not a zip archive")
+  with pytest.raises(ValueError, match="junk.npz.*not a readable"):
+    fm.load_model(path)
+
+
+def test_save_refuses_bad_model_and_keeps_old_file(tmp_path, rng):
+  path = tmp_path / "model.npz"
+  good = _random_model(rng)
+  fm.save_model(path, good)
+  before = path.read_bytes()
+  bad = good.replace(mean=np.full_like(good.mean, np.nan))
+  with pytest.raises(ValueError, match="'mean'"):
+    fm.save_model(path, bad)
+  assert path.read_bytes() == before
+  assert os.listdir(tmp_path) == ["model.npz"]
+
+
+def test_toy_model_is_valid_and_faces_stay_on_sphere(tmp_path):
+  m = synth.toy_model(num_shape=6, num_expr=2, resolution=16)
+  fm.save_model(tmp_path / "toy.npz", m)  # validates
+  s = jax.random.normal(jax.random.key(0), (4, 6))
+  s = s / jnp.linalg.norm(s, axis=-1, keepdims=True) * m.radius
+  faces = np.asarray(fm.decode(m, s))
+  # Toy shapes: smooth offsets of a few mm around a ~150 x 200 mm template.
+  offsets = np.linalg.norm(faces - m.mean[None], axis=-1)
+  assert 0.5 < offsets.mean() < 10.0 and offsets.max() < 40.0
