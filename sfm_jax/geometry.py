@@ -3,6 +3,10 @@
 Model space: x to the subject's left, y up, z out of the face toward the camera; millimetres.
 Rotation matrices act on column vectors (`p' = R p`); batched points are `[..., V, 3]`.
 Everything is pure JAX and differentiable unless it says otherwise.
+
+Every product here is small and accuracy-critical, so all of them ask for full float32 precision
+(`HIGHEST`): on GPUs the default would round float32 operands to TF32 (10-bit mantissa), which
+put Procrustes alignments 0.05 mm off on an H100.
 """
 
 from __future__ import annotations
@@ -16,6 +20,12 @@ import numpy as np
 from sfm_jax.sphere import normalize, safe_norm
 
 Array = Any
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _matmul(a: Array, b: Array) -> Array:
+  return jnp.matmul(a, b, precision=HIGHEST)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -34,7 +44,7 @@ def euler_to_matrix(angles: Array) -> Array:
   rx = jnp.stack([one, zero, zero, zero, cx, -sx, zero, sx, cx], -1).reshape(*pitch.shape, 3, 3)
   ry = jnp.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], -1).reshape(*pitch.shape, 3, 3)
   rz = jnp.stack([cz, -sz, zero, sz, cz, zero, zero, zero, one], -1).reshape(*pitch.shape, 3, 3)
-  return rz @ ry @ rx
+  return _matmul(_matmul(rz, ry), rx)
 
 
 def rotation_6d_to_matrix(x: Array) -> Array:
@@ -72,7 +82,8 @@ def quaternion_to_matrix(q: Array) -> Array:
 
 def rigid_transform(points: Array, rotation: Array, translation: Array) -> Array:
   """`R p + t` for `[..., V, 3]` points, `[..., 3, 3]` rotation, `[..., 3]` translation."""
-  return jnp.einsum("...ij,...vj->...vi", rotation, points) + translation[..., None, :]
+  return (jnp.einsum("...ij,...vj->...vi", rotation, points, precision=HIGHEST)
+          + translation[..., None, :])
 
 
 def weak_perspective(points: Array, rotation: Array, scale: Array, translation: Array) -> Array:
@@ -87,7 +98,7 @@ def weak_perspective(points: Array, rotation: Array, scale: Array, translation: 
   Returns:
     `[B, V, 2]` camera-plane coordinates (x right, y up, same orientation as model space).
   """
-  rotated = jnp.einsum("bij,bvj->bvi", rotation, points)
+  rotated = jnp.einsum("bij,bvj->bvi", rotation, points, precision=HIGHEST)
   return scale[:, None, None] * rotated[..., :2] + translation[:, None, :]
 
 
@@ -182,28 +193,28 @@ def similarity_procrustes(source: Array, target: Array, *, weights: Array | None
   if weights is None:
     weights = jnp.ones(source.shape[0], source.dtype)
   w = weights / jnp.sum(weights)
-  mu_s = w @ source
-  mu_t = w @ target
+  mu_s = _matmul(w, source)
+  mu_t = _matmul(w, target)
   xs, xt = source - mu_s, target - mu_t
-  covariance = (xt * w[:, None]).T @ xs  # [3, 3], sum_i w_i (t_i)(s_i)^T
+  covariance = _matmul((xt * w[:, None]).T, xs)  # [3, 3], sum_i w_i (t_i)(s_i)^T
   u, d, vt = jnp.linalg.svd(covariance)
   sign = jnp.sign(jnp.linalg.det(u) * jnp.linalg.det(vt))
   sign = jnp.where(sign == 0, 1.0, sign)
   correction = jnp.asarray([1.0, 1.0, 0.0], source.dtype) + jnp.asarray([0.0, 0.0, 1.0],
                                                                           source.dtype) * sign
-  rotation = (u * correction) @ vt
+  rotation = _matmul(u * correction, vt)
   if with_scale:
     variance = jnp.sum(w * jnp.sum(jnp.square(xs), -1))
     scale = jnp.sum(d * correction) / variance
   else:
     scale = jnp.ones((), source.dtype)
-  translation = mu_t - scale * rotation @ mu_s
+  translation = mu_t - scale * _matmul(rotation, mu_s)
   return scale, rotation, translation
 
 
 def apply_similarity(points: Array, scale: Array, rotation: Array, translation: Array) -> Array:
   """`scale * R p + t` for `[N, 3]` points."""
-  return scale * points @ rotation.T + translation
+  return scale * _matmul(points, rotation.T) + translation
 
 
 def aligned_distance(source: Array, target: Array, *, weights: Array | None = None) -> Array:

@@ -4,7 +4,8 @@ All are pure functions returning batch-mean float scalars, safe under `jit`, `vm
 (second order included). Identity terms take directions `u` `[B, K]` and integer labels `[B]`;
 label -1 means "no identity": such samples contribute nothing, and a batch with no labelled sample
 gives exactly 0 (with zero, finite gradients). Directions, prototypes and centres are normalised
-inside the losses, so the terms depend only on angles.
+inside the losses, so the terms depend only on angles. Their products use full float32 precision
+(`HIGHEST`; GPUs would otherwise use TF32 and round cosines to about 1e-3).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from sfm_jax.geometry import uniform_laplacian
+from sfm_jax.geometry import HIGHEST, uniform_laplacian
 from sfm_jax.sphere import normalize, safe_norm, safe_sqrt
 
 Array = Any
@@ -32,7 +33,7 @@ def _labelled_mean(values: Array, labels: Array) -> Array:
 
 def _cosines(u: Array, prototypes: Array) -> Array:
   """`[B, K] x [C, K] -> [B, C]` cosines between directions and (normalised) prototypes."""
-  return normalize(u) @ normalize(prototypes).T
+  return jnp.matmul(normalize(u), normalize(prototypes).T, precision=HIGHEST)
 
 
 def _margin_softmax(cos: Array, target_logit: Array, labels: Array, scale: float) -> Array:
@@ -246,9 +247,10 @@ def basis_orthogonality(basis: Array, *, normalizer: float | None = None,
   flat = basis.reshape(basis.shape[0], -1)
   if scale_invariant:
     flat = normalize(flat)
-    gram = flat @ flat.T
+    gram = jnp.matmul(flat, flat.T, precision=HIGHEST)
   else:
-    gram = flat @ flat.T / (flat.shape[1] if normalizer is None else normalizer)
+    gram = jnp.matmul(flat, flat.T, precision=HIGHEST) / (
+        flat.shape[1] if normalizer is None else normalizer)
   return jnp.sum(jnp.square(gram - jnp.eye(flat.shape[0], dtype=gram.dtype)))
 
 

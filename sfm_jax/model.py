@@ -64,17 +64,17 @@ class FaceModel:
     return self.expr_basis.shape[0]
 
 
-def _contract(codes: Array, basis: Array, compute_dtype) -> Array:
+def _contract(codes: Array, basis: Array, compute_dtype, precision) -> Array:
   """`[B, K] x [K, V, 3] -> [B, V * 3]` as one matmul, accumulating in float32 or wider."""
   flat = basis.reshape(basis.shape[0], -1)
   if compute_dtype is not None:
     codes, flat = codes.astype(compute_dtype), flat.astype(compute_dtype)
   accumulate = jnp.promote_types(jnp.result_type(codes, flat), jnp.float32)
-  return jnp.dot(codes, flat, preferred_element_type=accumulate)
+  return jnp.dot(codes, flat, precision=precision, preferred_element_type=accumulate)
 
 
 def decode(model: FaceModel, shape_codes: Array, expr_codes: Array | None = None, *,
-           compute_dtype=None) -> Array:
+           compute_dtype=None, precision: jax.lax.Precision | str | None = "highest") -> Array:
   """Vertices of the faces with the given codes.
 
   `mean + einsum('bk,kvc->bvc', s, shape_basis) + einsum('be,evc->bvc', e, expr_basis)`, computed
@@ -88,14 +88,18 @@ def decode(model: FaceModel, shape_codes: Array, expr_codes: Array | None = None
     compute_dtype: e.g. `jnp.bfloat16` to multiply in that type; accumulation stays in float32.
       Casting a float32 basis costs one pass over it per call: store the basis in bfloat16 to
       halve the bytes read instead.
+    precision: matmul precision for float32 operands. The default, "highest", is true float32
+      everywhere; on GPUs XLA would otherwise round operands to TF32 (about 1e-3 relative).
+      Decode is bandwidth-bound, so this costs little (see `experiments/benchmarks/bench_decode`);
+      pass None to use JAX's default.
 
   Returns:
     `[B, V, 3]` vertices in mm, in the wider of float32 and the inputs' type.
   """
   batch = shape_codes.shape[0]
-  flat = _contract(shape_codes, model.shape_basis, compute_dtype)
+  flat = _contract(shape_codes, model.shape_basis, compute_dtype, precision)
   if expr_codes is not None and model.expr_basis.shape[0] > 0:
-    flat = flat + _contract(expr_codes, model.expr_basis, compute_dtype)
+    flat = flat + _contract(expr_codes, model.expr_basis, compute_dtype, precision)
   out = flat.reshape(batch, model.num_vertices, 3)
   return out + model.mean.astype(out.dtype)
 

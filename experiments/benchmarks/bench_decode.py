@@ -1,0 +1,115 @@
+r"""Benchmark of `decode`, the hot path of both stages, against the machine's own roofline.
+
+  python -m experiments.benchmarks.bench_decode [--batch=64 --shape_dim=199 --expr_dim=100
+      --vertices=53149 --repeats=20 --json=PATH]
+
+Measures, in one run: the device's copy bandwidth and matmul rate (the roofline), then decode
+with a float32 basis, with bf16 compute on a float32 basis (the cast is paid each call), and with
+a basis stored in bf16. Compile time is reported apart from the step time (median of repeats,
+`block_until_ready` around each).
+"""
+
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from sfm_jax.model import FaceModel, decode
+
+_BATCH = flags.DEFINE_integer("batch", 64, "B")
+_SHAPE = flags.DEFINE_integer("shape_dim", 199, "K")
+_EXPR = flags.DEFINE_integer("expr_dim", 100, "E")
+_VERTICES = flags.DEFINE_integer("vertices", 53149, "V")
+_REPEATS = flags.DEFINE_integer("repeats", 20, "timed calls per variant")
+_JSON = flags.DEFINE_string("json", None, "also write the table here")
+
+
+def _timed(fn, *args, repeats, calls_per_repeat=10):
+  """(compile seconds, median seconds per call).
+
+  The first call's time minus a steady call is the compile time. Steady calls are timed in groups
+  of `calls_per_repeat` dispatched back to back and blocked on once, so Python dispatch overlaps
+  device work as in a training loop; the median over `repeats` groups is reported.
+  """
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  first = time.perf_counter() - start
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    outputs = [fn(*args) for _ in range(calls_per_repeat)]
+    jax.block_until_ready(outputs)
+    times.append((time.perf_counter() - start) / calls_per_repeat)
+  median = float(np.median(times))
+  return max(first - median, 0.0), median
+
+
+def _roofline(repeats):
+  x = jnp.ones((256 * 1024 * 1024 // 4,), jnp.float32)  # 256 MiB
+  _, copy_s = _timed(jax.jit(lambda x: x * 1.0001), x, repeats=repeats)
+  bandwidth = 2 * x.nbytes / copy_s
+  rates = {}
+  for dtype in (jnp.float32, jnp.bfloat16):
+    n = 8192 if jax.default_backend() != "cpu" else 1024
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
+    # Float32 at HIGHEST (true float32, what decode uses by default), bf16 natively.
+    mm = jax.jit(lambda a: jnp.matmul(a, a, precision=jax.lax.Precision.HIGHEST))
+    _, mm_s = _timed(mm, a, repeats=repeats, calls_per_repeat=3)
+    rates[jnp.dtype(dtype).name] = 2 * n ** 3 / mm_s
+  return bandwidth, rates
+
+
+def main(argv):
+  del argv
+  b, k, e, v = _BATCH.value, _SHAPE.value, _EXPR.value, _VERTICES.value
+  bandwidth, rates = _roofline(_REPEATS.value)
+  rng = np.random.default_rng(0)
+  model32 = FaceModel(mean=jnp.asarray(rng.normal(size=(v, 3)), jnp.float32),
+                      shape_basis=jnp.asarray(rng.normal(size=(k, v, 3)), jnp.float32),
+                      expr_basis=jnp.asarray(rng.normal(size=(e, v, 3)), jnp.float32),
+                      radius=jnp.asarray(1.0), triangles=jnp.zeros((1, 3), jnp.int32),
+                      landmarks=jnp.zeros((68,), jnp.int32))
+  model16 = model32.replace(shape_basis=model32.shape_basis.astype(jnp.bfloat16),
+                            expr_basis=model32.expr_basis.astype(jnp.bfloat16))
+  s = jnp.asarray(rng.normal(size=(b, k)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(b, e)), jnp.float32)
+  flops = 2.0 * b * (k + e) * v * 3
+  variants = [  # name, model, compute dtype, matmul precision, bytes per basis entry
+      ("f32 basis, f32 highest", model32, None, "highest", 4),
+      ("f32 basis, f32 default", model32, None, None, 4),  # TF32 on GPUs
+      ("f32 basis, bf16 compute", model32, jnp.bfloat16, None, 4),  # casts every call
+      ("bf16 basis, bf16 compute", model16, jnp.bfloat16, None, 2),
+  ]
+  rows = []
+  for name, model, compute, precision, basis_bytes in variants:
+    fn = jax.jit(lambda m, s, x, c=compute, p=precision: decode(m, s, x, compute_dtype=c,
+                                                                precision=p))
+    compile_s, step_s = _timed(fn, model, s, x, repeats=_REPEATS.value)
+    moved = (k + e) * v * 3 * basis_bytes + (b * v * 3 + v * 3) * 4  # basis + output + mean
+    peak = rates["bfloat16" if compute is not None else "float32"]
+    rows.append(dict(variant=name, compile_s=compile_s, step_ms=step_s * 1e3,
+                     gb_per_s=moved / step_s / 1e9, bandwidth_fraction=moved / step_s / bandwidth,
+                     gflop_per_s=flops / step_s / 1e9, matmul_fraction=flops / step_s / peak,
+                     roofline_ms=1e3 * max(moved / bandwidth, flops / peak)))
+  device = jax.devices()[0]
+  print(f"decode B={b} K={k} E={e} V={v} on {device.platform}:{device.device_kind}; "
+        f"measured copy bandwidth {bandwidth / 1e9:.0f} GB/s, matmul "
+        f"{rates['float32'] / 1e12:.1f} TFLOP/s f32 (highest), {rates['bfloat16'] / 1e12:.1f} bf16")
+  header = (f"{'variant':<27}{'compile s':>10}{'step ms':>10}{'roofline ms':>12}{'GB/s':>9}"
+            f"{'% BW':>7}{'GFLOP/s':>10}{'% MM':>7}")
+  print(header)
+  for r in rows:
+    print(f"{r['variant']:<27}{r['compile_s']:>10.3f}{r['step_ms']:>10.3f}{r['roofline_ms']:>12.3f}"
+          f"{r['gb_per_s']:>9.1f}{100 * r['bandwidth_fraction']:>7.1f}{r['gflop_per_s']:>10.1f}"
+          f"{100 * r['matmul_fraction']:>7.1f}")
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(dict(device=str(device.device_kind), bandwidth=bandwidth, matmul=rates,
+                     shapes=dict(B=b, K=k, E=e, V=v), rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
