@@ -1,7 +1,15 @@
-"""The procedural face world (embedded default data): a face template generated in code.
+"""The procedural face world (embedded default data): faces generated in code, no downloads.
 
-So far this holds the template mesh and a small smooth toy model for the demo; the identity,
-expression and scanner generators of the face world build on `face_template`.
+- `face_template`: the neutral template mesh with iBUG-68 landmarks and a mirror map.
+- `FaceWorld`: identities, expressions and a scanner. An identity is a direction on a sphere
+  S^(D-1); a fixed random matrix and `tanh` turn it into attributes in (-1, 1) (nose length and
+  width, jaw width, eye spacing, brow height, cheek fullness, face length, ... see `ATTRIBUTES`),
+  which act through smooth local warps of the face domain (vertices move with their features, so
+  correspondence holds) and through the size and width of the height field's bumps. Shapes are
+  therefore a nonlinear function of the identity, not a Gaussian in a linear basis.
+- `make_scans`: registered scans with expressions, scanner noise, rigid misalignment and sliding
+  (correspondence) noise, plus the ground-truth neutral shape of each scan.
+- `toy_model`: a small smooth random linear model for demos and tests.
 
 Template construction: a square grid `(p, q) in [-1, 1]^2` is mapped onto the unit disk
 (Fong's elliptical grid mapping, so every grid cell survives and the rim is smooth), the disk is
@@ -37,45 +45,76 @@ class FaceTemplate:
     mirror: `[V]` int32 index of each vertex's left-right mirror partner.
     uv: `[V, 2]` float32 normalised face coordinates (X, Y) in about [-1, 1] (X to the subject's
       left, Y up), the domain the height field and deformations are defined on.
+    disk: `[V, 2]` float32 grid points on the unit disk before the face outline is applied
+      (identities reshape the outline from here).
   """
   vertices: np.ndarray
   triangles: np.ndarray
   landmarks: np.ndarray
   mirror: np.ndarray
   uv: np.ndarray
+  disk: np.ndarray
 
 
 def _bump(x, y, cx, cy, sx, sy):
   return np.exp(-0.5 * (((x - cx) / sx) ** 2 + ((y - cy) / sy) ** 2))
 
 
-def face_height(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-  """Depth z (mm) of the neutral template at normalised face coordinates (X, Y)."""
+# Identity attributes, each in (-1, 1); 0 is the template. Order matters (the identity map).
+ATTRIBUTES = ("face_length", "face_width", "jaw_width", "eye_spacing", "brow_height",
+              "nose_length", "nose_width", "nose_protrusion", "cheek_fullness", "chin",
+              "lip_thickness", "eye_depth", "forehead_slope", "face_curvature", "mouth_width",
+              "asymmetry")
+
+
+def _attribute(attributes, name):
+  """Column `name` of `[N, P]` attributes as `[N, 1]` (broadcasts against `[V]`), or 0."""
+  if attributes is None:
+    return 0.0
+  return attributes[:, ATTRIBUTES.index(name)][:, None]
+
+
+def face_height(x: np.ndarray, y: np.ndarray, attributes: np.ndarray | None = None) -> np.ndarray:
+  """Depth z (mm) at template face coordinates (X, Y), for the template or for identities.
+
+  Args:
+    x, y: `[V]` normalised template coordinates (features stay attached to these).
+    attributes: optional `[N, P]` identity attributes in (-1, 1) (see `ATTRIBUTES`).
+
+  Returns:
+    `[V]` (no attributes) or `[N, V]` depths.
+  """
+  a = lambda name: _attribute(attributes, name)
   ax = np.abs(x)
-  dome = 55.0 * np.sqrt(np.clip(1.0 - 0.75 * x ** 2 - 0.3 * y ** 2, 0.02, None))
+  dome = 55.0 * (1.0 + 0.15 * a("face_curvature")) * np.sqrt(
+      np.clip(1.0 - (0.75 + 0.3 * a("face_curvature")) * x ** 2 - 0.3 * y ** 2, 0.02, None))
+  forehead = -14.0 * a("forehead_slope") * np.clip(y - 0.2, 0.0, None) ** 2
   # Nose: a ridge from between the eyes to the tip, widening into the alae.
   t = np.clip((0.3 - y) / 0.45, 0.0, 1.0)  # 0 at the bridge top, 1 at the tip
-  ridge_width = 0.07 + 0.06 * t ** 2
-  ridge = (6.0 + 20.0 * t ** 1.5) * np.exp(-0.5 * (x / ridge_width) ** 2)
-  ridge *= 1.0 / (1.0 + np.exp((-0.18 - y) / 0.025))  # ends under the tip
-  ridge *= 1.0 / (1.0 + np.exp((y - 0.3) / 0.04))  # and fades out above the bridge
-  alae = 7.0 * _bump(ax, y, 0.11, -0.14, 0.06, 0.05)
-  eye_sockets = -11.0 * _bump(ax, y, 0.38, 0.2, 0.17, 0.1)
+  ridge_width = (0.07 + 0.06 * t ** 2) * (1.0 + 0.4 * a("nose_width"))
+  ridge = ((6.0 + 20.0 * t ** 1.5) * (1.0 + 0.35 * a("nose_protrusion"))
+           * np.exp(-0.5 * (x / ridge_width) ** 2))
+  ridge = ridge / (1.0 + np.exp((-0.18 - y) / 0.025))  # ends under the tip
+  ridge = ridge / (1.0 + np.exp((y - 0.3) / 0.04))  # and fades out above the bridge
+  alae = 7.0 * _bump(ax, y, 0.11 * (1.0 + 0.4 * a("nose_width")), -0.14, 0.06, 0.05)
+  eye_sockets = -11.0 * (1.0 + 0.45 * a("eye_depth")) * _bump(ax, y, 0.38, 0.2, 0.17, 0.1)
   eyeballs = 5.0 * _bump(ax, y, 0.38, 0.2, 0.09, 0.05)
   brows = 5.0 * _bump(ax, y, 0.38, 0.36, 0.2, 0.05)
-  cheeks = 6.0 * _bump(ax, y, 0.45, -0.12, 0.18, 0.16)
-  upper_lip = 5.0 * _bump(x, y, 0.0, -0.42, 0.22, 0.05)
-  lower_lip = 5.0 * _bump(x, y, 0.0, -0.55, 0.19, 0.05)
+  cheeks = 6.0 * (1.0 + 0.9 * a("cheek_fullness")) * _bump(ax, y, 0.45, -0.12, 0.18, 0.16)
+  lips = 1.0 + 0.55 * a("lip_thickness")
+  upper_lip = 5.0 * lips * _bump(x, y, 0.0, -0.42, 0.22, 0.05)
+  lower_lip = 5.0 * lips * _bump(x, y, 0.0, -0.55, 0.19, 0.05)
   mouth_line = -2.5 * _bump(x, y, 0.0, -0.485, 0.24, 0.015)
-  chin = 6.0 * _bump(x, y, 0.0, -0.82, 0.22, 0.12)
+  chin = 6.0 * (1.0 + 0.8 * a("chin")) * _bump(x, y, 0.0, -0.82, 0.22, 0.12)
   under_nose = -3.0 * _bump(x, y, 0.0, -0.3, 0.1, 0.05)
-  return (dome + ridge + alae + eye_sockets + eyeballs + brows + cheeks + upper_lip + lower_lip
-          + mouth_line + chin + under_nose)
+  lopsided = 3.0 * a("asymmetry") * x * _bump(x, y, 0.0, -0.1, 0.5, 0.4)
+  return (dome + forehead + ridge + alae + eye_sockets + eyeballs + brows + cheeks + upper_lip
+          + lower_lip + mouth_line + chin + under_nose + lopsided)
 
 
-def _outline_scale(y: np.ndarray) -> np.ndarray:
+def _outline_scale(y: np.ndarray, jaw_width=0.0) -> np.ndarray:
   """Horizontal scale of the outline at height Y: an egg, narrower toward the jaw."""
-  return 1.0 - 0.28 * np.clip(-y, 0.0, 1.0) ** 2
+  return 1.0 - (0.28 - 0.16 * jaw_width) * np.clip(-y, 0.0, 1.0) ** 2
 
 
 def _landmark_points() -> np.ndarray:
@@ -130,7 +169,8 @@ def face_template(resolution: int = 64) -> FaceTemplate:
   mirror = index[:, ::-1].ravel()
   return FaceTemplate(vertices=vertices.astype(np.float32), triangles=triangles.astype(np.int32),
                       landmarks=landmarks.astype(np.int32), mirror=mirror.astype(np.int32),
-                      uv=uv.astype(np.float32))
+                      uv=uv.astype(np.float32),
+                      disk=np.stack([disk_x, disk_y], -1).reshape(-1, 2).astype(np.float32))
 
 
 def _smooth_fields(rng: np.random.Generator, uv: np.ndarray, count: int, *, bumps: int,
@@ -171,3 +211,259 @@ def toy_model(*, num_shape: int = 10, num_expr: int = 4, resolution: int = 64, s
       landmarks=template.landmarks,
       code_kind="sphere",
   )
+
+
+# ---------------------------------------------------------------------------------------------
+# Identities.
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceWorld:
+  """The fixed rules of the face world (identical for every data seed with the same world_seed).
+
+  Attributes:
+    resolution: template grid side (V = resolution^2).
+    identity_dim: D, identities are directions on S^(D-1).
+    attribute_gain: gain before the `tanh` (about 1: attributes spread over (-1, 1)).
+    world_seed: seed of the identity -> attribute map.
+  """
+  resolution: int = 64
+  identity_dim: int = 16
+  attribute_gain: float = 3.0
+  world_seed: int = 0
+
+  @property
+  def template(self) -> FaceTemplate:
+    return _cached_template(self.resolution)
+
+  @property
+  def attribute_map(self) -> np.ndarray:
+    """`[P, D]` random matrix with unit rows (P = len(ATTRIBUTES))."""
+    rng = np.random.default_rng(self.world_seed + 7919)
+    matrix = rng.normal(size=(len(ATTRIBUTES), self.identity_dim))
+    return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+
+  def sample_identities(self, rng: np.random.Generator, count: int) -> np.ndarray:
+    """`[count, D]` identity directions, uniform on the sphere."""
+    x = rng.normal(size=(count, self.identity_dim))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+  def attributes(self, directions: np.ndarray) -> np.ndarray:
+    """`[N, D]` identity directions -> `[N, P]` attributes in (-1, 1)."""
+    return np.tanh(self.attribute_gain * np.asarray(directions) @ self.attribute_map.T)
+
+  def neutral_shapes(self, directions: np.ndarray) -> np.ndarray:
+    """`[N, D]` identity directions -> `[N, V, 3]` neutral faces (float64, mm)."""
+    return identity_shapes(self.template, self.attributes(directions))
+
+
+_TEMPLATE_CACHE: dict = {}
+
+
+def _cached_template(resolution: int) -> FaceTemplate:
+  if resolution not in _TEMPLATE_CACHE:
+    _TEMPLATE_CACHE[resolution] = face_template(resolution)
+  return _TEMPLATE_CACHE[resolution]
+
+
+def identity_shapes(template: FaceTemplate, attributes: np.ndarray) -> np.ndarray:
+  """Neutral faces `[N, V, 3]` (mm) of identities with attributes `[N, P]` (0 = the template)."""
+  attributes = np.atleast_2d(attributes)
+  a = lambda name: _attribute(attributes, name)
+  ux, uy = template.uv[:, 0].astype(np.float64), template.uv[:, 1].astype(np.float64)
+  dx, dy = template.disk[:, 0].astype(np.float64), template.disk[:, 1].astype(np.float64)
+  aux = np.abs(ux)
+  # Local warps of the disk domain, located by template coordinates (features move with them).
+  # Warp gradients stay well below 1, so the grid never folds.
+  xw = (dx + 0.06 * a("eye_spacing") * np.sign(ux) * _bump(aux, uy, 0.38, 0.2, 0.2, 0.15)
+        + 0.08 * a("mouth_width") * ux * _bump(ux, uy, 0.0, -0.49, 0.3, 0.1)
+        + 0.02 * a("asymmetry") * _bump(ux, uy, 0.0, -0.1, 0.1, 0.2))
+  yw = (dy + 0.045 * a("brow_height") * _bump(aux, uy, 0.38, 0.36, 0.25, 0.08)
+        - 0.06 * a("nose_length") * _bump(ux, uy, 0.0, -0.12, 0.12, 0.12))
+  yw = yw + 0.1 * a("face_length") * np.minimum(yw, 0.0)  # longer or shorter lower face
+  x = HALF_WIDTH_MM * (1.0 + 0.09 * a("face_width")) * xw * _outline_scale(yw, a("jaw_width"))
+  y = HALF_HEIGHT_MM * yw
+  z = face_height(ux, uy, attributes)
+  return np.stack(np.broadcast_arrays(x, y, z), -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Expressions.
+
+EXPRESSIONS = ("smile", "sad", "brow_raise", "brow_furrow", "pucker", "mouth_stretch", "squint",
+               "cheek_puff", "jaw_open")
+
+
+def expression_fields(template: FaceTemplate) -> np.ndarray:
+  """Displacements `[X - 1, V, 3]` (mm at weight 1) of the blendshape-like expressions.
+
+  The last expression, `jaw_open`, is a rotation of the lower face (see `apply_expressions`), not a
+  field, so it is not included here.
+  """
+  ux, uy = template.uv[:, 0].astype(np.float64), template.uv[:, 1].astype(np.float64)
+  aux, side = np.abs(ux), np.sign(ux)
+  corners = _bump(aux, uy, 0.26, -0.48, 0.1, 0.08)
+  cheeks = _bump(aux, uy, 0.4, -0.2, 0.15, 0.12)
+  lips = _bump(ux, uy, 0.0, -0.49, 0.25, 0.09)
+  brows = _bump(aux, uy, 0.38, 0.36, 0.22, 0.08)
+  inner_brows = _bump(aux, uy, 0.2, 0.34, 0.1, 0.08)
+  upper_lids = _bump(aux, uy, 0.38, 0.24, 0.12, 0.04)
+  lower_lids = _bump(aux, uy, 0.38, 0.16, 0.12, 0.04)
+  puff = _bump(aux, uy, 0.35, -0.35, 0.14, 0.14)
+  forehead = np.clip((uy - 0.3) / 0.5, 0.0, 1.0) ** 0.5
+  zero = np.zeros_like(ux)
+  fields = [
+      # smile: corners up, out and back; cheeks up and forward.
+      np.stack([4.0 * side * corners, 6.0 * corners + 3.0 * cheeks, -3.0 * corners + 2.0 * cheeks],
+               -1),
+      # sad: corners down, inner brows up.
+      np.stack([zero, -5.0 * corners + 3.0 * inner_brows, -1.0 * corners], -1),
+      # brow raise: brows and forehead up.
+      np.stack([zero, 6.0 * brows + 3.0 * forehead, 1.0 * brows], -1),
+      # brow furrow: inner brows down and together.
+      np.stack([-3.0 * side * inner_brows, -4.0 * inner_brows, 1.0 * inner_brows], -1),
+      # pucker: lips forward and narrower.
+      np.stack([-0.35 * HALF_WIDTH_MM * ux * lips, zero, 7.0 * lips], -1),
+      # mouth stretch: corners outward, lips flatter.
+      np.stack([5.0 * side * corners, -1.0 * corners, -2.0 * lips], -1),
+      # squint: upper lids down, lower lids and cheeks up.
+      np.stack([zero, -3.0 * upper_lids + 1.5 * lower_lids + 1.0 * cheeks, zero], -1),
+      # cheek puff: cheeks forward and out.
+      np.stack([2.0 * side * puff, zero, 6.0 * puff], -1),
+  ]
+  return np.stack(fields)
+
+
+JAW_MAX_DEGREES = 12.0  # about 30 mm of chin drop with the hinge ~150 mm away
+
+
+def apply_expressions(template: FaceTemplate, neutral: np.ndarray, weights: np.ndarray,
+                      fields: np.ndarray | None = None) -> np.ndarray:
+  """Faces `[N, V, 3]` with expression `weights` `[N, X]` (in [0, 1]) applied to `neutral`.
+
+  Blendshape-like fields are added, then `jaw_open` rotates everything below the mouth line about
+  a hinge behind the face (up to `JAW_MAX_DEGREES`), blended smoothly across the lips.
+  """
+  fields = expression_fields(template) if fields is None else fields
+  faces = neutral + np.einsum("nx,xvc->nvc", weights[:, :-1], fields)
+  angle = np.deg2rad(JAW_MAX_DEGREES) * weights[:, -1]  # [N]
+  uy = template.uv[:, 1].astype(np.float64)
+  lower = 1.0 / (1.0 + np.exp((uy + 0.49) / 0.04))  # 1 below the mouth line, 0 above
+  pivot = np.array([0.0, -5.0, -85.0])
+  rel = faces - pivot
+  theta = angle[:, None] * lower[None, :]  # [N, V]
+  cos, sin = np.cos(theta), np.sin(theta)
+  # Rotation about x that swings the chin down and back (for the chin, rel = (0, -, +)).
+  y_new = cos * rel[..., 1] - sin * rel[..., 2]
+  z_new = sin * rel[..., 1] + cos * rel[..., 2]
+  return np.stack([faces[..., 0], y_new + pivot[1], z_new + pivot[2]], -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scans.
+
+
+@dataclasses.dataclass(frozen=True)
+class Scans:
+  """Registered 3D scans from the face world (all in correspondence with the template).
+
+  Attributes:
+    vertices: `[N, V, 3]` float32 scanned faces, mm (expression, noise, misalignment included).
+    identity: `[N]` int32 identity label in [0, num_identities).
+    expression: `[N, X]` float32 expression weights in [0, 1] (`EXPRESSIONS` order).
+    neutral: `[N, V, 3]` float32 ground-truth neutral shape of the scan's identity.
+    identity_directions: `[num_identities, D]` float32 identity directions on the sphere.
+    triangles, landmarks, mirror: the template's topology, iBUG-68 vertices and mirror map.
+  """
+  vertices: np.ndarray
+  identity: np.ndarray
+  expression: np.ndarray
+  neutral: np.ndarray
+  identity_directions: np.ndarray
+  triangles: np.ndarray
+  landmarks: np.ndarray
+  mirror: np.ndarray
+
+
+def _random_rotations(rng: np.random.Generator, count: int, max_degrees: float) -> np.ndarray:
+  axes = rng.normal(size=(count, 3))
+  axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+  angles = np.deg2rad(rng.uniform(-max_degrees, max_degrees, size=count))
+  k = np.zeros((count, 3, 3))
+  k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axes[:, 2], axes[:, 1], -axes[:, 0]
+  k = k - np.swapaxes(k, 1, 2)
+  eye = np.eye(3)[None]
+  return (eye + np.sin(angles)[:, None, None] * k
+          + (1 - np.cos(angles))[:, None, None] * (k @ k))  # Rodrigues
+
+
+def _sliding_noise(rng: np.random.Generator, template: FaceTemplate, faces: np.ndarray,
+                   magnitude_mm: float) -> np.ndarray:
+  """Smooth displacements tangent to each face's surface (correspondence drift), `[N, V, 3]`."""
+  count = faces.shape[0]
+  centres = rng.uniform(-0.8, 0.8, size=(count, 4, 2))
+  vectors = rng.normal(size=(count, 4, 3))
+  distances = np.sum((template.uv[None, None] - centres[:, :, None]) ** 2, -1)  # [N, 4, V]
+  field = np.einsum("nbv,nbc->nvc", np.exp(-0.5 * distances / 0.3 ** 2), vectors)
+  field *= magnitude_mm / np.sqrt(np.mean(np.sum(field ** 2, -1), axis=1))[:, None, None]
+  v0, v1, v2 = (faces[:, template.triangles[:, k]] for k in range(3))
+  face_normal = np.cross(v1 - v0, v2 - v0)
+  normals = np.zeros_like(faces)
+  for k in range(3):
+    np.add.at(normals, (slice(None), template.triangles[:, k]), face_normal)
+  normals /= np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-12)
+  return field - np.sum(field * normals, -1, keepdims=True) * normals
+
+
+def make_scans(num_identities: int, scans_per_identity: int, seed: int, *,
+               world: FaceWorld = FaceWorld(), noise_mm: float = 0.3,
+               misalignment_degrees: float = 1.0, misalignment_mm: float = 1.0,
+               sliding_fraction: float = 0.2, sliding_mm: float = 1.0,
+               neutral_fraction: float = 0.2, max_active_expressions: int = 3,
+               identity_offset: int = 0) -> Scans:
+  """Registered scans of `num_identities` random identities, `scans_per_identity` each.
+
+  Each scan: the identity's neutral face, a random expression (with probability
+  `neutral_fraction` none; otherwise 1 to `max_active_expressions` blendshapes and the jaw with
+  weights in [0, 1]), a small rigid misalignment about the face centre, per-vertex Gaussian noise,
+  and for a fraction of scans a smooth sliding of vertices along the surface.
+
+  Args:
+    num_identities: identities drawn uniformly on the identity sphere.
+    scans_per_identity: scans of each identity.
+    seed: data seed; the same seed (and world) gives bit-identical scans.
+    world: the face world's fixed rules.
+    noise_mm, misalignment_degrees, misalignment_mm, sliding_fraction, sliding_mm: scanner.
+    neutral_fraction, max_active_expressions: expression mixing.
+    identity_offset: added to the identity labels (to build disjoint label ranges).
+  """
+  if num_identities < 1 or scans_per_identity < 1:
+    raise ValueError("make_scans: num_identities and scans_per_identity must be >= 1")
+  rng = np.random.default_rng(seed)
+  template = world.template
+  directions = world.sample_identities(rng, num_identities)
+  neutral_ids = world.neutral_shapes(directions)  # [I, V, 3]
+  identity = np.repeat(np.arange(num_identities), scans_per_identity)
+  count = len(identity)
+  neutral = neutral_ids[identity]
+  num_expr = len(EXPRESSIONS)
+  weights = np.zeros((count, num_expr))
+  for n in range(count):
+    if rng.uniform() < neutral_fraction:
+      continue
+    active = rng.choice(num_expr, size=rng.integers(1, max_active_expressions + 1), replace=False)
+    weights[n, active] = rng.uniform(0.2, 1.0, size=len(active))
+  faces = apply_expressions(template, neutral, weights)
+  sliding = rng.uniform(size=count) < sliding_fraction
+  if sliding.any() and sliding_mm > 0:
+    faces[sliding] += _sliding_noise(rng, template, faces[sliding], sliding_mm)
+  rotations = _random_rotations(rng, count, misalignment_degrees)
+  shifts = rng.uniform(-misalignment_mm, misalignment_mm, size=(count, 3))
+  centre = faces.mean(axis=1, keepdims=True)
+  faces = np.einsum("nij,nvj->nvi", rotations, faces - centre) + centre + shifts[:, None]
+  faces = faces + rng.normal(scale=noise_mm, size=faces.shape)
+  return Scans(vertices=faces.astype(np.float32),
+               identity=(identity + identity_offset).astype(np.int32),
+               expression=weights.astype(np.float32), neutral=neutral.astype(np.float32),
+               identity_directions=directions.astype(np.float32), triangles=template.triangles,
+               landmarks=template.landmarks, mirror=template.mirror)

@@ -1,0 +1,89 @@
+r"""Pictures of faces, so a person can see at a glance that faces look like faces.
+
+  # The face world: one row per identity, its neutral face then each expression at full weight.
+  python -m experiments.show_faces --out=runs/world.png [--identities=6 --seed=0]
+  # Any model file (ours, Basel .mat/.h5, FLAME .pkl, FaceScape .npz, Surrey .bin or folder):
+  # one row per component, -3 sd | mean | +3 sd, then the first expressions at -1 | 0 | +1.
+  python -m experiments.show_faces --model=../shared/data/surrey --out=runs/surrey.png
+
+For sphere models (code_kind "sphere") a "standard deviation" is R / sqrt(K), the spread of one
+code coordinate when codes are spread uniformly over the sphere.
+"""
+
+import os
+
+import numpy as np
+from absl import app, flags
+
+from sfm_jax import synth, viz
+from sfm_jax.io import write_png
+from sfm_jax.io.formats import load_face_model
+
+_OUT = flags.DEFINE_string("out", "runs/faces.png", "PNG to write (folder created).")
+_MODEL = flags.DEFINE_string("model", None, "Model file or Surrey folder; default: the face world.")
+_IDENTITIES = flags.DEFINE_integer("identities", 6, "Face world: identities (rows).")
+_COMPONENTS = flags.DEFINE_integer("components", 5, "Model: shape components (rows).")
+_EXPRESSIONS = flags.DEFINE_integer("expressions", 3, "Model: expression components shown.")
+_RESOLUTION = flags.DEFINE_integer("resolution", 64, "Face world: template grid side.")
+_SEED = flags.DEFINE_integer("seed", 0, "Face world: identity seed.")
+_SIZE = flags.DEFINE_integer("size", 160, "Pixels per face.")
+_YAW = flags.DEFINE_float("yaw", 25.0, "View angle in degrees (0 = frontal).")
+
+
+def world_picture(*, identities: int, resolution: int, seed: int, size: int, yaw: float):
+  world = synth.FaceWorld(resolution=resolution)
+  template = world.template
+  neutral = world.neutral_shapes(world.sample_identities(np.random.default_rng(seed), identities))
+  columns = [neutral]
+  for k in range(len(synth.EXPRESSIONS)):
+    weights = np.zeros((identities, len(synth.EXPRESSIONS)))
+    weights[:, k] = 1.0
+    columns.append(synth.apply_expressions(template, neutral, weights))
+  faces = np.stack(columns, axis=1).reshape(-1, template.vertices.shape[0], 3)
+  extent = 1.15 * float(np.max(np.ptp(faces[..., :2], axis=1)))
+  images = [viz.shade_mesh(f, template.triangles, size=size, yaw_degrees=yaw, extent_mm=extent)
+            for f in faces]
+  return viz.image_grid(images, columns=len(columns)), ["neutral", *synth.EXPRESSIONS]
+
+
+def model_picture(path: str, *, components: int, expressions: int, size: int, yaw: float):
+  model = load_face_model(path)
+  sd = 1.0 if model.code_kind == "gaussian" else float(model.radius) / np.sqrt(model.shape_dim)
+  mean = np.asarray(model.mean, np.float64)
+  rows = []
+  for k in range(min(components, model.shape_dim)):
+    offset = 3.0 * sd * np.asarray(model.shape_basis[k], np.float64)
+    rows.append([mean - offset, mean, mean + offset])
+  for k in range(min(expressions, model.expr_dim)):  # +/-1 unit: a blendshape at full weight
+    offset = np.asarray(model.expr_basis[k], np.float64)
+    rows.append([mean - offset, mean, mean + offset])
+  faces = np.array(rows).reshape(-1, model.num_vertices, 3)
+  extent = 1.15 * float(np.max(np.ptp(faces[..., :2], axis=1)))
+  centre = 0.5 * (mean.min(0) + mean.max(0))
+  images = [viz.shade_mesh(f, model.triangles, size=size, yaw_degrees=yaw, extent_mm=extent,
+                           center=centre) for f in faces]
+  return viz.image_grid(images, columns=3), model
+
+
+def main(argv):
+  del argv
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+  if _MODEL.value is None:
+    picture, names = world_picture(identities=_IDENTITIES.value, resolution=_RESOLUTION.value,
+                                   seed=_SEED.value, size=_SIZE.value, yaw=_YAW.value)
+    write_png(_OUT.value, picture)
+    print(f"face world: {_IDENTITIES.value} identities (rows) x columns {', '.join(names)}")
+  else:
+    picture, model = model_picture(_MODEL.value, components=_COMPONENTS.value,
+                                   expressions=_EXPRESSIONS.value, size=_SIZE.value,
+                                   yaw=_YAW.value)
+    write_png(_OUT.value, picture)
+    print(f"{_MODEL.value}: V={model.num_vertices} K={model.shape_dim} E={model.expr_dim} "
+          f"({model.code_kind}); rows: first {min(_COMPONENTS.value, model.shape_dim)} shape "
+          f"then {min(_EXPRESSIONS.value, model.expr_dim)} expression components; "
+          "columns: -3 sd, mean, +3 sd (expressions: -1, 0, +1)")
+  print(f"  picture  {_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,210 @@
+"""Scan folders: the format stage 1 reads for a user's registered 3D scans.
+
+Layout of a scan folder:
+
+    meta.csv        header `path,identity` (optional third column `expression`); one row a scan;
+                    `path` relative to the folder; `identity` a subject name or number (empty =
+                    unlabelled); `expression` a free label such as `neutral` or `smile`
+    <meshes>        OBJ or PLY files, all with the same vertex count and order (correspondence)
+    template.obj    optional: the triangles (and a reference shape) of the common topology
+    landmarks.txt   optional: 68 vertex indices (0-based, iBUG order), -1 where undefined;
+                    whitespace or newline separated, `#` comments allowed
+
+`write_scan_folder` writes meshes first and `meta.csv` last (each file atomically), so an
+interrupted write never looks like a complete folder. `read_scan_folder` checks everything and
+raises `ValueError` naming the offending file (and row).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+
+import numpy as np
+
+from sfm_jax.io.atomic import atomic_write
+from sfm_jax.io.mesh import read_mesh, read_obj, write_mesh, write_obj
+
+META = "meta.csv"
+TEMPLATE = "template.obj"
+LANDMARKS = "landmarks.txt"
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanFolder:
+  """The contents of a scan folder.
+
+  Attributes:
+    vertices: `[N, V, 3]` scans, mm.
+    identity: `[N]` int32 label in [0, len(identity_names)), -1 for unlabelled scans.
+    identity_names: the subject name of each label (sorted; numerically if all are integers).
+    expression: `[N]` expression labels, or None when `meta.csv` has no expression column.
+    paths: `[N]` mesh paths relative to the folder.
+    triangles: `[T, 3]` int32 (from `template.obj`, else from the first mesh).
+    landmarks: `[68]` int32 vertex indices (-1 undefined), or None without `landmarks.txt`.
+  """
+  vertices: np.ndarray
+  identity: np.ndarray
+  identity_names: list
+  expression: list | None
+  paths: list
+  triangles: np.ndarray
+  landmarks: np.ndarray | None
+
+
+def write_scan_folder(directory: str | os.PathLike, vertices, identity, *, triangles=None,
+                      landmarks=None, expression=None, mesh_format: str = "ply",
+                      names=None) -> None:
+  """Writes scans as a scan folder (created if needed).
+
+  Args:
+    directory: destination folder.
+    vertices: `[N, V, 3]` scans, mm.
+    identity: `[N]` identity labels (ints or strings; None or "" for unlabelled).
+    triangles: `[T, 3]` common topology; written into each mesh and into `template.obj`.
+    landmarks: `[68]` vertex indices (-1 undefined), written to `landmarks.txt`.
+    expression: optional `[N]` expression labels.
+    mesh_format: "ply" (binary, bit-exact) or "obj".
+    names: optional `[N]` file names (default `scans/00000.<format>` ...).
+  """
+  directory = os.fspath(directory)
+  vertices = np.asarray(vertices)
+  if vertices.ndim != 3 or vertices.shape[2] != 3:
+    raise ValueError(f"{directory}: vertices must be [N, V, 3], got {vertices.shape}")
+  if len(identity) != len(vertices) or (expression is not None
+                                        and len(expression) != len(vertices)):
+    raise ValueError(f"{directory}: identity/expression need one entry per scan "
+                     f"({len(vertices)})")
+  if mesh_format not in ("ply", "obj"):
+    raise ValueError(f"{directory}: mesh_format must be 'ply' or 'obj', got {mesh_format!r}")
+  names = names or [os.path.join("scans", f"{i:05d}.{mesh_format}") for i in range(len(vertices))]
+  if len(set(names)) != len(names):
+    raise ValueError(f"{directory}: scan file names must be unique")
+  for name, scan in zip(names, vertices):
+    path = os.path.join(directory, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_mesh(path, scan, triangles)
+  if triangles is not None:
+    write_obj(os.path.join(directory, TEMPLATE), vertices.mean(axis=0).astype(vertices.dtype),
+              triangles)
+  if landmarks is not None:
+    with atomic_write(os.path.join(directory, LANDMARKS), "w") as f:
+      f.write("# iBUG-68 landmark vertex indices (0-based, -1 undefined)\n")
+      f.write("\n".join(str(int(i)) for i in np.asarray(landmarks)) + "\n")
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator="\n")
+  writer.writerow(["path", "identity"] + (["expression"] if expression is not None else []))
+  for i, name in enumerate(names):
+    label = "" if identity[i] is None else str(identity[i])
+    writer.writerow([name.replace(os.sep, "/"), label]
+                    + ([str(expression[i])] if expression is not None else []))
+  with atomic_write(os.path.join(directory, META), "w") as f:
+    f.write(buffer.getvalue())
+
+
+def _label_order(names: set) -> list:
+  if all(n.lstrip("-").isdigit() for n in names):
+    return sorted(names, key=int)
+  return sorted(names)
+
+
+def read_scan_meta(directory: str | os.PathLike) -> tuple[list, list, list | None]:
+  """Reads and checks `meta.csv`: (paths, identity strings, expression strings or None)."""
+  directory = os.fspath(directory)
+  meta_path = os.path.join(directory, META)
+  if not os.path.isfile(meta_path):
+    raise ValueError(f"{meta_path}: missing (a scan folder needs meta.csv with header "
+                     "'path,identity')")
+  with open(meta_path, newline="", encoding="utf-8") as f:
+    rows = list(csv.reader(f))
+  rows = [r for r in rows if any(cell.strip() for cell in r)]
+  if not rows:
+    raise ValueError(f"{meta_path}: empty (expected a header 'path,identity' and one row a scan)")
+  header = [h.strip() for h in rows[0]]
+  if header[:2] != ["path", "identity"] or len(header) > 3 or (len(header) == 3
+                                                               and header[2] != "expression"):
+    raise ValueError(f"{meta_path}: line 1: header must be 'path,identity[,expression]', "
+                     f"got {','.join(header)!r}")
+  if len(rows) == 1:
+    raise ValueError(f"{meta_path}: empty (a header but no scans)")
+  paths, identities, expressions, seen = [], [], [], {}
+  for line_no, row in enumerate(rows[1:], start=2):
+    if len(row) != len(header):
+      raise ValueError(f"{meta_path}: line {line_no}: expected {len(header)} columns, got "
+                       f"{len(row)}")
+    path = row[0].strip()
+    if not path:
+      raise ValueError(f"{meta_path}: line {line_no}: empty path")
+    if path in seen:
+      raise ValueError(f"{meta_path}: line {line_no}: duplicate path {path!r} (first on line "
+                       f"{seen[path]})")
+    seen[path] = line_no
+    paths.append(path)
+    identities.append(row[1].strip())
+    if len(header) == 3:
+      expressions.append(row[2].strip())
+  return paths, identities, (expressions if len(header) == 3 else None)
+
+
+def read_landmarks_file(path: str, num_vertices: int) -> np.ndarray:
+  """Reads `landmarks.txt`: 68 vertex indices in [-1, V)."""
+  with open(path, encoding="utf-8") as f:
+    tokens = [t for line in f for t in line.split("#")[0].split()]
+  try:
+    values = np.array([int(t) for t in tokens], np.int64)
+  except ValueError:
+    raise ValueError(f"{path}: landmarks must be integers") from None
+  if values.shape != (68,):
+    raise ValueError(f"{path}: expected 68 landmark indices, got {len(values)}")
+  if values.min() < -1 or values.max() >= num_vertices:
+    bad = int(np.argmax((values < -1) | (values >= num_vertices)))
+    raise ValueError(f"{path}: landmark {bad} = {values[bad]} is outside [-1, {num_vertices})")
+  return values.astype(np.int32)
+
+
+def read_scan_folder(directory: str | os.PathLike, *, dtype=np.float32,
+                     max_scans: int | None = None) -> ScanFolder:
+  """Reads a scan folder (see the module docstring).
+
+  Raises:
+    ValueError: naming the file for a missing or empty `meta.csv`, a bad header or row, a
+      duplicate path, a missing mesh, a mesh whose vertex count differs from the first one,
+      non-finite coordinates or malformed meshes (the mesh readers name the line), and bad
+      `template.obj` or `landmarks.txt`.
+  """
+  directory = os.fspath(directory)
+  paths, identities, expressions = read_scan_meta(directory)
+  if max_scans is not None:
+    paths, identities = paths[:max_scans], identities[:max_scans]
+    expressions = expressions[:max_scans] if expressions is not None else None
+  scans, first_triangles = [], None
+  for i, relative in enumerate(paths):
+    path = os.path.join(directory, relative)
+    if not os.path.isfile(path):
+      raise ValueError(f"{path}: missing (listed on line {i + 2} of {META})")
+    mesh = read_mesh(path, dtype=dtype)
+    if scans and mesh.vertices.shape != scans[0].shape:
+      raise ValueError(f"{path}: {len(mesh.vertices)} vertices, but {paths[0]} has "
+                       f"{len(scans[0])}; scans must share vertex count and order")
+    if i == 0:
+      first_triangles = mesh.triangles
+    scans.append(mesh.vertices)
+  num_vertices = scans[0].shape[0]
+  triangles = first_triangles
+  template_path = os.path.join(directory, TEMPLATE)
+  if os.path.isfile(template_path):
+    template = read_obj(template_path)
+    if len(template.vertices) != num_vertices:
+      raise ValueError(f"{template_path}: {len(template.vertices)} vertices, but the scans have "
+                       f"{num_vertices}")
+    triangles = template.triangles
+  landmarks_path = os.path.join(directory, LANDMARKS)
+  landmarks = (read_landmarks_file(landmarks_path, num_vertices)
+               if os.path.isfile(landmarks_path) else None)
+  names = _label_order({n for n in identities if n})
+  index = {name: i for i, name in enumerate(names)}
+  identity = np.array([index[n] if n else -1 for n in identities], np.int32)
+  return ScanFolder(vertices=np.stack(scans), identity=identity, identity_names=names,
+                    expression=expressions, paths=paths, triangles=triangles, landmarks=landmarks)
