@@ -48,21 +48,9 @@ def world_picture(*, identities: int, resolution: int, seed: int, size: int, yaw
 
 def model_picture(path: str, *, components: int, expressions: int, size: int, yaw: float):
   model = load_face_model(path)
-  sd = 1.0 if model.code_kind == "gaussian" else float(model.radius) / np.sqrt(model.shape_dim)
-  mean = np.asarray(model.mean, np.float64)
-  rows = []
-  for k in range(min(components, model.shape_dim)):
-    offset = 3.0 * sd * np.asarray(model.shape_basis[k], np.float64)
-    rows.append([mean - offset, mean, mean + offset])
-  for k in range(min(expressions, model.expr_dim)):  # +/-1 unit: a blendshape at full weight
-    offset = np.asarray(model.expr_basis[k], np.float64)
-    rows.append([mean - offset, mean, mean + offset])
-  faces = np.array(rows).reshape(-1, model.num_vertices, 3)
-  extent = 1.15 * float(np.max(np.ptp(faces[..., :2], axis=1)))
-  centre = 0.5 * (mean.min(0) + mean.max(0))
-  images = [viz.shade_mesh(f, model.triangles, size=size, yaw_degrees=yaw, extent_mm=extent,
-                           center=centre) for f in faces]
-  return viz.image_grid(images, columns=3), model
+  picture = viz.component_grid(model, components=components, expressions=expressions, size=size,
+                               yaw_degrees=yaw)
+  return picture, model
 
 
 def main(argv):

@@ -415,6 +415,19 @@ def _sliding_noise(rng: np.random.Generator, template: FaceTemplate, faces: np.n
   return field - np.sum(field * normals, -1, keepdims=True) * normals
 
 
+def apply_scanner(rng: np.random.Generator, faces: np.ndarray, *, noise_mm: float,
+                  misalignment_degrees: float, misalignment_mm: float) -> np.ndarray:
+  """A scanner's view of faces `[N, V, 3]`: a small random rigid motion about each face's centre
+  (uniform angle up to `misalignment_degrees` about a random axis, shift up to `misalignment_mm`
+  per axis), then i.i.d. Gaussian noise of `noise_mm` per coordinate."""
+  count = faces.shape[0]
+  rotations = _random_rotations(rng, count, misalignment_degrees)
+  shifts = rng.uniform(-misalignment_mm, misalignment_mm, size=(count, 3))
+  centre = faces.mean(axis=1, keepdims=True)
+  faces = np.einsum("nij,nvj->nvi", rotations, faces - centre) + centre + shifts[:, None]
+  return faces + rng.normal(scale=noise_mm, size=faces.shape)
+
+
 def make_scans(num_identities: int, scans_per_identity: int, seed: int, *,
                world: FaceWorld = FaceWorld(), noise_mm: float = 0.3,
                misalignment_degrees: float = 1.0, misalignment_mm: float = 1.0,
@@ -457,11 +470,8 @@ def make_scans(num_identities: int, scans_per_identity: int, seed: int, *,
   sliding = rng.uniform(size=count) < sliding_fraction
   if sliding.any() and sliding_mm > 0:
     faces[sliding] += _sliding_noise(rng, template, faces[sliding], sliding_mm)
-  rotations = _random_rotations(rng, count, misalignment_degrees)
-  shifts = rng.uniform(-misalignment_mm, misalignment_mm, size=(count, 3))
-  centre = faces.mean(axis=1, keepdims=True)
-  faces = np.einsum("nij,nvj->nvi", rotations, faces - centre) + centre + shifts[:, None]
-  faces = faces + rng.normal(scale=noise_mm, size=faces.shape)
+  faces = apply_scanner(rng, faces, noise_mm=noise_mm, misalignment_degrees=misalignment_degrees,
+                        misalignment_mm=misalignment_mm)
   return Scans(vertices=faces.astype(np.float32),
                identity=(identity + identity_offset).astype(np.int32),
                expression=weights.astype(np.float32), neutral=neutral.astype(np.float32),

@@ -126,3 +126,89 @@ def image_grid(images: list[np.ndarray], *, columns: int, pad: int = 4,
     top, left = pad + r * (height + pad), pad + c * (width + pad)
     grid[top:top + height, left:left + width] = image
   return grid
+
+
+def component_grid(model, *, components: int = 4, expressions: int = 2, size: int = 160,
+                   yaw_degrees: float = 25.0) -> np.ndarray:
+  """A model at a glance: one row per shape component (-3 sd | mean | +3 sd), then expression
+  components at -1 | 0 | +1 (one blendshape at full weight, or one sd).
+
+  For sphere models a "standard deviation" is R / sqrt(K): the spread of one coordinate of codes
+  spread uniformly over the sphere. Returns a float image.
+  """
+  sd = 1.0 if model.code_kind == "gaussian" else float(model.radius) / np.sqrt(model.shape_dim)
+  mean = np.asarray(model.mean, np.float64)
+  rows = []
+  for k in range(min(components, model.shape_dim)):
+    offset = 3.0 * sd * np.asarray(model.shape_basis[k], np.float64)
+    rows.append([mean - offset, mean, mean + offset])
+  for k in range(min(expressions, model.expr_dim)):
+    offset = np.asarray(model.expr_basis[k], np.float64)
+    rows.append([mean - offset, mean, mean + offset])
+  faces = np.array(rows).reshape(-1, mean.shape[0], 3)
+  extent = 1.15 * float(np.max(np.ptp(faces[..., :2], axis=1)))
+  centre = 0.5 * (mean.min(0) + mean.max(0))
+  images = [shade_mesh(f, model.triangles, size=size, yaw_degrees=yaw_degrees, extent_mm=extent,
+                       center=centre) for f in faces]
+  return image_grid(images, columns=3)
+
+
+def _figure_to_image(figure) -> np.ndarray:
+  figure.canvas.draw()
+  image = np.asarray(figure.canvas.buffer_rgba())[..., :3].astype(np.float64) / 255.0
+  import matplotlib.pyplot as plt
+  plt.close(figure)
+  return image
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def plot_curves(panels: list, *, log_y: tuple = ()) -> np.ndarray:
+  """Line plots side by side. `panels`: list of `(title, {label: (x, y)})`; titles in `log_y` get
+  a logarithmic y axis. Returns a float image."""
+  plt = _pyplot()
+  figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), dpi=100,
+                              squeeze=False)
+  for axis, (title, series) in zip(axes[0], panels):
+    for label, (x, y) in series.items():
+      axis.plot(x, y, label=label, linewidth=1.4)
+    axis.set_title(title, fontsize=10)
+    axis.set_xlabel("step")
+    if title in log_y:
+      axis.set_yscale("log")
+    axis.grid(alpha=0.3)
+    if len(series) > 1:
+      axis.legend(fontsize=8)
+  figure.tight_layout()
+  return _figure_to_image(figure)
+
+
+def plot_codes_2d(panels: list, *, max_identities: int = 12) -> np.ndarray:
+  """Codes projected to 2D, coloured by identity, one panel per model.
+
+  `panels`: list of `(title, codes [N, K], labels [N])`. Codes are normalised to unit length
+  (identity is compared by angle) and projected on their own two leading principal axes; the
+  first `max_identities` identities are drawn. Returns a float image.
+  """
+  plt = _pyplot()
+  figure, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4.2), dpi=100,
+                              squeeze=False)
+  for axis, (title, codes, labels) in zip(axes[0], panels):
+    labels = np.asarray(labels)
+    keep = np.isin(labels, np.unique(labels)[:max_identities])
+    unit = codes / np.maximum(np.linalg.norm(codes, axis=1, keepdims=True), 1e-12)
+    centred = unit - unit.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ vt[:2].T
+    colours = plt.get_cmap("tab20")(np.searchsorted(np.unique(labels[keep]), labels[keep]) % 20)
+    axis.scatter(xy[keep, 0], xy[keep, 1], c=colours, s=22, edgecolors="k", linewidths=0.3)
+    axis.set_title(title, fontsize=10)
+    axis.set_xticks([])
+    axis.set_yticks([])
+  figure.tight_layout()
+  return _figure_to_image(figure)

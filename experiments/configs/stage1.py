@@ -1,0 +1,87 @@
+"""Stage-1 configs: `--config=experiments/configs/stage1.py:VARIANT`, VARIANT one of
+
+  demo    the embedded face world (48x48 grid), K=20, E=10; a few minutes on 2 CPU cores
+  surrey  scans sampled from the real Surrey model (../shared/data/surrey), K=40, E=6
+  folder  a user's scan folder: --config.data.scan_dir=DIR
+  paper   K=199, E=100 on a 230x230 face-world grid (52900 vertices): sized for a GPU
+  tiny    a few seconds, for tests
+
+Any field can be overridden, e.g. `--config.train.num_steps=500 --config.model.shape_dim=16`.
+"""
+
+import ml_collections
+
+VARIANTS = ("demo", "surrey", "folder", "paper", "tiny")
+
+
+def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown stage-1 config variant {variant!r}; choose one of {VARIANTS}")
+  c = ml_collections.ConfigDict()
+  c.variant = variant
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "world"          # world | tfds | surrey | folder
+  c.data.resolution = 48           # world: template grid side (V = resolution^2)
+  c.data.train_identities = 120
+  c.data.test_identities = 40
+  c.data.scans_per_identity = 4
+  c.data.noise_mm = 0.3
+  c.data.tfds_config = "demo"      # tfds: SyntheticFaceScans config
+  c.data.tfds_data_dir = "runs/tfds"
+  c.data.surrey_dir = "../shared/data/surrey"
+  c.data.scan_dir = ""             # folder: the scan folder
+  c.data.test_fraction = 0.2       # folder: share of identities held out
+
+  c.model = ml_collections.ConfigDict()
+  c.model.shape_dim = 20           # K
+  c.model.expr_dim = 10            # E
+
+  # The SFM objective (see sfm_jax.stage1.Objective); 0 switches a term off.
+  c.objective = ml_collections.ConfigDict(dict(
+      code_kind="sphere", sphere_mode="hard", margin_kind="cosface", margin_scale=32.0,
+      margin=0.35, squared_error=False, weight_rec=1.0, weight_margin=0.1, weight_center=1.0,
+      weight_isotropy=0.01, weight_ring=1.0, weight_shape_prior=0.0, weight_expr_prior=0.001,
+      weight_orthogonality=0.0, weight_smoothness=0.0, weight_symmetry=0.0))
+  # The baseline: same code, Gaussian codes with a Tikhonov prior, no identity terms.
+  c.baseline = ml_collections.ConfigDict(dict(weight_shape_prior=0.001, weight_expr_prior=0.001))
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 3000
+  c.train.batch_size = 64
+  c.train.lr_basis = 3e-4
+  c.train.lr_codes = 1e-2
+  c.train.lr_prototypes = 1e-2
+  c.train.lr_centers = 1e-2
+  c.train.warmup_steps = 100
+  c.train.log_every = 100
+  c.train.checkpoint_every = 500
+  c.train.max_to_keep = 2
+  c.train.sleep_per_step = 0.0     # testing only: slows training so a test can kill it mid-run
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.fit_steps = 150
+  c.eval.fit_rounds = 3
+  c.eval.fit_learning_rate = 0.02
+
+  if variant == "surrey":
+    c.data.source = "surrey"
+    c.data.train_identities, c.data.test_identities = 150, 50
+    c.model.shape_dim, c.model.expr_dim = 40, 6
+  elif variant == "folder":
+    c.data.source = "folder"
+  elif variant == "paper":
+    c.data.resolution = 230
+    c.data.train_identities, c.data.test_identities, c.data.scans_per_identity = 1000, 200, 4
+    c.model.shape_dim, c.model.expr_dim = 199, 100
+    c.train.num_steps, c.train.batch_size = 20000, 128
+    c.train.log_every, c.train.checkpoint_every = 200, 2000
+  elif variant == "tiny":
+    c.data.resolution = 12
+    c.data.train_identities, c.data.test_identities, c.data.scans_per_identity = 10, 4, 3
+    c.model.shape_dim, c.model.expr_dim = 4, 3
+    c.train.num_steps, c.train.batch_size = 40, 8
+    c.train.warmup_steps, c.train.log_every, c.train.checkpoint_every = 5, 5, 10
+    c.eval.fit_steps, c.eval.fit_rounds = 30, 2
+  return c

@@ -1,0 +1,157 @@
+"""Evaluation metrics (design section 6): reconstruction error and identity clustering of codes.
+
+All functions take numpy arrays and return Python floats; they run on the host (evaluation is
+not a hot path). Identity metrics use the codes' directions: cosine similarity for silhouette and
+verification, unit-normalised codes for NMCD and k-means, so sphere and Gaussian models are
+compared on the same footing (a recognition embedding is compared by angle).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _unit(codes: np.ndarray) -> np.ndarray:
+  codes = np.asarray(codes, np.float64)
+  return codes / np.maximum(np.linalg.norm(codes, axis=-1, keepdims=True), 1e-12)
+
+
+def vertex_errors(predicted: np.ndarray, target: np.ndarray) -> dict:
+  """Per-vertex Euclidean errors `[N, V, 3]` vs `[N, V, 3]`: mean, median and 95th percentile (mm)."""
+  errors = np.linalg.norm(np.asarray(predicted, np.float64) - np.asarray(target, np.float64),
+                          axis=-1)
+  return {"mean_mm": float(errors.mean()), "median_mm": float(np.median(errors)),
+          "p95_mm": float(np.percentile(errors, 95))}
+
+
+def silhouette_cosine(codes: np.ndarray, labels: np.ndarray) -> float:
+  """Mean silhouette with cosine distance `1 - cos` (Rousseeuw 1987).
+
+  For sample i: `a` = mean distance to the other members of its cluster, `b` = smallest mean
+  distance to another cluster, `s = (b - a) / max(a, b)`; samples alone in their cluster score 0.
+  """
+  u = _unit(codes)
+  labels = np.asarray(labels)
+  distance = 1.0 - u @ u.T
+  classes = np.unique(labels)
+  if len(classes) < 2:
+    raise ValueError("silhouette_cosine: needs at least 2 identities")
+  member = labels[:, None] == classes[None, :]  # [N, C]
+  sums = distance @ member  # [N, C] total distance to each cluster
+  counts = member.sum(0).astype(np.float64)
+  own = np.argmax(member, axis=1)
+  own_count = counts[own]
+  a = np.where(own_count > 1, sums[np.arange(len(u)), own] / np.maximum(own_count - 1, 1), 0.0)
+  mean_other = sums / counts[None, :]
+  mean_other[np.arange(len(u)), own] = np.inf
+  b = mean_other.min(axis=1)
+  s = np.where(own_count > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-12), 0.0)
+  return float(s.mean())
+
+
+def nmcd(codes: np.ndarray, labels: np.ndarray) -> float:
+  """Normalised mean class distance: mean squared distance of each (unit) code to its identity's
+  centre over the mean squared distance between identity centres (lower = tighter identities)."""
+  u = _unit(codes)
+  labels = np.asarray(labels)
+  classes = np.unique(labels)
+  centres = np.stack([u[labels == c].mean(0) for c in classes])
+  own = centres[np.searchsorted(classes, labels)]
+  within = np.mean(np.sum((u - own) ** 2, -1))
+  diff = centres[:, None] - centres[None]
+  pairs = ~np.eye(len(classes), dtype=bool)
+  between = np.mean(np.sum(diff ** 2, -1)[pairs])
+  return float(within / between)
+
+
+def verification_pairs(labels: np.ndarray, *, seed: int = 0, max_pairs: int = 6000):
+  """Balanced pairs `[P, 2]` and same-identity flags: every (or a sample of) same-identity pair
+  and as many random different-identity pairs."""
+  labels = np.asarray(labels)
+  rng = np.random.default_rng(seed)
+  i, j = np.triu_indices(len(labels), k=1)
+  same = labels[i] == labels[j]
+  positives = np.flatnonzero(same)
+  negatives = np.flatnonzero(~same)
+  count = min(len(positives), len(negatives), max_pairs // 2)
+  if count == 0:
+    raise ValueError("verification_pairs: needs identities with several samples and >= 2 "
+                     "identities")
+  chosen = np.concatenate([rng.choice(positives, count, replace=False),
+                           rng.choice(negatives, count, replace=False)])
+  return np.stack([i[chosen], j[chosen]], 1), same[chosen]
+
+
+def verification_accuracy(codes: np.ndarray, labels: np.ndarray, *, folds: int = 10,
+                          seed: int = 0) -> float:
+  """10-fold verification accuracy on balanced code pairs with cosine similarity.
+
+  Pairs are split into `folds` random folds; for each fold the threshold that maximises accuracy
+  on the other folds is applied to it; the mean held-out accuracy is returned (LFW protocol).
+  """
+  u = _unit(codes)
+  pairs, same = verification_pairs(labels, seed=seed)
+  similarity = np.sum(u[pairs[:, 0]] * u[pairs[:, 1]], -1)
+  fold = np.random.default_rng(seed + 1).permutation(len(pairs)) % folds
+  accuracies = []
+  for k in range(folds):
+    train, test = fold != k, fold == k
+    candidates = np.unique(similarity[train])
+    thresholds = np.concatenate([[candidates[0] - 1e-9], (candidates[:-1] + candidates[1:]) / 2,
+                                 [candidates[-1] + 1e-9]])
+    train_acc = [np.mean((similarity[train] > t) == same[train]) for t in thresholds]
+    best = thresholds[int(np.argmax(train_acc))]
+    accuracies.append(np.mean((similarity[test] > best) == same[test]))
+  return float(np.mean(accuracies))
+
+
+def kmeans(points: np.ndarray, k: int, *, seed: int = 0, restarts: int = 5,
+           iterations: int = 100) -> np.ndarray:
+  """Lloyd's k-means with k-means++ seeding; the lowest-inertia of `restarts` runs; labels `[N]`."""
+  points = np.asarray(points, np.float64)
+  rng = np.random.default_rng(seed)
+  best_labels, best_inertia = None, np.inf
+  for _ in range(restarts):
+    centres = [points[rng.integers(len(points))]]
+    for _ in range(1, k):
+      d2 = np.min(np.sum((points[:, None] - np.array(centres)[None]) ** 2, -1), axis=1)
+      total = d2.sum()
+      probabilities = d2 / total if total > 0 else np.full(len(points), 1.0 / len(points))
+      centres.append(points[rng.choice(len(points), p=probabilities)])
+    centres = np.array(centres)
+    for _ in range(iterations):
+      labels = np.argmin(np.sum((points[:, None] - centres[None]) ** 2, -1), axis=1)
+      new = np.array([points[labels == c].mean(0) if np.any(labels == c) else centres[c]
+                      for c in range(k)])
+      if np.allclose(new, centres):
+        break
+      centres = new
+    inertia = np.sum((points - centres[labels]) ** 2)
+    if inertia < best_inertia:
+      best_labels, best_inertia = labels, inertia
+  return best_labels
+
+
+def normalized_mutual_information(a: np.ndarray, b: np.ndarray) -> float:
+  """NMI of two labelings with the arithmetic-mean normaliser: `I(a; b) / ((H(a) + H(b)) / 2)`."""
+  a, b = np.asarray(a), np.asarray(b)
+  _, a_index = np.unique(a, return_inverse=True)
+  _, b_index = np.unique(b, return_inverse=True)
+  joint = np.zeros((a_index.max() + 1, b_index.max() + 1))
+  np.add.at(joint, (a_index, b_index), 1.0)
+  joint /= joint.sum()
+  pa, pb = joint.sum(1), joint.sum(0)
+  nonzero = joint > 0
+  mutual = np.sum(joint[nonzero] * np.log(joint[nonzero] / np.outer(pa, pb)[nonzero]))
+  entropy = lambda p: -np.sum(p[p > 0] * np.log(p[p > 0]))
+  denominator = 0.5 * (entropy(pa) + entropy(pb))
+  return float(mutual / denominator) if denominator > 0 else 1.0
+
+
+def identity_metrics(codes: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> dict:
+  """Silhouette (cosine), NMCD, 10-fold verification accuracy and k-means NMI of codes."""
+  labels = np.asarray(labels)
+  clusters = kmeans(_unit(codes), len(np.unique(labels)), seed=seed)
+  return {"silhouette": silhouette_cosine(codes, labels), "nmcd": nmcd(codes, labels),
+          "verification_accuracy": verification_accuracy(codes, labels, seed=seed),
+          "nmi": normalized_mutual_information(labels, clusters)}

@@ -1,0 +1,300 @@
+"""Stage 1: learning the basis from registered 3D scans (design section 6), and its PCA baseline.
+
+An auto-decoder: the mean, the shape and expression bases, one free shape vector `z_i` and one
+expression code `e_i` per training scan, and identity prototypes and centres are all trained
+together. SFM codes are `s_i = project(z_i, R)` (hard sphere; or free with a ring penalty, soft);
+the baseline uses the same code with Gaussian codes `s_i = z_i` and a Tikhonov prior instead,
+and no identity terms unless asked (design section 8).
+
+Objective (every weight switchable, 0 disables the term):
+
+    rec       mean per-vertex distance between decode(s_i, e_i) and scan i (mm)
+    margin    CosFace or ArcFace softmax over prototypes on u_i = s_i / R      (SFM)
+    center    spherical center loss on u_i                                      (SFM)
+    isotropy  KL(batch Gaussian of s || N(0, R^2/K I))                          (SFM)
+    ring      (||s|| / R - 1)^2                                                 (soft sphere)
+    shape_prior, expr_prior   Tikhonov on s (baseline) and on e
+    orthogonality, smoothness, symmetry   basis regularisers
+
+Parameters are a dict `{"model": {mean, shape_basis, expr_basis}, "codes": {z, e},
+"prototypes": [C, K], "centers": [C, K]}`, each group with its own learning rate through
+`optax.multi_transform`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sfm_jax import losses, sphere
+from sfm_jax.geometry import mesh_edges
+from sfm_jax.model import FaceModel, decode
+
+
+# ---------------------------------------------------------------------------------------------
+# PCA initialisation.
+
+
+@dataclasses.dataclass(frozen=True)
+class PCAInit:
+  """PCA of training scans: identity subspace from identity means, expressions from residuals.
+
+  Attributes:
+    mean: `[V, 3]`.
+    shape_basis: `[K, V, 3]` principal directions of identity means, scaled by their std.
+    expr_basis: `[E, V, 3]` principal directions of within-identity residuals, scaled by std.
+    shape_codes: `[N, K]` whitened least-squares codes of each training scan.
+    expr_codes: `[N, E]`.
+    radius: mean norm of `shape_codes` (the sphere radius R).
+    shape_std, expr_std: `[K]`, `[E]` the components' standard deviations (mm).
+  """
+  mean: np.ndarray
+  shape_basis: np.ndarray
+  expr_basis: np.ndarray
+  shape_codes: np.ndarray
+  expr_codes: np.ndarray
+  radius: float
+  shape_std: np.ndarray
+  expr_std: np.ndarray
+
+
+def _principal_directions(rows: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+  """Top `count` unit principal directions `[count, D]` of centred rows `[M, D]` and their std.
+
+  Uses the `M x M` Gram matrix, so it is cheap when M (samples) is much smaller than D (3V).
+  """
+  gram = rows @ rows.T / len(rows)
+  eigenvalues, eigenvectors = np.linalg.eigh(gram)
+  order = np.argsort(eigenvalues)[::-1][:count]
+  eigenvalues = np.clip(eigenvalues[order], 1e-12, None)
+  directions = (rows.T @ eigenvectors[:, order]).T / np.sqrt(len(rows) * eigenvalues)[:, None]
+  # Fix the sign convention: the largest-magnitude entry of each direction is positive.
+  signs = np.sign(directions[np.arange(count), np.argmax(np.abs(directions), axis=1)])
+  return directions * signs[:, None], np.sqrt(eigenvalues)
+
+
+def check_sizes(num_scans: int, num_identities: int, num_shape: int, num_expr: int) -> None:
+  """Raises `ValueError` when K or E cannot be estimated from the training scans."""
+  if num_shape < 1 or num_shape >= num_identities:
+    raise ValueError(f"shape_dim K={num_shape} must be in [1, {num_identities - 1}]: the identity "
+                     f"basis comes from {num_identities} training identities (and {num_scans} "
+                     "scans)")
+  if num_expr < 0 or num_expr > num_scans - num_identities:
+    raise ValueError(f"expr_dim E={num_expr} must be in [0, {num_scans - num_identities}] "
+                     f"(scans minus identities: {num_scans} - {num_identities})")
+
+
+def pca_init(scans: np.ndarray, identity: np.ndarray, *, num_shape: int,
+             num_expr: int) -> PCAInit:
+  """PCA initialisation (and the untrained PCA baseline) from training scans.
+
+  The identity basis is the top K principal directions of the per-identity mean scans; the
+  expression basis the top E of the scans minus their identity's mean (scans with label -1 are
+  their own identity). Both are scaled by their standard deviation, so codes are about N(0, 1)
+  per dimension; codes are the joint least-squares fit of each scan.
+  """
+  flat = np.asarray(scans, np.float64).reshape(len(scans), -1)
+  identity = np.asarray(identity)
+  keys = np.where(identity >= 0, identity, -1 - np.arange(len(identity)))  # -1: own identity
+  groups, index = np.unique(keys, return_inverse=True)
+  check_sizes(len(flat), len(groups), num_shape, num_expr)
+  mean = flat.mean(0)
+  identity_means = np.zeros((len(groups), flat.shape[1]))
+  np.add.at(identity_means, index, flat)
+  identity_means /= np.bincount(index)[:, None]
+  shape_dirs, shape_std = _principal_directions(identity_means - mean, num_shape)
+  if num_expr > 0:
+    expr_dirs, expr_std = _principal_directions(flat - identity_means[index], num_expr)
+  else:
+    expr_dirs, expr_std = np.zeros((0, flat.shape[1])), np.zeros(0)
+  basis = np.concatenate([shape_dirs * shape_std[:, None], expr_dirs * expr_std[:, None]])
+  codes = np.linalg.lstsq(basis.T, (flat - mean).T, rcond=None)[0].T
+  shape_codes, expr_codes = codes[:, :num_shape], codes[:, num_shape:]
+  num_vertices = flat.shape[1] // 3
+  return PCAInit(
+      mean=mean.reshape(num_vertices, 3), shape_basis=basis[:num_shape].reshape(-1, num_vertices, 3),
+      expr_basis=basis[num_shape:].reshape(-1, num_vertices, 3), shape_codes=shape_codes,
+      expr_codes=expr_codes, radius=float(np.mean(np.linalg.norm(shape_codes, axis=1))),
+      shape_std=shape_std, expr_std=expr_std)
+
+
+# ---------------------------------------------------------------------------------------------
+# The objective.
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """Stage-1 objective settings (all keyword; weights 0 switch terms off).
+
+  `code_kind`: "sphere" (SFM) or "gaussian" (baseline). `sphere_mode`: "hard" or "soft".
+  `margin_kind`: "cosface" or "arcface".
+  """
+  code_kind: str = "sphere"
+  sphere_mode: str = "hard"
+  margin_kind: str = "cosface"
+  margin_scale: float = 32.0
+  margin: float = 0.35
+  squared_error: bool = False
+  weight_rec: float = 1.0
+  weight_margin: float = 0.1
+  weight_center: float = 1.0
+  weight_isotropy: float = 0.01
+  weight_ring: float = 1.0
+  weight_shape_prior: float = 0.01
+  weight_expr_prior: float = 0.01
+  weight_orthogonality: float = 0.0
+  weight_smoothness: float = 0.0
+  weight_symmetry: float = 0.0
+
+  def __post_init__(self):
+    for name, value, options in (("code_kind", self.code_kind, ("sphere", "gaussian")),
+                                 ("sphere_mode", self.sphere_mode, ("hard", "soft")),
+                                 ("margin_kind", self.margin_kind, ("cosface", "arcface"))):
+      if value not in options:
+        raise ValueError(f"Objective.{name} must be one of {options}, got {value!r}")
+
+
+def init_params(init: PCAInit, identity: np.ndarray, num_classes: int) -> dict:
+  """Parameters from a PCA initialisation; prototypes and centres start at each identity's mean
+  code direction (a random unit vector for classes without training scans)."""
+  codes = init.shape_codes
+  directions = codes / np.linalg.norm(codes, axis=1, keepdims=True)
+  rng = np.random.default_rng(0)
+  class_means = rng.normal(size=(num_classes, codes.shape[1]))
+  for c in range(num_classes):
+    members = identity == c
+    if members.any():
+      class_means[c] = directions[members].mean(0)
+  class_means /= np.linalg.norm(class_means, axis=1, keepdims=True)
+  as32 = lambda x: jnp.asarray(x, jnp.float32)
+  return {"model": {"mean": as32(init.mean), "shape_basis": as32(init.shape_basis),
+                    "expr_basis": as32(init.expr_basis)},
+          "codes": {"z": as32(codes), "e": as32(init.expr_codes)},
+          "prototypes": as32(class_means), "centers": as32(class_means)}
+
+
+def shape_codes(z: jax.Array, radius: float, objective: Objective) -> jax.Array:
+  """The codes `s` of free vectors `z`: projected for the hard sphere, `z` otherwise."""
+  if objective.code_kind == "sphere" and objective.sphere_mode == "hard":
+    return sphere.project(z, radius)
+  return z
+
+
+def make_loss_fn(objective: Objective, *, radius: float, triangles: np.ndarray,
+                 mirror: np.ndarray | None = None):
+  """The stage-1 `loss_fn(params, model_state, batch, rng)` for `TrainState`.
+
+  `batch`: `scans [B, V, 3]`, `identity [B]` (-1 unlabelled), `index [B]` (row of the scan's codes).
+  """
+  edges = jnp.asarray(mesh_edges(triangles))
+  mirror = None if mirror is None else jnp.asarray(mirror)
+  sphere_model = objective.code_kind == "sphere"
+
+  def loss_fn(params, model_state, batch, rng):
+    del rng
+    model = params["model"]
+    z = params["codes"]["z"][batch["index"]]
+    e = params["codes"]["e"][batch["index"]]
+    s = shape_codes(z, radius, objective)
+    face = FaceModel(mean=model["mean"], shape_basis=model["shape_basis"],
+                     expr_basis=model["expr_basis"], radius=radius, triangles=triangles,
+                     landmarks=jnp.zeros((0,), jnp.int32))
+    decoded = decode(face, s, e)
+    terms = {"rec": losses.vertex_loss(decoded, batch["scans"], squared=objective.squared_error)}
+    labels = batch["identity"]
+    if sphere_model:
+      u = s / radius
+      if objective.weight_margin:
+        margin_fn = losses.cosface_loss if objective.margin_kind == "cosface" else \
+            losses.arcface_loss
+        terms["margin"] = margin_fn(u, labels, params["prototypes"],
+                                    scale=objective.margin_scale, margin=objective.margin)
+      if objective.weight_center:
+        terms["center"] = losses.spherical_center_loss(u, labels, params["centers"])
+      if objective.weight_isotropy:
+        terms["isotropy"] = losses.isotropy_kl(s, radius)
+      if objective.sphere_mode == "soft" and objective.weight_ring:
+        terms["ring"] = losses.ring_loss(s, radius)
+    elif objective.weight_shape_prior:
+      terms["shape_prior"] = losses.code_prior(s)
+    if objective.weight_expr_prior and e.shape[-1]:
+      terms["expr_prior"] = losses.code_prior(e)
+    if objective.weight_orthogonality:
+      terms["orthogonality"] = losses.basis_orthogonality(model["shape_basis"],
+                                                          scale_invariant=True)
+    if objective.weight_smoothness:
+      terms["smoothness"] = losses.laplacian_smoothness(
+          jnp.concatenate([model["shape_basis"], model["expr_basis"]]), edges)
+    if objective.weight_symmetry and mirror is not None:
+      terms["symmetry"] = losses.symmetry_loss(model["mean"], mirror)
+    weights = {name: getattr(objective, f"weight_{name}") for name in terms}
+    total = sum(weights[name] * value for name, value in terms.items())
+    norms = sphere.safe_norm(s)
+    metrics = {**terms, "code_norm_mean": jnp.mean(norms), "code_norm_std": jnp.std(norms)}
+    return total, (metrics, model_state)
+
+  return loss_fn
+
+
+def make_optimizer(*, lr_basis: float, lr_codes: float, lr_prototypes: float,
+                   lr_centers: float, warmup_steps: int = 0,
+                   total_steps: int | None = None) -> optax.GradientTransformation:
+  """Adam with one learning rate per parameter group (`optax.multi_transform`); optionally a
+  linear warm-up and a cosine decay to 10% over `total_steps`."""
+  def adam(lr):
+    if total_steps:
+      lr = optax.warmup_cosine_decay_schedule(0.0 if warmup_steps else lr, lr, warmup_steps,
+                                              max(total_steps, warmup_steps + 1), lr * 0.1)
+    return optax.adam(lr)
+
+  labels = {"model": "basis", "codes": "codes", "prototypes": "prototypes",
+            "centers": "centers"}
+  return optax.multi_transform(
+      {"basis": adam(lr_basis), "codes": adam(lr_codes), "prototypes": adam(lr_prototypes),
+       "centers": adam(lr_centers)},
+      lambda params: {key: jax.tree_util.tree_map(lambda _: labels[key], value)
+                      for key, value in params.items()})
+
+
+def export_model(params: dict, *, radius: float, objective: Objective, triangles: np.ndarray,
+                 landmarks: np.ndarray) -> tuple[FaceModel, np.ndarray, np.ndarray]:
+  """(trained `FaceModel`, training shape codes `[N, K]`, expression codes `[N, E]`), numpy.
+
+  Gaussian models get as radius the mean norm of their training codes (their typical norm).
+  """
+  model = jax.device_get(params["model"])
+  codes = np.asarray(shape_codes(params["codes"]["z"], radius, objective))
+  expr = np.asarray(params["codes"]["e"])
+  typical = radius if objective.code_kind == "sphere" else float(
+      np.mean(np.linalg.norm(codes, axis=1)))
+  face = FaceModel(mean=np.asarray(model["mean"]), shape_basis=np.asarray(model["shape_basis"]),
+                   expr_basis=np.asarray(model["expr_basis"]),
+                   radius=np.asarray(typical, np.float32),
+                   triangles=np.asarray(triangles, np.int32),
+                   landmarks=np.asarray(landmarks, np.int32), code_kind=objective.code_kind)
+  return face, codes, expr
+
+
+def pca_model(init: PCAInit, *, triangles: np.ndarray, landmarks: np.ndarray) -> FaceModel:
+  """The untrained PCA model (Gaussian codes) of an initialisation."""
+  return FaceModel(mean=init.mean.astype(np.float32),
+                   shape_basis=init.shape_basis.astype(np.float32),
+                   expr_basis=init.expr_basis.astype(np.float32),
+                   radius=np.asarray(init.radius, np.float32),
+                   triangles=np.asarray(triangles, np.int32),
+                   landmarks=np.asarray(landmarks, np.int32), code_kind="gaussian")
+
+
+def batch_indices(step: int, *, num_scans: int, batch_size: int, seed: int) -> np.ndarray:
+  """The scan indices of training step `step`: a fresh seeded permutation every epoch, so any
+  step's batch is known without replaying earlier ones (exact resume)."""
+  per_epoch = max(num_scans // batch_size, 1)
+  epoch, offset = divmod(step, per_epoch)
+  order = np.random.default_rng([seed, epoch]).permutation(num_scans)
+  if batch_size >= num_scans:
+    return order
+  return order[offset * batch_size:(offset + 1) * batch_size]
+

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+
+from sfm_jax import metrics
+
+
+def _brute_silhouette(codes, labels):
+  u = codes / np.linalg.norm(codes, axis=1, keepdims=True)
+  d = 1 - u @ u.T
+  out = []
+  for i in range(len(u)):
+    same = (labels == labels[i]) & (np.arange(len(u)) != i)
+    if not same.any():
+      out.append(0.0)
+      continue
+    a = d[i, same].mean()
+    b = min(d[i, labels == c].mean() for c in set(labels) if c != labels[i])
+    out.append((b - a) / max(a, b))
+  return np.mean(out)
+
+
+def test_silhouette_matches_definition(rng):
+  codes = rng.normal(size=(30, 5))
+  labels = rng.integers(0, 4, 30)
+  labels[0] = 9  # a singleton cluster scores 0
+  np.testing.assert_allclose(metrics.silhouette_cosine(codes, labels),
+                             _brute_silhouette(codes, labels), rtol=1e-10)
+
+
+def test_nmcd_hand_example():
+  # Unit codes: identity 0 at +-10 degrees around x, identity 1 at +-10 degrees around y.
+  t = np.deg2rad(10)
+  codes = np.array([[np.cos(t), np.sin(t)], [np.cos(t), -np.sin(t)],
+                    [np.sin(t), np.cos(t)], [-np.sin(t), np.cos(t)]])
+  labels = np.array([0, 0, 1, 1])
+  within = np.sin(t) ** 2  # squared distance to the centre (cos t, 0)
+  between = 2 * np.cos(t) ** 2  # centres (cos t, 0) and (0, cos t)
+  np.testing.assert_allclose(metrics.nmcd(codes * 7.0, labels), within / between, rtol=1e-12)
+
+
+def test_verification_is_perfect_for_separated_and_chance_for_random(rng):
+  centres = rng.normal(size=(8, 16))
+  labels = np.repeat(np.arange(8), 5)
+  tight = centres[labels] + 0.01 * rng.normal(size=(40, 16))
+  assert metrics.verification_accuracy(tight, labels) == 1.0
+  random_codes = rng.normal(size=(400, 16))
+  random_labels = np.repeat(np.arange(100), 4)
+  assert abs(metrics.verification_accuracy(random_codes, random_labels) - 0.5) < 0.08
+
+
+def test_nmi_and_kmeans(rng):
+  labels = np.repeat(np.arange(5), 6)
+  assert metrics.normalized_mutual_information(labels, labels) == pytest.approx(1.0)
+  assert metrics.normalized_mutual_information(labels, (labels + 2) % 5) == pytest.approx(1.0)
+  # Independent labelings: a 2x2 design with uniform joint has zero mutual information.
+  a, b = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])
+  assert metrics.normalized_mutual_information(a, b) == pytest.approx(0.0, abs=1e-12)
+  points = np.repeat(np.eye(5) * 10, 6, axis=0) + 0.1 * rng.normal(size=(30, 5))
+  found = metrics.kmeans(points, 5, seed=3)
+  assert metrics.normalized_mutual_information(labels, found) == pytest.approx(1.0)
+
+
+def test_vertex_errors():
+  predicted = np.zeros((1, 4, 3))
+  target = np.array([[[3.0, 4.0, 0.0], [0, 0, 0], [0, 0, 1.0], [0, 2.0, 0]]])
+  scores = metrics.vertex_errors(predicted, target)
+  assert scores["mean_mm"] == pytest.approx(2.0)
+  assert scores["median_mm"] == pytest.approx(1.5)
+  assert scores["p95_mm"] == pytest.approx(np.percentile([5, 0, 1, 2], 95))

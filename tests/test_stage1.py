@@ -1,0 +1,183 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from experiments import scan_data
+from experiments.configs import stage1 as stage1_configs
+from sfm_jax import fitting, stage1
+from sfm_jax import model as fm
+from sfm_jax.train_state import TrainState, jit_train_step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _linear_scans(rng, identities=12, v=30, k=3, e=2):
+  """Noise-free scans of an exact linear model, 4 per identity with expression codes
+  x1, -x1, x2, -x2 (so each identity's mean scan is its neutral face)."""
+  mean = rng.normal(size=(v, 3)) * 50
+  shape_basis, expr_basis = rng.normal(size=(k, v, 3)), rng.normal(size=(e, v, 3)) * 0.5
+  ids = np.repeat(np.arange(identities), 4)
+  s = rng.normal(size=(identities, k))[ids]
+  x = rng.normal(size=(identities, 2, e))
+  x = np.stack([x[:, 0], -x[:, 0], x[:, 1], -x[:, 1]], axis=1).reshape(-1, e)
+  scans = mean + np.einsum("nk,kvc->nvc", s, shape_basis) + np.einsum("ne,evc->nvc", x,
+                                                                     expr_basis)
+  return scans, ids, shape_basis
+
+
+def test_pca_init_spans_the_true_subspaces(rng):
+  scans, ids, shape_basis = _linear_scans(rng)
+  init = stage1.pca_init(scans, ids, num_shape=3, num_expr=2)
+  decoded = init.mean + np.einsum("nk,kvc->nvc", init.shape_codes, init.shape_basis) + np.einsum(
+      "ne,evc->nvc", init.expr_codes, init.expr_basis)
+  np.testing.assert_allclose(decoded, scans, atol=1e-8)
+  # The identity subspace equals the true one: projecting the true basis onto it loses nothing.
+  q, _ = np.linalg.qr(init.shape_basis.reshape(3, -1).T)
+  true = shape_basis.reshape(3, -1).T
+  np.testing.assert_allclose(q @ (q.T @ true), true, atol=1e-8)
+  np.testing.assert_allclose(init.radius, np.mean(np.linalg.norm(init.shape_codes, axis=1)))
+  # Whitened codes: unit variance per identity dimension over identity means.
+  means = np.stack([init.shape_codes[ids == i].mean(0) for i in range(12)])
+  np.testing.assert_allclose(means.var(0), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "sphere"])
+def test_fitting_recovers_codes_of_noise_free_scans(rng, kind):
+  scans, ids, _ = _linear_scans(rng, identities=20)
+  init = stage1.pca_init(scans, ids, num_shape=3, num_expr=2)
+  model = stage1.pca_model(init, triangles=np.zeros((0, 3), np.int32),
+                           landmarks=-np.ones(68, np.int32)).replace(code_kind=kind)
+  codes = rng.normal(size=(6, 3)).astype(np.float32)
+  if kind == "sphere":
+    codes = codes / np.linalg.norm(codes, axis=1, keepdims=True) * init.radius
+  expr = rng.normal(size=(6, 2)).astype(np.float32)
+  truth = np.asarray(fm.decode(model, codes, expr))
+  fit = fitting.fit_scans(model, truth, shape_prior=0.0, expr_prior=0.0, steps=300, rounds=2)
+  np.testing.assert_allclose(fit.shape_codes, codes, atol=2e-3)
+  np.testing.assert_allclose(fit.expr_codes, expr, atol=2e-3)
+  assert np.max(np.linalg.norm(fit.reconstruction - truth, axis=-1)) < 1e-2  # mm
+  # A rigidly moved copy is aligned back and gives the same codes.
+  angle = np.deg2rad(2.0)
+  rotation = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0],
+                       [-np.sin(angle), 0, np.cos(angle)]])
+  moved = truth @ rotation.T + np.array([1.0, -2.0, 0.5])
+  fit = fitting.fit_scans(model, moved, shape_prior=0.0, expr_prior=0.0, steps=300, rounds=6)
+  np.testing.assert_allclose(fit.shape_codes, codes, atol=2e-2)
+
+
+def _tiny_config(**train):
+  config = stage1_configs.get_config("tiny")
+  for key, value in train.items():
+    config.train[key] = value
+  return config
+
+
+def test_tiny_training_decreases_the_loss():
+  config = _tiny_config()
+  data = scan_data.load(config.data, seed=0)
+  init = stage1.pca_init(data.train_scans, data.train_identity, num_shape=4, num_expr=3)
+  objective = stage1.Objective(**config.objective.to_dict())
+  loss_fn = stage1.make_loss_fn(objective, radius=init.radius, triangles=data.triangles,
+                                mirror=data.mirror)
+  state = TrainState.create(params=stage1.init_params(init, data.train_identity,
+                                                      data.num_classes),
+                            tx=stage1.make_optimizer(lr_basis=1e-3, lr_codes=1e-2,
+                                                     lr_prototypes=1e-2, lr_centers=1e-2),
+                            loss_fn=loss_fn, seed=0)
+  everything = {"scans": data.train_scans, "identity": data.train_identity,
+                "index": np.arange(len(data.train_scans), dtype=np.int32)}
+  first, _ = loss_fn(state.params, {}, everything, None)
+  for _ in range(60):
+    state, metrics = jit_train_step(state, everything)
+  last, (terms, _) = loss_fn(state.params, {}, everything, None)
+  assert float(last) < 0.8 * float(first)
+  assert {"rec", "margin", "center", "isotropy"} <= set(terms)
+  codes = stage1.shape_codes(state.params["codes"]["z"], init.radius, objective)
+  np.testing.assert_allclose(jnp.linalg.norm(codes, axis=1), init.radius, rtol=1e-5)
+
+
+def test_learning_rates_are_per_group():
+  params = {"model": {"w": jnp.ones(3)}, "codes": {"z": jnp.ones(3)},
+            "prototypes": jnp.ones(2), "centers": jnp.ones(2)}
+  tx = stage1.make_optimizer(lr_basis=0.1, lr_codes=0.0, lr_prototypes=0.2, lr_centers=0.0)
+  grads = jax.tree_util.tree_map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # Adam's first step moves every coordinate by -lr.
+  np.testing.assert_allclose(updates["model"]["w"], -0.1, rtol=1e-4)
+  np.testing.assert_allclose(updates["codes"]["z"], 0.0)
+  np.testing.assert_allclose(updates["prototypes"], -0.2, rtol=1e-4)
+  np.testing.assert_allclose(updates["centers"], 0.0)
+
+
+def test_batches_cover_each_epoch_and_are_reproducible():
+  steps = [stage1.batch_indices(s, num_scans=10, batch_size=3, seed=2) for s in range(6)]
+  epoch = np.concatenate(steps[:3])
+  assert len(set(epoch.tolist())) == 9  # three disjoint batches per epoch
+  again = stage1.batch_indices(4, num_scans=10, batch_size=3, seed=2)
+  np.testing.assert_array_equal(again, steps[4])
+
+
+def _run_stage1(workdir, *flags, timeout=240):
+  return subprocess.run([sys.executable, "-m", "experiments.stage1",
+                         "--config=experiments/configs/stage1.py:tiny", f"--workdir={workdir}",
+                         *flags], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_resume_after_kill_gives_identical_parameters(tmp_path):
+  common = ["--config.train.num_steps=60", "--config.train.checkpoint_every=10"]
+  reference = _run_stage1(tmp_path / "reference", *common)
+  assert reference.returncode == 0, reference.stderr[-2000:]
+  workdir = tmp_path / "killed"
+  process = subprocess.Popen(
+      [sys.executable, "-m", "experiments.stage1", "--config=experiments/configs/stage1.py:tiny",
+       f"--workdir={workdir}", *common, "--config.train.sleep_per_step=0.05"],
+      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  checkpoints = workdir / "checkpoints" / "sfm"
+  deadline = time.time() + 120
+  while time.time() < deadline:
+    done = [int(p) for p in os.listdir(checkpoints) if p.isdigit()] if checkpoints.exists() else []
+    if done and max(done) >= 20:
+      break
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not (workdir / "model.npz").exists()  # it really died mid-training
+  resumed = _run_stage1(workdir, *common)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "resumed from the checkpoint at step" in resumed.stdout
+  for name in ("model.npz", "baseline.npz"):
+    a, b = fm.load_model(tmp_path / "reference" / name), fm.load_model(workdir / name)
+    for field in ("mean", "shape_basis", "expr_basis", "radius"):
+      np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=name + field)
+  codes_a, codes_b = np.load(tmp_path / "reference" / "codes.npz"), np.load(workdir / "codes.npz")
+  np.testing.assert_array_equal(codes_a["sfm_shape"], codes_b["sfm_shape"])
+  # The metrics log holds each logged step once per model, with no duplicates from the resume.
+  rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  keys = [(r["model"], r["step"]) for r in rows]
+  assert len(keys) == len(set(keys)) == 2 * 12
+  evaluation = json.loads(open(workdir / "eval.json").read())
+  assert set(evaluation["models"]) == {"sfm", "baseline", "pca"}
+  for name in ("loss_curves.png", "codes_2d.png", "components_sfm.png", "report.md"):
+    assert (workdir / name).exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--config.model.shape_dim=500"], "shape_dim K=500 must be in"),
+    (["--config=experiments/configs/stage1.py:folder"], "data.scan_dir is not set"),
+    (["--config=experiments/configs/stage1.py:nonsense"], "unknown stage-1 config variant"),
+    (["--config.train.batch_size=1"], "batch_size must be >= 2"),
+])
+def test_bad_config_fails_before_training(tmp_path, flags, message):
+  result = _run_stage1(tmp_path / "w", *flags, timeout=120)
+  assert result.returncode != 0
+  assert message in result.stderr + result.stdout
+  assert not (tmp_path / "w" / "checkpoints").exists()
