@@ -12,6 +12,7 @@ Writes into the workdir:
   checkpoints/{sfm,baseline}/        orbax checkpoints; rerunning the command resumes from them
 """
 
+import hashlib
 import json
 import os
 import time
@@ -22,10 +23,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import scan_data
-from sfm_jax import checkpoint, evaluation, stage1, viz
+from sfm_jax import checkpoint, evaluation, parallel, stage1, viz
 from sfm_jax.io import atomic_write, write_png
 from sfm_jax.model import save_model
-from sfm_jax.train_state import TrainState, jit_train_step
+from sfm_jax.train_state import TrainState, train_step
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/stage1.py:demo", "Stage-1 config (`path:variant`).")
@@ -67,41 +68,65 @@ def _format_seconds(seconds: float) -> str:
   return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+def _is_chief() -> bool:
+  return jax.process_index() == 0
+
+
 def train(name: str, objective: stage1.Objective, init: stage1.PCAInit, data, config,
-          workdir: str, log: MetricsLog) -> TrainState:
-  """Trains one model (resuming from its checkpoints) and returns the final state."""
+          workdir: str, log: MetricsLog, mesh) -> TrainState:
+  """Trains one model (resuming from its checkpoints) on `mesh`; returns the final state."""
   train_config = config.train
+  use_pmap = config.parallel.mode == "pmap"
   params = stage1.init_params(init, data.train_identity, data.num_classes)
   loss_fn = stage1.make_loss_fn(objective, radius=init.radius, triangles=data.triangles,
-                                mirror=data.mirror)
+                                mirror=data.mirror,
+                                axis_name=parallel.DATA_AXIS if use_pmap else None)
   tx = stage1.make_optimizer(lr_basis=train_config.lr_basis, lr_codes=train_config.lr_codes,
                              lr_prototypes=train_config.lr_prototypes,
                              lr_centers=train_config.lr_centers,
                              warmup_steps=train_config.warmup_steps,
                              total_steps=train_config.num_steps)
   state = TrainState.create(params=params, tx=tx, loss_fn=loss_fn, seed=config.seed)
+  if not use_pmap:
+    state = parallel.replicate(state, mesh)
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints", name),
                                     max_to_keep=train_config.max_to_keep,
                                     save_interval_steps=train_config.checkpoint_every)
   if checkpoint.latest_step(manager) is not None:
     state = checkpoint.restore(manager, state)
-    logging.info("[%s] resumed from step %d", name, int(state.step))
-    print(f"[{name}] resumed from the checkpoint at step {int(state.step)}", flush=True)
-  log.truncate(name, int(state.step))
+    if _is_chief():
+      print(f"[{name}] resumed from the checkpoint at step {int(state.step)}", flush=True)
+  if _is_chief():
+    log.truncate(name, int(state.step))
+  num_devices = mesh.devices.size
+  if use_pmap:
+    step_fn = parallel.pmap_step(train_step, devices=list(mesh.devices.flat))
+    state = parallel.pmap_replicate(state, num_devices)
+    rows = slice(None)
+  else:
+    step_fn = parallel.data_parallel_step(train_step, mesh)
+    rows = parallel.process_slice(train_config.global_batch_size, mesh)
   num_scans = len(data.train_scans)
-  step = int(state.step)
-  last_time, last_step, start_step = time.perf_counter(), step, step
-  while step < train_config.num_steps:
-    index = stage1.batch_indices(step, num_scans=num_scans, batch_size=train_config.batch_size,
-                                 seed=config.seed)
+  step = int(parallel.to_host(state.step).reshape(-1)[0])
+  last_time, last_step = time.perf_counter(), step
+  stop = train_config.num_steps
+  if train_config.stop_after_steps > 0:
+    stop = min(stop, train_config.stop_after_steps)
+  while step < stop:
+    index = stage1.batch_indices(step, num_scans=num_scans,
+                                 batch_size=train_config.global_batch_size, seed=config.seed)[rows]
     batch = {"scans": data.train_scans[index], "identity": data.train_identity[index],
              "index": index.astype(np.int32)}
-    state, metrics = jit_train_step(state, batch)
+    if use_pmap:
+      state, metrics = step_fn(state, parallel.pmap_split(batch, num_devices))
+    else:
+      state, metrics = step_fn(state, parallel.shard_batch(batch, mesh))
     step += 1
     if train_config.sleep_per_step:
       time.sleep(train_config.sleep_per_step)
-    if step % train_config.log_every == 0 or step == train_config.num_steps:
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if _is_chief() and (step % train_config.log_every == 0 or step == train_config.num_steps):
+      metrics = parallel.to_host(parallel.pmap_unreplicate(metrics) if use_pmap else metrics)
+      metrics = {k: float(v) for k, v in metrics.items()}
       now = time.perf_counter()
       rate = (step - last_step) / max(now - last_time, 1e-9)
       log.append({"model": name, "step": step, **metrics,
@@ -112,12 +137,20 @@ def train(name: str, objective: stage1.Objective, init: stage1.PCAInit, data, co
             f"rec {metrics['rec']:.3f} mm{identity}  |s| {metrics['code_norm_mean']:.2f}  "
             f"{rate:.1f} steps/s  ETA {_format_seconds(eta)}", flush=True)
       last_time, last_step = now, step
-    checkpoint.save(manager, state, force=step == train_config.num_steps)
+    final = step == stop
+    if final or manager.should_save(step):
+      checkpoint.save(manager, parallel.pmap_unreplicate(state) if use_pmap else state,
+                      force=final)
   checkpoint.wait(manager)
   manager.close()
-  if step > start_step:
-    logging.info("[%s] trained %d steps", name, step - start_step)
-  return state
+  return parallel.pmap_unreplicate(state) if use_pmap else state
+
+
+def _checksum(tree) -> str:
+  digest = hashlib.sha256()
+  for leaf in jax.tree_util.tree_leaves(tree):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()[:16]
 
 
 def _objectives(config) -> tuple[stage1.Objective, stage1.Objective]:
@@ -129,8 +162,13 @@ def _objectives(config) -> tuple[stage1.Objective, stage1.Objective]:
 
 
 def _validate(config) -> None:
-  if config.train.batch_size < 2:
-    raise ValueError("train.batch_size must be >= 2 (the isotropy term uses batch statistics)")
+  if config.train.global_batch_size < 2:
+    raise ValueError("train.global_batch_size must be >= 2 (the isotropy term uses batch "
+                     "statistics)")
+  if config.parallel.mode not in ("jit", "pmap"):
+    raise ValueError(f"parallel.mode must be 'jit' or 'pmap', got {config.parallel.mode!r}")
+  if config.parallel.mode == "pmap" and jax.process_count() > 1:
+    raise ValueError("parallel.mode='pmap' is single-process; use 'jit' on several hosts")
   if config.train.num_steps < 1:
     raise ValueError("train.num_steps must be >= 1")
   if config.model.shape_dim < 1 or config.model.expr_dim < 0:
@@ -161,8 +199,9 @@ def _report(workdir, config, data, table, init, elapsed):
       f"# Stage 1 ({config.variant})", "",
       f"Data: {data.description}.", "",
       f"K = {config.model.shape_dim}, E = {config.model.expr_dim}, sphere radius R = "
-      f"{init.radius:.3f}; {config.train.num_steps} steps of batch {config.train.batch_size} per "
-      f"model; {elapsed:.0f} s in all.", "",
+      f"{init.radius:.3f}; {config.train.num_steps} steps of global batch "
+      f"{config.train.global_batch_size} per model on {jax.device_count()} device(s); "
+      f"{elapsed:.0f} s in all.", "",
       "Held-out identities: every model fitted to the same scans by the same routine "
       "(`sfm_jax.fitting.fit_scans`); errors are per-vertex distances to the aligned scan; "
       "identity metrics on the fitted shape codes (cosine / unit codes).", "",
@@ -183,17 +222,27 @@ def main(argv):
   del argv
   config = _CONFIG.value
   workdir = _WORKDIR.value
+  if config.parallel.distributed:
+    parallel.initialize_distributed(coordinator_address=config.parallel.coordinator_address,
+                                    num_processes=config.parallel.num_processes,
+                                    process_id=config.parallel.process_id)
   _validate(config)
+  mesh = parallel.make_mesh()
+  parallel.check_global_batch(config.train.global_batch_size, mesh)
   start = time.perf_counter()
+  # Every process builds the same (deterministic) data and feeds its slice of each batch.
   data = scan_data.load(config.data, seed=config.seed)
-  print(f"stage 1 ({config.variant}): {data.description}", flush=True)
+  if _is_chief():
+    print(f"stage 1 ({config.variant}): {data.description}; {jax.device_count()} device(s) in "
+          f"{jax.process_count()} process(es), parallel mode {config.parallel.mode}", flush=True)
   stage1.check_sizes(len(data.train_scans), len(np.unique(data.train_identity)),
                      config.model.shape_dim, config.model.expr_dim)
   os.makedirs(workdir, exist_ok=True)
   init = stage1.pca_init(data.train_scans, data.train_identity, num_shape=config.model.shape_dim,
                          num_expr=config.model.expr_dim)
   per_vertex = np.sqrt(init.mean.shape[0])  # std of a unit direction in 3V -> RMS per vertex
-  print(f"PCA initialisation: R = {init.radius:.3f}; per-vertex RMS of one sd: identity "
+  if _is_chief():
+    print(f"PCA initialisation: R = {init.radius:.3f}; per-vertex RMS of one sd: identity "
         f"{init.shape_std[0] / per_vertex:.2f} .. {init.shape_std[-1] / per_vertex:.2f} mm, "
         f"expression {(init.expr_std[0] if len(init.expr_std) else 0) / per_vertex:.2f} mm",
         flush=True)
@@ -201,10 +250,22 @@ def main(argv):
   sfm_objective, baseline_objective = _objectives(config)
   models, codes = {}, {}
   for name, objective in (("sfm", sfm_objective), ("baseline", baseline_objective)):
-    state = train(name, objective, init, data, config, workdir, log)
+    state = train(name, objective, init, data, config, workdir, log, mesh)
+    params = parallel.to_host(state.params)
+    # Every process prints it: equal lines mean the replicas agree bit for bit.
+    print(f"[{name}] process {jax.process_index()}: parameter checksum "
+          f"{_checksum(params)} at step {int(parallel.to_host(state.step).reshape(-1)[0])}",
+          flush=True)
+    if 0 < config.train.stop_after_steps < config.train.num_steps:
+      if _is_chief():
+        print(f"[{name}] stopped at step {config.train.stop_after_steps} (train.stop_after_steps);"
+              " rerun without it to continue", flush=True)
+      return
     models[name], codes[name], codes[f"{name}_expr"] = stage1.export_model(
-        state.params, radius=init.radius, objective=objective, triangles=data.triangles,
+        params, radius=init.radius, objective=objective, triangles=data.triangles,
         landmarks=data.landmarks)
+  if not _is_chief():
+    return  # only process 0 writes models, evaluations and pictures
   models["pca"] = stage1.pca_model(init, triangles=data.triangles, landmarks=data.landmarks)
   save_model(os.path.join(workdir, "model.npz"), models["sfm"])
   save_model(os.path.join(workdir, "baseline.npz"), models["baseline"])

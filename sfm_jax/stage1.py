@@ -184,10 +184,14 @@ def shape_codes(z: jax.Array, radius: float, objective: Objective) -> jax.Array:
 
 
 def make_loss_fn(objective: Objective, *, radius: float, triangles: np.ndarray,
-                 mirror: np.ndarray | None = None):
+                 mirror: np.ndarray | None = None, axis_name: str | None = None):
   """The stage-1 `loss_fn(params, model_state, batch, rng)` for `TrainState`.
 
   `batch`: `scans [B, V, 3]`, `identity [B]` (-1 unlabelled), `index [B]` (row of the scan's codes).
+  `axis_name`: only for the `pmap` path. Terms that couple samples (identity terms, isotropy,
+  code statistics) are then computed on codes and labels gathered from every device, so they
+  equal the global-batch values; with the per-device reconstruction mean and the `pmean` of
+  gradients in `train_step`, the step matches the single-device step on the global batch.
   """
   edges = jnp.asarray(mesh_edges(triangles))
   mirror = None if mirror is None else jnp.asarray(mirror)
@@ -205,6 +209,10 @@ def make_loss_fn(objective: Objective, *, radius: float, triangles: np.ndarray,
     decoded = decode(face, s, e)
     terms = {"rec": losses.vertex_loss(decoded, batch["scans"], squared=objective.squared_error)}
     labels = batch["identity"]
+    if axis_name is not None:  # the batch-coupled terms see the whole global batch
+      s = jax.lax.all_gather(s, axis_name, tiled=True)
+      e = jax.lax.all_gather(e, axis_name, tiled=True)
+      labels = jax.lax.all_gather(labels, axis_name, tiled=True)
     if sphere_model:
       u = s / radius
       if objective.weight_margin:

@@ -69,8 +69,15 @@ class TrainState(struct.PyTreeNode):
     return self.replace(**arrays)
 
 
-def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: Any, *,
+               axis_name: str | None = None) -> tuple[TrainState, dict]:
   """One optimisation step. Pure: jit it (see `jit_train_step`) or wrap it in `parallel.py`.
+
+  Args:
+    state: the train state.
+    batch: the loss function's batch.
+    axis_name: set only under `pmap` (`parallel.pmap_step`): gradients, metrics and the new
+      model state are averaged over that axis, and the loss function must have been built for it.
 
   Returns the new state and the metrics of this step (the loss function's metrics plus
   `loss` and `grad_norm`), computed before the update.
@@ -78,6 +85,9 @@ def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
   grad_fn = jax.value_and_grad(state.loss_fn, has_aux=True)
   (loss, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch,
                                                   state.step_key())
+  if axis_name is not None:
+    grads, loss, metrics, model_state = jax.lax.pmean((grads, loss, metrics, model_state),
+                                                      axis_name)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}

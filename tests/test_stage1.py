@@ -174,7 +174,7 @@ def test_resume_after_kill_gives_identical_parameters(tmp_path):
     (["--config.model.shape_dim=500"], "shape_dim K=500 must be in"),
     (["--config=experiments/configs/stage1.py:folder"], "data.scan_dir is not set"),
     (["--config=experiments/configs/stage1.py:nonsense"], "unknown stage-1 config variant"),
-    (["--config.train.batch_size=1"], "batch_size must be >= 2"),
+    (["--config.train.global_batch_size=1"], "global_batch_size must be >= 2"),
 ])
 def test_bad_config_fails_before_training(tmp_path, flags, message):
   result = _run_stage1(tmp_path / "w", *flags, timeout=120)

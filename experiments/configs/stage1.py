@@ -49,7 +49,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 3000
-  c.train.batch_size = 64
+  c.train.global_batch_size = 64   # over all devices and processes; divisible by the device count
   c.train.lr_basis = 3e-4
   c.train.lr_codes = 1e-2
   c.train.lr_prototypes = 1e-2
@@ -58,7 +58,16 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.train.log_every = 100
   c.train.checkpoint_every = 500
   c.train.max_to_keep = 2
+  c.train.stop_after_steps = 0     # > 0: checkpoint and exit at this step (time-sliced jobs)
   c.train.sleep_per_step = 0.0     # testing only: slows training so a test can kill it mid-run
+
+  # Data parallelism (sfm_jax.parallel): the same step on 1 or many devices and hosts.
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.mode = "jit"           # jit (NamedSharding, default) | pmap (single process)
+  c.parallel.distributed = False    # call jax.distributed.initialize (multi-host)
+  c.parallel.coordinator_address = ""  # else JAX_COORDINATOR_ADDRESS or cluster detection
+  c.parallel.num_processes = 0      # else JAX_NUM_PROCESSES
+  c.parallel.process_id = -1        # else JAX_PROCESS_ID
 
   c.eval = ml_collections.ConfigDict()
   c.eval.fit_steps = 150
@@ -75,13 +84,13 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.data.resolution = 230
     c.data.train_identities, c.data.test_identities, c.data.scans_per_identity = 1000, 200, 4
     c.model.shape_dim, c.model.expr_dim = 199, 100
-    c.train.num_steps, c.train.batch_size = 20000, 128
+    c.train.num_steps, c.train.global_batch_size = 20000, 128
     c.train.log_every, c.train.checkpoint_every = 200, 2000
   elif variant == "tiny":
     c.data.resolution = 12
     c.data.train_identities, c.data.test_identities, c.data.scans_per_identity = 10, 4, 3
     c.model.shape_dim, c.model.expr_dim = 4, 3
-    c.train.num_steps, c.train.batch_size = 40, 8
+    c.train.num_steps, c.train.global_batch_size = 40, 8
     c.train.warmup_steps, c.train.log_every, c.train.checkpoint_every = 5, 5, 10
     c.eval.fit_steps, c.eval.fit_rounds = 30, 2
   return c

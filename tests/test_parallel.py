@@ -1,0 +1,111 @@
+"""Data parallelism: 8 fake CPU devices (jit and pmap), two processes, checkpoints across device
+counts. Each configuration runs the real stage-1 entry point in a subprocess (the device count
+is fixed when jax starts), on the `tiny` config; results must match 1 device to 1e-5."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sfm_jax import model as fm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = ["--config.train.num_steps=20", "--config.train.checkpoint_every=5",
+         "--config.eval.fit_steps=5", "--config.eval.fit_rounds=1"]
+
+
+def _stage1(workdir, devices, *flags, extra_env=None, log=None):
+  """Runs stage 1; with `log` (a path prefix) it starts it in the background, writing
+  `log.out` / `log.err` (files, not pipes: a full pipe would stall a process whose peer waits
+  for it in a collective) and returns the Popen."""
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+         "JAX_PLATFORMS": "cpu", **(extra_env or {})}
+  command = [sys.executable, "-m", "experiments.stage1",
+             "--config=experiments/configs/stage1.py:tiny", f"--workdir={workdir}", *STEPS, *flags]
+  if log is not None:
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=open(f"{log}.out", "w"),
+                            stderr=open(f"{log}.err", "w"), text=True)
+  result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def _assert_same_models(a, b, rtol=1e-5):
+  for name in ("model.npz", "baseline.npz"):
+    x, y = fm.load_model(os.path.join(a, name)), fm.load_model(os.path.join(b, name))
+    for field in ("mean", "shape_basis", "expr_basis"):
+      expected, got = getattr(x, field), getattr(y, field)
+      scale = np.max(np.abs(expected))
+      np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol * scale,
+                                 err_msg=f"{name}:{field}")
+  codes_x, codes_y = np.load(os.path.join(a, "codes.npz")), np.load(os.path.join(b, "codes.npz"))
+  for key in ("sfm_shape", "baseline_shape", "sfm_expr"):
+    np.testing.assert_allclose(codes_y[key], codes_x[key], rtol=rtol,
+                               atol=rtol * np.max(np.abs(codes_x[key])), err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("one_device")
+  _stage1(workdir, 1)
+  return str(workdir)
+
+
+@pytest.mark.parametrize("mode", ["jit", "pmap"])
+def test_eight_devices_match_one(one_device, tmp_path, mode):
+  result = _stage1(tmp_path, 8, f"--config.parallel.mode={mode}")
+  assert "8 device(s)" in result.stdout
+  _assert_same_models(one_device, str(tmp_path))
+
+
+def test_global_batch_must_divide_by_devices(tmp_path):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.stage1", "--config=experiments/configs/stage1.py:tiny",
+       f"--workdir={tmp_path}", "--config.train.global_batch_size=12"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "global_batch_size=12 does not divide by the 8 devices" in result.stderr
+  assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("first,second", [(8, 1), (1, 8)])
+def test_checkpoints_move_between_device_counts(one_device, tmp_path, first, second):
+  stopped = _stage1(tmp_path, first, "--config.train.stop_after_steps=10")
+  assert "stopped at step 10" in stopped.stdout
+  resumed = _stage1(tmp_path, second)
+  assert "resumed from the checkpoint at step 10" in resumed.stdout
+  _assert_same_models(one_device, str(tmp_path))
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_together(tmp_path):
+  reference = tmp_path / "reference"
+  _stage1(reference, 2)  # one process, two devices: the same global batch
+  port = _free_port()
+  workdir = tmp_path / "distributed"
+  logs = [tmp_path / f"process{i}" for i in range(2)]
+  processes = [_stage1(workdir, 1, "--config.parallel.distributed=True",
+                       f"--config.parallel.coordinator_address=127.0.0.1:{port}",
+                       "--config.parallel.num_processes=2", f"--config.parallel.process_id={i}",
+                       log=logs[i]) for i in range(2)]
+  for process in processes:
+    process.wait(timeout=300)
+  outputs = [(open(f"{log}.out").read(), open(f"{log}.err").read()) for log in logs]
+  for process, (out, err) in zip(processes, outputs):
+    assert process.returncode == 0, err[-3000:]
+  checksums = [dict(re.findall(r"\[(\w+)\] process \d: parameter checksum (\w+)", out))
+               for out, _ in outputs]
+  assert checksums[0] == checksums[1] and set(checksums[0]) == {"sfm", "baseline"}
+  assert "2 device(s) in 2 process(es)" in outputs[0][0]
+  assert "| sfm |" in outputs[0][0] and "| sfm |" not in outputs[1][0]  # only process 0 reports
+  _assert_same_models(str(reference), str(workdir))
