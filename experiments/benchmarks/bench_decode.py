@@ -10,13 +10,13 @@ a basis stored in bf16. Compile time is reported apart from the step time (media
 """
 
 import json
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from experiments.benchmarks.common import roofline, time_jax
 from sfm_jax.model import FaceModel, decode
 
 _BATCH = flags.DEFINE_integer("batch", 64, "B")
@@ -27,45 +27,11 @@ _REPEATS = flags.DEFINE_integer("repeats", 20, "timed calls per variant")
 _JSON = flags.DEFINE_string("json", None, "also write the table here")
 
 
-def _timed(fn, *args, repeats, calls_per_repeat=10):
-  """(compile seconds, median seconds per call).
-
-  The first call's time minus a steady call is the compile time. Steady calls are timed in groups
-  of `calls_per_repeat` dispatched back to back and blocked on once, so Python dispatch overlaps
-  device work as in a training loop; the median over `repeats` groups is reported.
-  """
-  start = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  first = time.perf_counter() - start
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    outputs = [fn(*args) for _ in range(calls_per_repeat)]
-    jax.block_until_ready(outputs)
-    times.append((time.perf_counter() - start) / calls_per_repeat)
-  median = float(np.median(times))
-  return max(first - median, 0.0), median
-
-
-def _roofline(repeats):
-  x = jnp.ones((256 * 1024 * 1024 // 4,), jnp.float32)  # 256 MiB
-  _, copy_s = _timed(jax.jit(lambda x: x * 1.0001), x, repeats=repeats)
-  bandwidth = 2 * x.nbytes / copy_s
-  rates = {}
-  for dtype in (jnp.float32, jnp.bfloat16):
-    n = 8192 if jax.default_backend() != "cpu" else 1024
-    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
-    # Float32 at HIGHEST (true float32, what decode uses by default), bf16 natively.
-    mm = jax.jit(lambda a: jnp.matmul(a, a, precision=jax.lax.Precision.HIGHEST))
-    _, mm_s = _timed(mm, a, repeats=repeats, calls_per_repeat=3)
-    rates[jnp.dtype(dtype).name] = 2 * n ** 3 / mm_s
-  return bandwidth, rates
-
-
 def main(argv):
   del argv
   b, k, e, v = _BATCH.value, _SHAPE.value, _EXPR.value, _VERTICES.value
-  bandwidth, rates = _roofline(_REPEATS.value)
+  machine = roofline(_REPEATS.value)
+  bandwidth, rates = machine["bandwidth"], machine["matmul"]
   rng = np.random.default_rng(0)
   model32 = FaceModel(mean=jnp.asarray(rng.normal(size=(v, 3)), jnp.float32),
                       shape_basis=jnp.asarray(rng.normal(size=(k, v, 3)), jnp.float32),
@@ -87,7 +53,7 @@ def main(argv):
   for name, model, compute, precision, basis_bytes in variants:
     fn = jax.jit(lambda m, s, x, c=compute, p=precision: decode(m, s, x, compute_dtype=c,
                                                                 precision=p))
-    compile_s, step_s = _timed(fn, model, s, x, repeats=_REPEATS.value)
+    compile_s, step_s = time_jax(fn, model, s, x, repeats=_REPEATS.value, calls_per_repeat=10)
     moved = (k + e) * v * 3 * basis_bytes + (b * v * 3 + v * 3) * 4  # basis + output + mean
     peak = rates["bfloat16" if compute is not None else "float32"]
     rows.append(dict(variant=name, compile_s=compile_s, step_ms=step_s * 1e3,

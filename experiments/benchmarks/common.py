@@ -1,0 +1,50 @@
+"""Timing and roofline helpers shared by the benchmarks (no assertions: numbers are printed)."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def time_calls(run, sync, *, repeats: int, calls_per_repeat: int = 1) -> tuple[float, float]:
+  """(first call seconds minus a steady call, median steady seconds per call).
+
+  `run()` launches one call and returns what `sync(result)` waits for. Steady calls go in groups
+  of `calls_per_repeat` launched back to back (dispatch overlaps device work, as in training),
+  synchronised once per group; the median over `repeats` groups is returned.
+  """
+  start = time.perf_counter()
+  sync(run())
+  first = time.perf_counter() - start
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    results = [run() for _ in range(calls_per_repeat)]
+    sync(results[-1])
+    times.append((time.perf_counter() - start) / calls_per_repeat)
+  steady = float(np.median(times))
+  return max(first - steady, 0.0), steady
+
+
+def time_jax(fn, *args, repeats: int, calls_per_repeat: int = 1) -> tuple[float, float]:
+  return time_calls(lambda: fn(*args), jax.block_until_ready, repeats=repeats,
+                    calls_per_repeat=calls_per_repeat)
+
+
+def roofline(repeats: int = 10) -> dict:
+  """The device's measured copy bandwidth (bytes/s, read + write) and matmul rates (FLOP/s) for
+  float32 at HIGHEST precision and for bfloat16."""
+  on_cpu = jax.default_backend() == "cpu"
+  x = jnp.ones(((64 if on_cpu else 256) * 1024 * 1024 // 4,), jnp.float32)
+  _, copy_s = time_jax(jax.jit(lambda x: x * 1.0001), x, repeats=repeats, calls_per_repeat=5)
+  rates = {}
+  n = 1024 if on_cpu else 8192
+  for dtype in (jnp.float32, jnp.bfloat16):
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
+    mm = jax.jit(lambda a: jnp.matmul(a, a, precision=jax.lax.Precision.HIGHEST))
+    _, mm_s = time_jax(mm, a, repeats=max(repeats // 2, 2), calls_per_repeat=3)
+    rates[jnp.dtype(dtype).name] = 2 * n ** 3 / mm_s
+  return {"bandwidth": 2 * x.nbytes / copy_s, "matmul": rates}
