@@ -14,7 +14,8 @@ Examples: `vertices [V, 3]`, `identity` (label, -1 unlabelled), `identity_name`,
 """
 
 import dataclasses
-import zlib
+import hashlib
+import logging
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -29,11 +30,12 @@ class FaceScanFolderConfig(tfds.core.BuilderConfig):
 
 
 def identity_in_test(name: str, test_fraction: float, split_seed: int = 0) -> bool:
-  """Stable identity-level split: crc32 of the name (and seed) decides, independent of order."""
+  """Stable identity-level split: a SHA-256 of the name (and seed) decides, independent of order
+  and machine. (crc32, tried first, spreads short similar names badly.)"""
   if not name:
     return False
-  value = zlib.crc32(f"{split_seed}:{name}".encode("utf-8")) / 2 ** 32
-  return value < test_fraction
+  digest = hashlib.sha256(f"{split_seed}:{name}".encode("utf-8")).digest()
+  return int.from_bytes(digest[:8], "big") / 2 ** 64 < test_fraction
 
 
 class FaceScanFolder(tfds.core.GeneratorBasedBuilder):
@@ -69,8 +71,12 @@ class FaceScanFolder(tfds.core.GeneratorBasedBuilder):
     in_test = np.array([folder.identity[i] >= 0 and identity_in_test(
         folder.identity_names[folder.identity[i]], config.test_fraction, config.split_seed)
                         for i in range(len(folder.paths))])
-    return {"train": self._generate_examples(folder, np.flatnonzero(~in_test)),
-            "test": self._generate_examples(folder, np.flatnonzero(in_test))}
+    parts = {"train": np.flatnonzero(~in_test), "test": np.flatnonzero(in_test)}
+    for name in [k for k, v in parts.items() if not len(v)]:
+      logging.warning("face_scan_folder: split %r is empty (too few identities for "
+                      "test_fraction %s); it is omitted", name, config.test_fraction)
+    return {name: self._generate_examples(folder, indices) for name, indices in parts.items()
+            if len(indices)}
 
   def _generate_examples(self, folder, indices):
     for i in indices:

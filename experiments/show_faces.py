@@ -2,6 +2,8 @@ r"""Pictures of faces, so a person can see at a glance that faces look like face
 
   # The face world: one row per identity, its neutral face then each expression at full weight.
   python -m experiments.show_faces --out=runs/world.png [--identities=6 --seed=0]
+  # Rendered 2D face-world images with their 68 landmarks (green visible, red hidden):
+  python -m experiments.show_faces --images --out=runs/images.png [--count=24 --image_size=96]
   # Any model file (ours, Basel .mat/.h5, FLAME .pkl, FaceScape .npz, Surrey .bin or folder):
   # one row per component, -3 sd | mean | +3 sd, then the first expressions at -1 | 0 | +1.
   python -m experiments.show_faces --model=../shared/data/surrey --out=runs/surrey.png
@@ -28,6 +30,9 @@ _RESOLUTION = flags.DEFINE_integer("resolution", 64, "Face world: template grid 
 _SEED = flags.DEFINE_integer("seed", 0, "Face world: identity seed.")
 _SIZE = flags.DEFINE_integer("size", 160, "Pixels per face.")
 _YAW = flags.DEFINE_float("yaw", 25.0, "View angle in degrees (0 = frontal).")
+_IMAGES = flags.DEFINE_bool("images", False, "Show rendered 2D face-world images instead.")
+_COUNT = flags.DEFINE_integer("count", 24, "Images: how many (8 per row).")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 96, "Images: pixels per side.")
 
 
 def world_picture(*, identities: int, resolution: int, seed: int, size: int, yaw: float):
@@ -53,10 +58,28 @@ def model_picture(path: str, *, components: int, expressions: int, size: int, ya
   return picture, model
 
 
+def images_picture(*, count: int, image_size: int, seed: int, resolution: int):
+  identities = max(count // 2, 1)
+  images = synth.make_images(identities, 2, seed, world=synth.FaceWorld(resolution=resolution),
+                             image_size=image_size)
+  zoom = 2 if image_size < 160 else 1  # small images are shown enlarged so points stay visible
+  tiles = [viz.draw_landmarks(images.images[n].repeat(zoom, 0).repeat(zoom, 1),
+                              images.landmarks[n] * zoom, images.visible[n], radius=1)
+           for n in range(min(count, len(images.images)))]
+  return viz.image_grid(tiles, columns=8, pad=2), images
+
+
 def main(argv):
   del argv
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  if _MODEL.value is None:
+  if _IMAGES.value:
+    picture, images = images_picture(count=_COUNT.value, image_size=_IMAGE_SIZE.value,
+                                     seed=_SEED.value, resolution=min(_RESOLUTION.value, 48))
+    write_png(_OUT.value, picture)
+    labels = ", ".join(str(i) for i in images.identity[:_COUNT.value])
+    print(f"{_COUNT.value} rendered images (2 per identity; identity labels {labels}); "
+          f"landmarks green where visible, red where hidden")
+  elif _MODEL.value is None:
     picture, names = world_picture(identities=_IDENTITIES.value, resolution=_RESOLUTION.value,
                                    seed=_SEED.value, size=_SIZE.value, yaw=_YAW.value)
     write_png(_OUT.value, picture)

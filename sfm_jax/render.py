@@ -3,8 +3,11 @@
 Rendering is split the way differentiable rasterisers usually are:
 
 1. `rasterize`: which triangle is nearest at each pixel centre (a z-buffer). This selection is
-   discrete and carries no gradient. It is exact for triangles of any size: pixels are tested
-   against triangles in chunks (`lax.scan`), keeping the running nearest hit per pixel.
+   discrete and carries no gradient. The default path is exact for triangles of any size: pixels
+   are tested against triangles in chunks (`lax.scan`), keeping the running nearest hit per
+   pixel. The window path (for dense meshes at small image sizes, where most triangles cover a
+   pixel or less) tests each triangle only against a small window of pixels and resolves depth
+   with a scatter-min, sending the few larger triangles through the exact path.
 2. `barycentrics` / `interpolate`: with the selection fixed, barycentric coordinates are
    recomputed from the projected vertex positions, so interpolated colours, normals and depths
    are differentiable in positions and attributes (exactly so away from triangle edges).
@@ -38,9 +41,12 @@ class Fragments:
   Attributes:
     triangle_id: `[..., H, W]` int32, the nearest triangle, -1 where none.
     depth: `[..., H, W]` depth of that hit (+inf where none).
+    overflow: `[...]` int32, window mode only: triangles too large for the window beyond the
+      `max_large` handled exactly (0 means the result is exact).
   """
   triangle_id: Array
   depth: Array
+  overflow: Array = 0
 
   @property
   def mask(self) -> Array:
@@ -63,22 +69,43 @@ def _edge_weights(px, py, ax, ay, bx, by, cx, cy):
 
 
 def rasterize(vertices: Array, triangles: Array, *, height: int, width: int,
-              chunk: int = 256) -> Fragments:
+              chunk: int = 256, window: int | None = None, max_large: int = 64) -> Fragments:
   """Z-buffer rasterisation of one mesh (vmap it for batches).
 
   Args:
     vertices: `[V, 3]` pixel-space positions (x right, y down) and depth (smaller is nearer).
     triangles: `[T, 3]` int.
     height, width: image size H, W (static).
-    chunk: triangles tested per scan step (memory `H W chunk`).
+    chunk: triangles tested per scan step in the exact path (memory `H W chunk`).
+    window: None for the exact path (every pixel against every triangle: any triangle size).
+      An int w selects the fast path for dense meshes: each triangle tests only the `w x w`
+      pixels from its bounding box's corner and the z-buffer is a scatter-min; the `max_large`
+      largest triangles whose box does not fit take the exact path. `Fragments.overflow` counts
+      triangles that fit neither (0 = exact result).
+    max_large: see `window`.
 
   Returns:
     `Fragments` with `[H, W]` arrays. Not differentiable (use `barycentrics`/`interpolate`).
   """
   vertices = jax.lax.stop_gradient(vertices)
+  if window is not None:
+    return _rasterize_window(vertices, triangles, height=height, width=width, window=window,
+                             max_large=max_large, chunk=chunk)
+  depth, triangle_id = _rasterize_exact(vertices, triangles, height=height, width=width,
+                                        chunk=chunk)
+  return Fragments(triangle_id=triangle_id.reshape(height, width),
+                   depth=depth.reshape(height, width), overflow=jnp.zeros((), jnp.int32))
+
+
+def _rasterize_exact(vertices, triangles, *, height, width, chunk, ids=None):
+  """Flat `[H W]` (depth, triangle id) testing every pixel against every triangle (or against
+  the triangles `ids`, reporting their original ids)."""
   dtype = vertices.dtype
   px, py = _pixel_centres(height, width, dtype)
+  if ids is not None:
+    triangles = triangles[ids]
   num_triangles = triangles.shape[0]
+  chunk = min(chunk, num_triangles)
   padded = -(-num_triangles // chunk) * chunk
   corners = vertices[triangles]  # [T, 3, 3]
   # Padding triangles are degenerate (zero area) and never cover a pixel.
@@ -108,8 +135,65 @@ def rasterize(vertices: Array, triangles: Array, *, height: int, width: int,
 
   init = (jnp.full(px.shape, jnp.inf, dtype), jnp.full(px.shape, -1, jnp.int32))
   (depth, triangle_id), _ = jax.lax.scan(body, init, (corners, offsets))
+  if ids is not None:
+    padded_ids = jnp.concatenate([ids.astype(jnp.int32), jnp.full((padded - num_triangles,), -1,
+                                                                  jnp.int32)])
+    triangle_id = jnp.where(triangle_id >= 0, padded_ids[jnp.maximum(triangle_id, 0)], -1)
+  return depth, triangle_id
+
+
+def _rasterize_window(vertices, triangles, *, height, width, window, max_large, chunk):
+  dtype = vertices.dtype
+  num_triangles = triangles.shape[0]
+  tri = vertices[triangles]  # [T, 3, 3]
+  # Pixel j's centre is j + 0.5: the covered columns of [lo, hi] are ceil(lo - .5)..floor(hi - .5).
+  col0 = jnp.ceil(jnp.min(tri[..., 0], axis=1) - 0.5).astype(jnp.int32)
+  row0 = jnp.ceil(jnp.min(tri[..., 1], axis=1) - 0.5).astype(jnp.int32)
+  span_x = jnp.floor(jnp.max(tri[..., 0], axis=1) - 0.5).astype(jnp.int32) - col0 + 1
+  span_y = jnp.floor(jnp.max(tri[..., 1], axis=1) - 0.5).astype(jnp.int32) - row0 + 1
+  large = (span_x > window) | (span_y > window)
+  offsets = jnp.arange(window)
+  cols = col0[:, None, None] + offsets[None, None, :]  # [T, 1, w]
+  rows = row0[:, None, None] + offsets[None, :, None]  # [T, w, 1]
+  px, py = cols.astype(dtype) + 0.5, rows.astype(dtype) + 0.5
+  corner = lambda k, axis: tri[:, k, axis][:, None, None]
+  w0, w1, w2 = _edge_weights(px, py, corner(0, 0), corner(0, 1), corner(1, 0), corner(1, 1),
+                             corner(2, 0), corner(2, 1))
+  area = w0 + w1 + w2
+  inside = (area != 0) & (((w0 >= 0) & (w1 >= 0) & (w2 >= 0) & (area > 0))
+                          | ((w0 <= 0) & (w1 <= 0) & (w2 <= 0) & (area < 0)))
+  inside &= (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height) & ~large[:, None, None]
+  depth = (w0 * corner(0, 2) + w1 * corner(1, 2) + w2 * corner(2, 2)) / jnp.where(
+      area != 0, area, 1.0)
+  depth = jnp.where(inside, depth, jnp.inf).reshape(-1)
+  pixel = jnp.where(inside, rows * width + cols, 0).reshape(-1)
+  ids = jnp.broadcast_to(jnp.arange(num_triangles, dtype=jnp.int32)[:, None, None],
+                         inside.shape).reshape(-1)
+  zbuffer = jnp.full((height * width,), jnp.inf, dtype).at[pixel].min(depth)
+  winner = jnp.isfinite(depth) & (depth == zbuffer[pixel])
+  # Equal depths (a pixel centre on a shared edge): the lowest triangle id wins, as in the exact
+  # path.
+  big = jnp.iinfo(jnp.int32).max
+  triangle_id = jnp.full((height * width,), big, jnp.int32).at[pixel].min(
+      jnp.where(winner, ids, big))
+  triangle_id = jnp.where(triangle_id == big, -1, triangle_id)
+  # Triangles whose box exceeds the window: the largest `max_large` go through the exact path.
+  count = min(max_large, num_triangles)
+  size = jnp.where(large, jnp.maximum(span_x, span_y), -1)
+  _, chosen = jax.lax.top_k(size, count)
+  chosen_large = large[chosen]
+  exact_depth, exact_id = _rasterize_exact(vertices, triangles, height=height, width=width,
+                                           chunk=chunk, ids=chosen)
+  exact_depth = jnp.where(exact_id >= 0, exact_depth, jnp.inf)
+  exact_depth = jnp.where(jnp.any(chosen_large), exact_depth, jnp.inf)
+  use_exact = exact_depth < zbuffer
+  depth = jnp.where(use_exact, exact_depth, zbuffer)
+  triangle_id = jnp.where(use_exact, exact_id, triangle_id)
+  # Chosen triangles that are not large must not be drawn twice: they were drawn by the window
+  # path, and their exact-path hits can only equal it (same depth), never beat it.
+  overflow = jnp.maximum(jnp.sum(large) - count, 0).astype(jnp.int32)
   return Fragments(triangle_id=triangle_id.reshape(height, width),
-                   depth=depth.reshape(height, width))
+                   depth=depth.reshape(height, width), overflow=overflow)
 
 
 def barycentrics(vertices: Array, triangles: Array, fragments: Fragments) -> Array:
@@ -171,7 +255,8 @@ def shade_sh(albedo: Array, normals: Array, sh_coefficients: Array) -> Array:
 
 def render(vertices_px: Array, triangles: Array, albedo: Array, normals_model: Array,
            sh_coefficients: Array, *, height: int, width: int,
-           background: Array | float = 0.0) -> tuple[Array, Array, Fragments]:
+           background: Array | float = 0.0, window: int | None = None,
+           max_large: int = 64) -> tuple[Array, Array, Fragments]:
   """Renders one mesh: rasterise, interpolate albedo and normals, shade, composite.
 
   Args:
@@ -182,11 +267,13 @@ def render(vertices_px: Array, triangles: Array, albedo: Array, normals_model: A
     sh_coefficients: `[9, 3]`.
     height, width: image size.
     background: colour where no triangle is hit.
+    window, max_large: rasteriser mode (see `rasterize`; None = exact for any triangle size).
 
   Returns:
     (`[H, W, 3]` image, `[H, W]` coverage mask, the fragments).
   """
-  fragments = rasterize(vertices_px, triangles, height=height, width=width)
+  fragments = rasterize(vertices_px, triangles, height=height, width=width, window=window,
+                        max_large=max_large)
   weights = barycentrics(vertices_px, triangles, fragments)
   pixel_albedo = interpolate(albedo, triangles, fragments, weights)
   pixel_normals = interpolate(normals_model, triangles, fragments, weights)

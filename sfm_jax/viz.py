@@ -212,3 +212,18 @@ def plot_codes_2d(panels: list, *, max_identities: int = 12) -> np.ndarray:
     axis.set_yticks([])
   figure.tight_layout()
   return _figure_to_image(figure)
+
+
+def draw_landmarks(image: np.ndarray, landmarks: np.ndarray, visible: np.ndarray | None = None,
+                   *, radius: int = 1) -> np.ndarray:
+  """A copy of `image` `[H, W, 3]` with landmarks `[L, 2]` (pixels, x right, y down) drawn as
+  small squares: green where visible, red where not."""
+  out = np.array(image, np.float64, copy=True)
+  height, width = out.shape[:2]
+  visible = np.ones(len(landmarks), bool) if visible is None else np.asarray(visible, bool)
+  for (x, y), seen in zip(np.asarray(landmarks), visible):
+    col, row = int(np.floor(x)), int(np.floor(y))
+    if 0 <= col < width and 0 <= row < height:
+      out[max(row - radius, 0):row + radius + 1, max(col - radius, 0):col + radius + 1] = (
+          (0.1, 1.0, 0.1) if seen else (1.0, 0.1, 0.1))
+  return out

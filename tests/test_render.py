@@ -163,3 +163,25 @@ def test_jit_equals_eager_and_vmap(rng):
                                                              jnp.stack([colours, colours * 0.5]))
   np.testing.assert_array_equal(np.asarray(batched[0]), np.asarray(eager))
   np.testing.assert_allclose(np.asarray(batched[1]), np.asarray(eager) * 0.5, rtol=1e-6)
+
+
+def test_window_mode_equals_exact_mode(rng):
+  from sfm_jax import synth
+  template = synth.face_template(40)
+  size = 48
+  scale = 0.75 * size / 200.0
+  v = template.vertices
+  face = np.stack([v[:, 0] * scale + size / 2, -v[:, 1] * scale + size / 2, -v[:, 2]], -1)
+  rotation = np.asarray(geometry.euler_to_matrix(np.array([0.3, 0.5, 0.2])), np.float64)
+  cube, faces = _cube(rotation, side=20.0, centre=(30.0, 20.0, -30.0))  # large, in front
+  vertices = jnp.asarray(np.concatenate([face, cube]).astype(np.float32))
+  triangles = jnp.asarray(np.concatenate([template.triangles, faces + len(face)]))
+  exact = render.rasterize(vertices, triangles, height=size, width=size)
+  fast = render.rasterize(vertices, triangles, height=size, width=size, window=3, max_large=16)
+  assert int(fast.overflow) == 0
+  np.testing.assert_array_equal(np.asarray(fast.triangle_id), np.asarray(exact.triangle_id))
+  np.testing.assert_allclose(np.asarray(fast.depth), np.asarray(exact.depth), rtol=1e-6)
+  assert (np.asarray(exact.triangle_id) >= len(template.triangles)).any()  # the cube is seen
+  # Too many large triangles for max_large: reported, not silently wrong.
+  starved = render.rasterize(vertices, triangles, height=size, width=size, window=3, max_large=2)
+  assert int(starved.overflow) == 10
