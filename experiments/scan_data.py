@@ -1,4 +1,5 @@
-"""Stage-1 data from a config: the face world, its TFDS builder, the Surrey model, or a folder.
+"""Stage-1 data from a config: the face world, its TFDS builder, scans sampled from a published
+model (the Surrey model, or any Basel / FLAME / FaceScape / Surrey file), or a scan folder.
 
 Every source gives training scans with contiguous identity labels [0, C) and held-out scans of
 identities never seen in training (design section 6), plus the topology.
@@ -14,7 +15,7 @@ import numpy as np
 from sfm_jax import synth
 from sfm_jax.io import formats, scan_folder
 
-SOURCES = ("world", "tfds", "surrey", "folder")
+SOURCES = ("world", "tfds", "surrey", "model", "folder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +72,12 @@ def _tfds(config) -> ScanData:
                   f"TFDS synthetic_face_scans/{config.tfds_config} in {config.tfds_data_dir}")
 
 
-def surrey_scans(model, num_identities: int, scans_per_identity: int, seed: int, *,
+def sample_scans(model, num_identities: int, scans_per_identity: int, seed: int, *,
                  noise_mm: float, identity_offset: int = 0, neutral_fraction: float = 0.2):
-  """Scans sampled from a Gaussian model with blendshapes (the Surrey model): identities
-  `z ~ N(0, I)`, 1-2 blendshapes per scan with weights in [0.2, 1], then the scanner."""
+  """Scans sampled from a Gaussian model (e.g. the Surrey model with its blendshapes):
+  identities `z ~ N(0, I)`, 1-2 expression components per scan with weights in [0.2, 1]
+  (blendshapes at partial strength; for Gaussian expression bases, up to one sd), then the
+  scanner."""
   rng = np.random.default_rng(seed)
   z = rng.normal(size=(num_identities, model.shape_dim))
   neutral = np.asarray(model.mean, np.float64) + np.einsum(
@@ -92,20 +95,23 @@ def surrey_scans(model, num_identities: int, scans_per_identity: int, seed: int,
   return faces.astype(np.float32), (identity + identity_offset).astype(np.int32)
 
 
-def _surrey(config, seed: int) -> ScanData:
-  if not os.path.isdir(config.surrey_dir):
-    raise ValueError(f"data.surrey_dir: {config.surrey_dir} is not a folder (the Surrey model, "
-                     "e.g. ../shared/data/surrey)")
-  model = formats.load_surrey(config.surrey_dir)
-  train, train_id = surrey_scans(model, config.train_identities, config.scans_per_identity,
+def _sampled(config, seed: int, path: str, key: str) -> ScanData:
+  """Scans sampled from the model file at `path` (config key `key` for error messages)."""
+  if not path or not os.path.exists(path):
+    raise ValueError(f"data.{key}: {path!r} does not exist (a model file or the Surrey folder)")
+  model = formats.load_face_model(path)
+  if model.code_kind != "gaussian":
+    raise ValueError(f"data.{key}: {path} is a {model.code_kind} model; scans are sampled from "
+                     "Gaussian models (published 3DMMs, or a baseline.npz)")
+  train, train_id = sample_scans(model, config.train_identities, config.scans_per_identity,
                                  2 * seed + 1, noise_mm=config.noise_mm)
-  test, test_id = surrey_scans(model, config.test_identities, config.scans_per_identity,
+  test, test_id = sample_scans(model, config.test_identities, config.scans_per_identity,
                                2 * seed + 2, noise_mm=config.noise_mm,
                                identity_offset=config.train_identities)
   return ScanData(train, train_id, test, test_id, np.asarray(model.triangles),
                   np.asarray(model.landmarks), None,
-                  f"Surrey model samples ({model.num_vertices} vertices, {model.shape_dim} "
-                  f"Gaussian components, {model.expr_dim} blendshapes), "
+                  f"samples of {path} ({model.num_vertices} vertices, {model.shape_dim} "
+                  f"Gaussian components, {model.expr_dim} expression components), "
                   f"{config.train_identities} + {config.test_identities} identities x "
                   f"{config.scans_per_identity} scans, noise {config.noise_mm} mm")
 
@@ -142,5 +148,7 @@ def load(config, *, seed: int) -> ScanData:
   if config.source == "tfds":
     return _tfds(config)
   if config.source == "surrey":
-    return _surrey(config, seed)
+    return _sampled(config, seed, config.surrey_dir, "surrey_dir")
+  if config.source == "model":
+    return _sampled(config, seed, config.model_path, "model_path")
   return _folder(config)

@@ -66,7 +66,7 @@ def test_identity_terms(x64, rng, name):
   # Only unlabelled samples: both exactly 0.
   none = -np.ones(7, np.int64)
   assert float(jax_fn(jnp.asarray(u), jnp.asarray(w), jnp.asarray(none))) == 0.0
-  assert float(torch_fn(*_torch(u, w), torch.tensor(none))) == 0.0
+  assert torch_fn(*_torch(u, w), torch.tensor(none)).item() == 0.0
 
 
 def test_isotropy_ring_and_project(x64, rng):

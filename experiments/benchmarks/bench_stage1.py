@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from experiments.benchmarks.common import random_stage1_problem
 from sfm_jax import parallel, stage1
 from sfm_jax.train_state import TrainState, train_step
 
@@ -32,12 +33,9 @@ def main(argv):
   del argv
   v, k, e, n, c, b = (_VERTICES.value, _SHAPE.value, _EXPR.value, _SCANS.value, _CLASSES.value,
                       _BATCH.value)
-  rng = np.random.default_rng(0)
-  init = stage1.PCAInit(mean=rng.normal(size=(v, 3)) * 50, shape_basis=rng.normal(size=(k, v, 3)),
-                        expr_basis=rng.normal(size=(e, v, 3)), shape_codes=rng.normal(size=(n, k)),
-                        expr_codes=rng.normal(size=(n, e)), radius=float(np.sqrt(k)),
-                        shape_std=np.ones(k), expr_std=np.ones(e))
-  identity = rng.integers(0, c, n).astype(np.int32)
+  init, identity = random_stage1_problem(vertices=v, shape_dim=k, expr_dim=e, num_scans=n,
+                                         classes=c, seed=0)
+  rng = np.random.default_rng(1)
   objective = stage1.Objective()
   loss_fn = stage1.make_loss_fn(objective, radius=init.radius,
                                 triangles=np.zeros((1, 3), np.int32))

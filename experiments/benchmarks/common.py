@@ -48,3 +48,18 @@ def roofline(repeats: int = 10) -> dict:
     _, mm_s = time_jax(mm, a, repeats=max(repeats // 2, 2), calls_per_repeat=3)
     rates[jnp.dtype(dtype).name] = 2 * n ** 3 / mm_s
   return {"bandwidth": 2 * x.nbytes / copy_s, "matmul": rates}
+
+
+def random_stage1_problem(*, vertices: int, shape_dim: int, expr_dim: int, num_scans: int,
+                          classes: int, seed: int):
+  """A stage-1 initialisation and identity labels of the given shapes with random values (step
+  time does not depend on the values): (`stage1.PCAInit`, `[N]` int32 identities)."""
+  from sfm_jax import stage1
+
+  rng = np.random.default_rng(seed)
+  v, k, e, n = vertices, shape_dim, expr_dim, num_scans
+  init = stage1.PCAInit(mean=rng.normal(size=(v, 3)) * 50, shape_basis=rng.normal(size=(k, v, 3)),
+                        expr_basis=rng.normal(size=(e, v, 3)), shape_codes=rng.normal(size=(n, k)),
+                        expr_codes=rng.normal(size=(n, e)), radius=float(np.sqrt(k)),
+                        shape_std=np.ones(k), expr_std=np.ones(e))
+  return init, rng.integers(0, classes, n).astype(np.int32)

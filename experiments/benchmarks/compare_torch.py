@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments.benchmarks.common import roofline, time_calls, time_jax
+from experiments.benchmarks.common import (random_stage1_problem, roofline, time_calls,
+                                           time_jax)
 from sfm_jax import losses, sphere, stage1
 from sfm_jax.model import FaceModel, decode
 from sfm_jax.train_state import TrainState, jit_train_step
@@ -147,12 +148,9 @@ def bench_stage1(machine, repeats, with_compile):
   torch, device, sync = _torch_setup()
   from experiments.benchmarks import torch_ref
   v, k, e, n, c, b = _VERTICES.value, 199, 100, 4000, 1000, 128
-  rng = np.random.default_rng(2)
-  init = stage1.PCAInit(mean=rng.normal(size=(v, 3)) * 50, shape_basis=rng.normal(size=(k, v, 3)),
-                        expr_basis=rng.normal(size=(e, v, 3)), shape_codes=rng.normal(size=(n, k)),
-                        expr_codes=rng.normal(size=(n, e)), radius=float(np.sqrt(k)),
-                        shape_std=np.ones(k), expr_std=np.ones(e))
-  identity = rng.integers(0, c, n).astype(np.int32)
+  init, identity = random_stage1_problem(vertices=v, shape_dim=k, expr_dim=e, num_scans=n,
+                                         classes=c, seed=2)
+  rng = np.random.default_rng(3)
   objective = stage1.Objective()
   lrs = dict(basis=1e-4, codes=1e-2, prototypes=1e-2, centers=1e-2)
   params = stage1.init_params(init, identity, c)

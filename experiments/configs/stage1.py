@@ -1,7 +1,9 @@
 """Stage-1 configs: `--config=experiments/configs/stage1.py:VARIANT`, VARIANT one of
 
   demo    the embedded face world (48x48 grid), K=20, E=10; a few minutes on 2 CPU cores
-  surrey  scans sampled from the real Surrey model (../shared/data/surrey), K=40, E=6
+  surrey  scans sampled from the real Surrey model (../shared/data/surrey), K=40, E=6; with
+          --config.data.source=model --config.data.model_path=PATH from any Basel, FLAME,
+          FaceScape or Surrey file instead
   folder  a user's scan folder: --config.data.scan_dir=DIR
   paper   K=199, E=100 on a 230x230 face-world grid (52900 vertices): sized for a GPU
   tiny    a few seconds, for tests
@@ -22,7 +24,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "world"          # world | tfds | surrey | folder
+  c.data.source = "world"          # world | tfds | surrey | model | folder
   c.data.resolution = 48           # world: template grid side (V = resolution^2)
   c.data.train_identities = 120
   c.data.test_identities = 40
@@ -31,6 +33,8 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.data.tfds_config = "demo"      # tfds: SyntheticFaceScans config
   c.data.tfds_data_dir = "runs/tfds"
   c.data.surrey_dir = "../shared/data/surrey"
+  c.data.model_path = ""           # model: any Basel .mat/.h5, FLAME .pkl, FaceScape .npz,
+                                   # Surrey .bin or baseline.npz to sample scans from
   c.data.scan_dir = ""             # folder: the scan folder
   c.data.test_fraction = 0.2       # folder: share of identities held out
 
