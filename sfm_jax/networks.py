@@ -1,0 +1,134 @@
+"""The stage-2 image encoder: a Flax ResNet with heads for every face parameter.
+
+`Encoder(images, train)` maps `[B, H, W, 3]` images in [0, 1] to a dict:
+
+    z            [B, K]     free shape vector (map it with `sphere.project(z, R)`)
+    expression   [B, E]
+    albedo       [B, A]
+    rotation     [B, 6]     6D rotation (`geometry.rotation_6d_to_matrix`), or [B, 3] Euler
+    translation  [B, 2]     image-plane offset in units of the image size, around the centre
+    scale        [B]        positive, relative to `base_scale`
+    light        [B, 9, 3]  SH lighting, starting near white ambient light
+
+The backbone is the standard ResNet (He et al. 2016; torchvision's layout: 7x7 stem, max-pool,
+basic or bottleneck blocks, projection shortcuts), so its size matches the usual numbers
+(ResNet-18 11.18 M, ResNet-50 23.51 M parameters without the classifier). BatchNorm statistics
+live in the `batch_stats` collection (the train state's `model_state`). Heads start at zero
+output (plus their offsets), so an untrained encoder predicts the mean face, frontal, lit evenly.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+RESNETS = {  # name: (blocks per stage, bottleneck blocks)
+    "resnet10": ((1, 1, 1, 1), False),
+    "resnet18": ((2, 2, 2, 2), False),
+    "resnet34": ((3, 4, 6, 3), False),
+    "resnet50": ((3, 4, 6, 3), True),
+}
+
+
+class _Basic(nn.Module):
+  filters: int
+  strides: int
+  norm: functools.partial
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = nn.Conv(self.filters, (3, 3), (self.strides, self.strides), padding=1, use_bias=False)(x)
+    y = nn.relu(self.norm()(y))
+    y = nn.Conv(self.filters, (3, 3), padding=1, use_bias=False)(y)
+    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    if residual.shape != y.shape:
+      residual = nn.Conv(self.filters, (1, 1), (self.strides, self.strides), use_bias=False)(x)
+      residual = self.norm()(residual)
+    return nn.relu(residual + y)
+
+
+class _Bottleneck(nn.Module):
+  filters: int
+  strides: int
+  norm: functools.partial
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = nn.relu(self.norm()(nn.Conv(self.filters, (1, 1), use_bias=False)(x)))
+    y = nn.Conv(self.filters, (3, 3), (self.strides, self.strides), padding=1, use_bias=False)(y)
+    y = nn.relu(self.norm()(y))
+    y = nn.Conv(self.filters * 4, (1, 1), use_bias=False)(y)
+    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    if residual.shape != y.shape:
+      residual = nn.Conv(self.filters * 4, (1, 1), (self.strides, self.strides),
+                         use_bias=False)(x)
+      residual = self.norm()(residual)
+    return nn.relu(residual + y)
+
+
+class Backbone(nn.Module):
+  """ResNet feature extractor: `[B, H, W, 3]` -> `[B, features]` (global average pool)."""
+  stage_sizes: Sequence[int]
+  bottleneck: bool = False
+  width: int = 64
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             epsilon=1e-5, dtype=self.dtype)
+    x = x.astype(self.dtype)
+    x = nn.Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False, dtype=self.dtype)(x)
+    x = nn.relu(norm()(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    block = _Bottleneck if self.bottleneck else _Basic
+    for stage, count in enumerate(self.stage_sizes):
+      for index in range(count):
+        strides = 2 if stage > 0 and index == 0 else 1
+        x = block(self.width * 2 ** stage, strides, norm)(x)
+    return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+
+
+class Encoder(nn.Module):
+  """Backbone plus the face-parameter heads (see the module docstring)."""
+  shape_dim: int
+  expr_dim: int
+  albedo_dim: int = 0
+  depth: str = "resnet18"
+  width: int = 64
+  rotation: str = "6d"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    if self.depth not in RESNETS:
+      raise ValueError(f"Encoder.depth must be one of {sorted(RESNETS)}, got {self.depth!r}")
+    stages, bottleneck = RESNETS[self.depth]
+    features = Backbone(stages, bottleneck, self.width, self.dtype)(images * 2.0 - 1.0, train)
+    head = lambda size, name: nn.Dense(size, kernel_init=nn.initializers.zeros, name=name)(
+        features)
+    # The shape head starts small but not at zero: project() needs a direction.
+    z = nn.Dense(self.shape_dim, kernel_init=nn.initializers.lecun_normal(), name="z")(features)
+    identity_6d = jnp.asarray([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    rotation = (head(6, "rotation") + identity_6d if self.rotation == "6d"
+                else head(3, "rotation"))
+    light = head(27, "light").reshape(-1, 9, 3)
+    ambient = jnp.zeros((9, 3)).at[0].set(1.0 / (0.282095 * np.pi))
+    return {"z": z, "expression": head(self.expr_dim, "expression"),
+            "albedo": head(self.albedo_dim, "albedo") if self.albedo_dim else
+            jnp.zeros((images.shape[0], 0)),
+            "rotation": rotation, "translation": head(2, "translation"),
+            "scale": nn.softplus(head(1, "scale")[:, 0] + np.log(np.expm1(1.0))),
+            "light": light + ambient}
+
+
+def parameter_count(tree) -> int:
+  """Number of scalars in a parameter pytree."""
+  import jax
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))

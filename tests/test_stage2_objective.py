@@ -1,0 +1,62 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sfm_jax import stage1, stage2, synth
+from sfm_jax.networks import Encoder
+from sfm_jax.train_state import TrainState, jit_train_step
+
+
+@pytest.fixture(scope="module")
+def problem():
+  world = synth.FaceWorld(resolution=16)
+  scans = synth.make_scans(12, 3, seed=0, world=world, noise_mm=0.0)
+  init = stage1.pca_init(scans.vertices, scans.identity, num_shape=4, num_expr=3)
+  model = stage1.pca_model(init, triangles=scans.triangles,
+                           landmarks=scans.landmarks).replace(code_kind="sphere")
+  images = synth.make_images(4, 2, seed=1, world=world, image_size=32, occluder_probability=0.0,
+                             max_yaw_degrees=20.0)
+  batch = {"images": jnp.asarray(images.images), "landmarks": jnp.asarray(images.landmarks),
+           "visible": jnp.asarray(images.visible), "identity": jnp.asarray(images.identity)}
+  return model, batch
+
+
+@pytest.mark.parametrize("code_kind", ["sphere", "gaussian"])
+def test_every_term_active_and_the_loss_decreases(problem, code_kind):
+  model, batch = problem
+  model = model.replace(code_kind=code_kind)
+  encoder = Encoder(shape_dim=4, expr_dim=3, albedo_dim=2, depth="resnet10", width=8)
+  objective = stage2.Objective(code_kind=code_kind, weight_shape_prior=1e-3)
+  params, model_state = stage2.init_params(encoder, model, image_size=32, num_classes=4,
+                                           albedo_dim=2, seed=0)
+  loss_fn = stage2.make_loss_fn(encoder, model, objective, image_size=32)
+  tx = stage2.make_optimizer(lr_encoder=3e-3, lr_residual=1e-4, lr_albedo=1e-2,
+                             lr_identity=1e-2)
+  before = [np.asarray(x) for x in jax.tree_util.tree_leaves(model_state)]  # before donation
+  state = TrainState.create(params=params, tx=tx, loss_fn=loss_fn, seed=0,
+                            model_state=model_state)
+  losses = []
+  for _ in range(12):
+    state, metrics = jit_train_step(state, batch)
+    losses.append(float(metrics["loss"]))
+  expected = {"landmark", "photometric", "expr_prior", "albedo_prior", "residual"}
+  expected |= {"margin", "center"} if code_kind == "sphere" else {"shape_prior"}
+  assert expected <= set(metrics)
+  assert all(np.isfinite(losses))
+  assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
+  # The BatchNorm statistics travel in the train state and change during training.
+  after = jax.tree_util.tree_leaves(state.model_state)
+  assert any(not np.allclose(a, b) for a, b in zip(before, after))
+
+
+def test_projection_of_an_untrained_encoder_is_centred_and_frontal(problem):
+  model, _ = problem
+  out = {"rotation": jnp.tile(jnp.array([1.0, 0, 0, 0, 1, 0]), (1, 1)),
+         "scale": jnp.ones(1), "translation": jnp.zeros((1, 2))}
+  vertices = jnp.asarray(model.mean)[None]
+  pixels, _ = stage2.project_faces(vertices, out, image_size=64)
+  s = stage2.nominal_scale(64)
+  np.testing.assert_allclose(pixels[0, :, 0], s * model.mean[:, 0] + 32, rtol=1e-5)
+  np.testing.assert_allclose(pixels[0, :, 1], -s * model.mean[:, 1] + 32, rtol=1e-5)
+  np.testing.assert_allclose(pixels[0, :, 2], -model.mean[:, 2], rtol=1e-5)
