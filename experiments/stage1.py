@@ -210,6 +210,10 @@ def _report(workdir, config, data, table, init, elapsed):
       "identity term).",
       "- **pca**: the untrained PCA initialisation both started from.", "",
       table, "",
+      f"One run (seed {config.seed}); differences of a few points in verification are within "
+      "seed-to-seed spread on small held-out sets: `python -m experiments.seeds "
+      f"--config=experiments/configs/stage1.py:{config.variant}` reports mean ± std over seeds.",
+      "",
       "![loss curves](loss_curves.png)", "",
       "![held-out codes](codes_2d.png)", "",
       "SFM components (-3 sd, mean, +3 sd): ![sfm](components_sfm.png)", "",
