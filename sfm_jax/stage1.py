@@ -32,6 +32,7 @@ import optax
 from sfm_jax import losses, sphere
 from sfm_jax.geometry import mesh_edges
 from sfm_jax.model import FaceModel, decode
+from sfm_jax.train_state import grouped_optimizer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,13 +259,10 @@ def make_optimizer(*, lr_basis: float, lr_codes: float, lr_prototypes: float,
                                               max(total_steps, warmup_steps + 1), lr * 0.1)
     return optax.adam(lr)
 
-  labels = {"model": "basis", "codes": "codes", "prototypes": "prototypes",
-            "centers": "centers"}
-  return optax.multi_transform(
+  return grouped_optimizer(
       {"basis": adam(lr_basis), "codes": adam(lr_codes), "prototypes": adam(lr_prototypes),
        "centers": adam(lr_centers)},
-      lambda params: {key: jax.tree_util.tree_map(lambda _: labels[key], value)
-                      for key, value in params.items()})
+      {"model": "basis", "codes": "codes", "prototypes": "prototypes", "centers": "centers"})
 
 
 def export_model(params: dict, *, radius: float, objective: Objective, triangles: np.ndarray,

@@ -32,6 +32,7 @@ import optax
 from sfm_jax import geometry, losses, render, sphere
 from sfm_jax.model import FaceModel, decode
 from sfm_jax.networks import Encoder
+from sfm_jax.train_state import grouped_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,10 +159,8 @@ def make_optimizer(*, lr_encoder: float, lr_residual: float, lr_albedo: float,
                    lr_identity: float) -> optax.GradientTransformation:
   """Adam per parameter group: encoder, basis residual (small), albedo model, prototypes and
   centres."""
-  labels = {"encoder": "encoder", "residual": "residual", "albedo": "albedo",
-            "prototypes": "identity", "centers": "identity"}
-  return optax.multi_transform(
+  return grouped_optimizer(
       {"encoder": optax.adam(lr_encoder), "residual": optax.adam(lr_residual),
        "albedo": optax.adam(lr_albedo), "identity": optax.adam(lr_identity)},
-      lambda params: {key: jax.tree_util.tree_map(lambda _: labels[key], value)
-                      for key, value in params.items()})
+      {"encoder": "encoder", "residual": "residual", "albedo": "albedo",
+       "prototypes": "identity", "centers": "identity"})

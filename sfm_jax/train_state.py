@@ -96,5 +96,17 @@ def train_step(state: TrainState, batch: Any, *,
   return new_state, metrics
 
 
+def grouped_optimizer(transforms: dict, group_of: dict) -> optax.GradientTransformation:
+  """One optax transformation per parameter group (`optax.multi_transform`).
+
+  Args:
+    transforms: group name -> transformation (e.g. `{"basis": optax.adam(1e-4), ...}`).
+    group_of: top-level parameter key -> group name; every leaf under a key gets its group.
+  """
+  return optax.multi_transform(
+      transforms, lambda params: {key: jax.tree_util.tree_map(lambda _: group_of[key], value)
+                                  for key, value in params.items()})
+
+
 jit_train_step = jax.jit(train_step, donate_argnums=0)
 jit_train_step.__doc__ = "`train_step` jitted with the state donated (its buffers are reused)."
