@@ -135,3 +135,109 @@ def fit_scans(model: FaceModel, scans: Any, *, steps: int = 200, rounds: int = 3
   gather = lambda i: np.concatenate([np.asarray(o[i]) for o in outputs])
   return Fit(shape_codes=gather(0), expr_codes=gather(1), reconstruction=gather(2),
              aligned=gather(3))
+
+
+@dataclasses.dataclass(frozen=True)
+class LandmarkFit:
+  """Result of `fit_landmarks` (numpy). Camera as in `stage2.project_faces`.
+
+  Attributes:
+    shape_codes `[N, K]`, expr_codes `[N, E]`, rotation `[N, 6]` (6D), translation `[N, 2]`
+    (fraction of the image size, around its centre), scale `[N]` (relative to the nominal
+    scale), neutral `[N, V, 3]` and posed `[N, V, 3]` meshes (mm, model space), projected
+    `[N, V, 3]` pixels and depth, landmarks `[N, 68, 2]` (projected model landmarks).
+  """
+  shape_codes: np.ndarray
+  expr_codes: np.ndarray
+  rotation: np.ndarray
+  translation: np.ndarray
+  scale: np.ndarray
+  neutral: np.ndarray
+  posed: np.ndarray
+  projected: np.ndarray
+  landmarks: np.ndarray
+
+
+def fit_landmarks(model: FaceModel, landmarks: Any, *, image_size: int, visible: Any = None,
+                  steps: int = 400, learning_rate: float = 0.02, shape_prior: float = 1e-3,
+                  expr_prior: float = 1e-3) -> LandmarkFit:
+  """Fits pose, shape (on the sphere for sphere models) and expression to 2D landmarks.
+
+  Minimises the face-size-normalised landmark reprojection error (`losses.landmark_loss`) plus
+  Tikhonov priors, with Adam from a frontal start whose scale and translation match the
+  landmarks' bounding box. Landmarks the model does not define (index -1) are ignored.
+
+  Args:
+    model: the model (its `landmarks` map iBUG points to vertices).
+    landmarks: `[N, 68, 2]` pixels (x right, y down).
+    image_size: S of the (square) image the camera maps to.
+    visible: optional `[N, 68]` weights.
+  """
+  from sfm_jax import losses, stage2  # stage2 holds the camera convention
+
+  landmarks = jnp.asarray(landmarks, jnp.float32)
+  count = landmarks.shape[0]
+  index = np.asarray(model.landmarks)
+  defined = jnp.asarray(index >= 0, jnp.float32)
+  safe = jnp.asarray(np.where(index >= 0, index, 0))
+  weights = defined[None] * (jnp.ones(landmarks.shape[:2]) if visible is None
+                             else jnp.asarray(visible, jnp.float32))
+  model = jax.tree_util.tree_map(jnp.asarray, model)
+  mean_points = model.mean[safe][:, :2] * jnp.asarray([1.0, -1.0])
+  used = weights > 0
+  def extent(points):
+    big = 1e9
+    low = jnp.min(jnp.where(used[..., None], points, big), axis=-2)
+    high = jnp.max(jnp.where(used[..., None], points, -big), axis=-2)
+    return high - low, (high + low) / 2
+  target_size, target_centre = extent(landmarks)
+  model_size, model_centre = extent(jnp.broadcast_to(mean_points, landmarks.shape))
+  nominal = stage2.nominal_scale(image_size)
+  scale0 = jnp.sqrt(jnp.prod(target_size, -1) / jnp.prod(model_size, -1)) / nominal
+  translation0 = (target_centre - nominal * scale0[:, None] * model_centre) / image_size - 0.5
+  sphere_codes = model.code_kind == "sphere"
+  init_z = (jnp.ones((count, model.shape_dim)) * 1e-3 if sphere_codes
+            else jnp.zeros((count, model.shape_dim)))
+  params = {"z": init_z, "e": jnp.zeros((count, model.expr_dim)),
+            "rotation": jnp.tile(jnp.asarray([1.0, 0, 0, 0, 1, 0]), (count, 1)),
+            "translation": translation0, "log_scale": jnp.log(scale0)}
+
+  def decode_all(p):
+    s = sphere.project(p["z"], model.radius) if sphere_codes else p["z"]
+    return s, decode(model, s, p["e"])
+
+  def camera(p):
+    return {"rotation": p["rotation"], "translation": p["translation"],
+            "scale": jnp.exp(p["log_scale"])}
+
+  def loss_fn(p):
+    s, vertices = decode_all(p)
+    projected, _ = stage2.project_faces(vertices, camera(p), image_size=image_size)
+    data = losses.landmark_loss(projected[:, safe, :2], landmarks, visible=weights, squared=True)
+    prior = expr_prior * losses.code_prior(p["e"])
+    if not sphere_codes:
+      prior = prior + shape_prior * losses.code_prior(s)
+    return (data + prior) * count
+
+  tx = optax.adam(learning_rate)
+
+  @jax.jit
+  def run(params):
+    state = tx.init(params)
+    def step(carry, _):
+      params, state = carry
+      updates, state = tx.update(jax.grad(loss_fn)(params), state, params)
+      return (optax.apply_updates(params, updates), state), None
+    (params, _), _ = jax.lax.scan(step, (params, state), None, length=steps)
+    return params
+
+  params = run(params)
+  s, posed = decode_all(params)
+  neutral = decode(model, s, None)
+  projected, _ = stage2.project_faces(posed, camera(params), image_size=image_size)
+  as_np = lambda x: np.asarray(x)
+  return LandmarkFit(shape_codes=as_np(s), expr_codes=as_np(params["e"]),
+                     rotation=as_np(params["rotation"]), translation=as_np(params["translation"]),
+                     scale=as_np(jnp.exp(params["log_scale"])), neutral=as_np(neutral),
+                     posed=as_np(posed), projected=as_np(projected),
+                     landmarks=as_np(projected[:, safe, :2]))

@@ -155,3 +155,54 @@ def identity_metrics(codes: np.ndarray, labels: np.ndarray, *, seed: int = 0) ->
   return {"silhouette": silhouette_cosine(codes, labels), "nmcd": nmcd(codes, labels),
           "verification_accuracy": verification_accuracy(codes, labels, seed=seed),
           "nmi": normalized_mutual_information(labels, clusters)}
+
+
+NOW_LANDMARKS = (36, 39, 42, 45, 33, 48, 54)  # iBUG eye corners, nose tip, mouth corners
+
+
+def now_aligned_errors(predicted: np.ndarray, target: np.ndarray,
+                       landmark_vertices: np.ndarray) -> np.ndarray:
+  """Per-vertex distances `[N, V]` (mm) after a similarity alignment on landmark vertices.
+
+  Following the NoW protocol's alignment, each predicted neutral mesh `[V, 3]` is aligned to the
+  ground truth by the similarity (Umeyama) that best maps its `landmark_vertices` (the 7 NoW
+  landmarks' vertex indices) onto the target's; with both meshes in one topology the error is then
+  the vertex-to-vertex distance (NoW itself, lacking correspondence, measures scan-to-mesh).
+  """
+  import jax
+  import jax.numpy as jnp
+
+  from sfm_jax import geometry
+
+  predicted = np.asarray(predicted, np.float64)
+  target = np.asarray(target, np.float64)
+  errors = []
+  with jax.enable_x64(True):  # an evaluation metric: the alignment itself in float64
+    for p, t in zip(predicted, target):
+      scale, rotation, translation = (np.asarray(x, np.float64) for x in
+                                      geometry.similarity_procrustes(
+                                          jnp.asarray(p[landmark_vertices]),
+                                          jnp.asarray(t[landmark_vertices])))
+      aligned = scale * p @ rotation.T + translation
+      errors.append(np.linalg.norm(aligned - t, axis=-1))
+  return np.stack(errors)
+
+
+def error_summary(errors: np.ndarray) -> dict:
+  """Median, mean and standard deviation (mm) of all per-vertex errors."""
+  errors = np.asarray(errors, np.float64).reshape(-1)
+  return {"median_mm": float(np.median(errors)), "mean_mm": float(errors.mean()),
+          "std_mm": float(errors.std())}
+
+
+def landmark_nme(predicted: np.ndarray, target: np.ndarray,
+                 visible: np.ndarray | None = None) -> float:
+  """Normalised mean error of 2D landmarks `[N, 68, 2]`: the mean over visible landmarks of
+  `||p - t||`, divided per image by the outer-eye-corner (iBUG 36-45) distance of `t`."""
+  predicted, target = np.asarray(predicted, np.float64), np.asarray(target, np.float64)
+  visible = (np.ones(predicted.shape[:2], bool) if visible is None
+             else np.asarray(visible, bool))
+  interocular = np.linalg.norm(target[:, 36] - target[:, 45], axis=-1)
+  distance = np.linalg.norm(predicted - target, axis=-1) / interocular[:, None]
+  per_image = (distance * visible).sum(1) / np.maximum(visible.sum(1), 1)
+  return float(per_image.mean())

@@ -67,3 +67,33 @@ def test_vertex_errors():
   assert scores["mean_mm"] == pytest.approx(2.0)
   assert scores["median_mm"] == pytest.approx(1.5)
   assert scores["p95_mm"] == pytest.approx(np.percentile([5, 0, 1, 2], 95))
+
+
+def test_now_alignment_removes_similarity_and_keeps_shape_error(rng):
+  target = rng.normal(size=(2, 50, 3)) * 40
+  landmark_vertices = np.arange(7) * 3
+  angle = 0.4
+  rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
+                       [0, 0, 1]])
+  moved = 1.3 * target @ rotation.T + np.array([5.0, -7.0, 2.0])
+  errors = metrics.now_aligned_errors(moved, target, landmark_vertices)
+  assert errors.shape == (2, 50) and errors.max() < 1e-6
+  # A 2 mm bump on non-landmark vertices survives the alignment unchanged.
+  bumped = target.copy()
+  bumped[:, 40:, 2] += 2.0
+  errors = metrics.now_aligned_errors(bumped, target, landmark_vertices)
+  np.testing.assert_allclose(errors[:, 40:], 2.0, atol=1e-6)
+  np.testing.assert_allclose(errors[:, landmark_vertices], 0.0, atol=1e-6)
+  summary = metrics.error_summary(np.array([1.0, 2.0, 3.0, 10.0]))
+  assert summary == {"median_mm": 2.5, "mean_mm": 4.0, "std_mm": pytest.approx(np.std([1, 2, 3, 10]))}
+
+
+def test_landmark_nme_hand_example():
+  target = np.zeros((1, 68, 2))
+  target[0, 36], target[0, 45] = [0.0, 0.0], [50.0, 0.0]  # inter-ocular distance 50
+  predicted = target.copy()
+  predicted[0, 10] += [3.0, 4.0]  # one landmark 5 px off
+  visible = np.ones((1, 68), bool)
+  assert metrics.landmark_nme(predicted, target, visible) == pytest.approx(5 / 50 / 68)
+  visible[0, 10] = False
+  assert metrics.landmark_nme(predicted, target, visible) == 0.0

@@ -60,3 +60,50 @@ def test_projection_of_an_untrained_encoder_is_centred_and_frontal(problem):
   np.testing.assert_allclose(pixels[0, :, 0], s * model.mean[:, 0] + 32, rtol=1e-5)
   np.testing.assert_allclose(pixels[0, :, 1], -s * model.mean[:, 1] + 32, rtol=1e-5)
   np.testing.assert_allclose(pixels[0, :, 2], -model.mean[:, 2], rtol=1e-5)
+
+
+def test_landmark_fitting_reprojects_rendered_faces(problem):
+  from sfm_jax import fitting, metrics
+  model, batch = problem
+  landmarks = np.asarray(batch["landmarks"])
+  visible = np.asarray(batch["visible"])
+  fit = fitting.fit_landmarks(model, landmarks, image_size=32, visible=visible, steps=300)
+  start = fitting.fit_landmarks(model, landmarks, image_size=32, visible=visible, steps=0)
+  nme_fit = metrics.landmark_nme(fit.landmarks, landmarks, visible)
+  nme_start = metrics.landmark_nme(start.landmarks, landmarks, visible)
+  assert nme_fit < 0.06  # the stated bound: 6% of the inter-ocular distance
+  assert nme_fit < 0.5 * nme_start
+  np.testing.assert_allclose(np.linalg.norm(fit.shape_codes, axis=1), model.radius, rtol=1e-4)
+
+
+def test_fit_command_writes_meshes_parameters_and_overlays(problem, tmp_path):
+  import subprocess
+  import sys
+
+  from sfm_jax import model as fm
+  from sfm_jax.io import read_obj, read_png, write_png, write_pts
+  model, batch = problem
+  fm.save_model(tmp_path / "model.npz", model)
+  images = np.asarray(batch["images"])
+  for n in range(2):
+    write_png(tmp_path / f"face{n}.png", images[n])
+    write_pts(tmp_path / f"face{n}.pts", np.asarray(batch["landmarks"][n]))
+  root = __file__.rsplit("/tests/", 1)[0]
+  result = subprocess.run([sys.executable, "-m", "experiments.fit",
+                           f"--model={tmp_path / 'model.npz'}", f"--pts={tmp_path}",
+                           f"--out={tmp_path / 'out'}", "--steps=300"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  for n in range(2):
+    fitted = np.load(tmp_path / "out" / f"face{n}.npz")
+    assert float(fitted["nme"]) < 0.08  # all 68 points, occluded ones included
+    assert int(fitted["image_size"]) == 32
+    mesh = read_obj(tmp_path / "out" / f"face{n}_posed.obj")
+    assert mesh.vertices.shape == (model.num_vertices, 3)
+    assert read_png(tmp_path / "out" / f"face{n}_overlay.png").shape == (32, 32, 3)
+  (tmp_path / "bad.pts").write_text("n_points: 68\n{\n1 2\n}\n")
+  bad = subprocess.run([sys.executable, "-m", "experiments.fit",
+                        f"--model={tmp_path / 'model.npz'}", f"--pts={tmp_path / 'bad.pts'}",
+                        f"--out={tmp_path / 'out'}"], cwd=root, capture_output=True, text=True,
+                       timeout=300)
+  assert bad.returncode != 0 and "bad.pts: n_points is 68 but 1 points" in bad.stderr
