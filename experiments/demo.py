@@ -10,7 +10,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags

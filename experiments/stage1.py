@@ -19,7 +19,7 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import scan_data

@@ -3,3 +3,5 @@
 from sfm_jax.model import FaceModel, decode, load_model, save_model
 
 __version__ = "0.1.0"
+
+__all__ = ["FaceModel", "decode", "load_model", "save_model"]

@@ -5,3 +5,6 @@ from sfm_jax.io.atomic import atomic_write
 from sfm_jax.io.image import encode_png, read_png, write_png
 from sfm_jax.io.mesh import Mesh, read_mesh, read_obj, read_ply, write_mesh, write_obj, write_ply
 from sfm_jax.io.pts import read_pts, write_pts
+
+__all__ = ["atomic_write", "encode_png", "read_png", "write_png", "Mesh", "read_mesh", "read_obj",
+           "read_ply", "write_mesh", "write_obj", "write_ply", "read_pts", "write_pts"]
