@@ -9,14 +9,13 @@ a basis stored in bf16. Compile time is reported apart from the step time (media
 `block_until_ready` around each).
 """
 
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments.benchmarks.common import roofline, time_jax
+from experiments.benchmarks.common import roofline, time_jax, write_json
 from sfm_jax.model import FaceModel, decode
 
 _BATCH = flags.DEFINE_integer("batch", 64, "B")
@@ -72,9 +71,8 @@ def main(argv):
           f"{r['gb_per_s']:>9.1f}{100 * r['bandwidth_fraction']:>7.1f}{r['gflop_per_s']:>10.1f}"
           f"{100 * r['matmul_fraction']:>7.1f}")
   if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(dict(device=str(device.device_kind), bandwidth=bandwidth, matmul=rates,
-                     shapes=dict(B=b, K=k, E=e, V=v), rows=rows), f, indent=1)
+    write_json(_JSON.value, dict(device=str(device.device_kind), bandwidth=bandwidth, matmul=rates,
+                     shapes=dict(B=b, K=k, E=e, V=v), rows=rows))
 
 
 if __name__ == "__main__":

@@ -8,14 +8,13 @@ vertices (paper scale). The backward pass differentiates a photometric loss with
 vertex positions and colours. Compile time apart from the median step.
 """
 
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments.benchmarks.common import time_jax
+from experiments.benchmarks.common import time_jax, write_json
 from sfm_jax import render, synth
 
 _BATCH = flags.DEFINE_integer("batch", 32, "faces per batch")
@@ -73,8 +72,7 @@ def main(argv):
   print(f"  fwd+bwd   {step_b * 1e3:9.1f} ms ({step_b * 1e3 / batch:.2f} ms/image), compile "
         f"{compile_b:.1f} s")
   if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(result, f, indent=1)
+    write_json(_JSON.value, result)
 
 
 if __name__ == "__main__":

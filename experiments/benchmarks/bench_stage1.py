@@ -8,14 +8,13 @@ with margin, centre and isotropy terms, Adam on every group, state donated. Prin
 apart from the median step time, and the train state's bytes per device (replicated).
 """
 
-import json
 import time
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from experiments.benchmarks.common import random_stage1_problem
+from experiments.benchmarks.common import random_stage1_problem, write_json
 from sfm_jax import parallel, stage1
 from sfm_jax.train_state import TrainState, train_step
 
@@ -79,8 +78,7 @@ def main(argv):
         f"{result['decode_gflop_per_s']:.0f} GFLOP/s | train state "
         f"{result['state_mb_per_device']:.0f} MiB per device (replicated)")
   if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(result, f, indent=1)
+    write_json(_JSON.value, result)
 
 
 if __name__ == "__main__":

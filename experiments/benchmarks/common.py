@@ -63,3 +63,15 @@ def random_stage1_problem(*, vertices: int, shape_dim: int, expr_dim: int, num_s
                         expr_codes=rng.normal(size=(n, e)), radius=float(np.sqrt(k)),
                         shape_std=np.ones(k), expr_std=np.ones(e))
   return init, rng.integers(0, classes, n).astype(np.int32)
+
+
+def write_json(path: str, results: dict) -> None:
+  """Writes benchmark results as JSON atomically (creating the folder)."""
+  import json
+  import os
+
+  from sfm_jax.io import atomic_write
+
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with atomic_write(path, "w") as f:
+    json.dump(results, f, indent=1)

@@ -17,16 +17,13 @@ GFLOP/s are model-based estimates (bytes that must move, FLOPs that must be done
 same machine's measured copy bandwidth and matmul rate.
 """
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
 from experiments.benchmarks.common import (random_stage1_problem, roofline, time_calls,
-                                           time_jax)
+                                           time_jax, write_json)
 from sfm_jax import losses, sphere, stage1
 from sfm_jax.model import FaceModel, decode
 from sfm_jax.train_state import TrainState, jit_train_step
@@ -223,12 +220,9 @@ def main(argv):
           f"{row['gflop_per_s']:>10.1f}{100 * row['matmul_fraction']:>7.1f}")
   print("JAX/this < 1: JAX is faster (time ratio JAX / that framework).")
   if _JSON.value:
-    folder = os.path.dirname(os.path.abspath(_JSON.value))
-    os.makedirs(folder, exist_ok=True)
-    with open(_JSON.value, "w") as f:
-      json.dump(dict(jax=jax.__version__, torch=torch.__version__,
-                     device=f"{jax_device.platform}:{jax_device.device_kind}", machine=machine,
-                     rows=rows), f, indent=1)
+    write_json(_JSON.value, dict(jax=jax.__version__, torch=torch.__version__,
+                                 device=f"{jax_device.platform}:{jax_device.device_kind}",
+                                 machine=machine, rows=rows))
 
 
 if __name__ == "__main__":
