@@ -181,16 +181,13 @@ def _rasterize_window(vertices, triangles, *, height, width, window, max_large, 
   count = min(max_large, num_triangles)
   size = jnp.where(large, jnp.maximum(span_x, span_y), -1)
   _, chosen = jax.lax.top_k(size, count)
-  chosen_large = large[chosen]
   exact_depth, exact_id = _rasterize_exact(vertices, triangles, height=height, width=width,
                                            chunk=chunk, ids=chosen)
-  exact_depth = jnp.where(exact_id >= 0, exact_depth, jnp.inf)
-  exact_depth = jnp.where(jnp.any(chosen_large), exact_depth, jnp.inf)
-  use_exact = exact_depth < zbuffer
+  # Only hits of large triangles count: small ones among the chosen were drawn by the window.
+  from_large = (exact_id >= 0) & large[jnp.maximum(exact_id, 0)]
+  use_exact = from_large & (exact_depth < zbuffer)
   depth = jnp.where(use_exact, exact_depth, zbuffer)
   triangle_id = jnp.where(use_exact, exact_id, triangle_id)
-  # Chosen triangles that are not large must not be drawn twice: they were drawn by the window
-  # path, and their exact-path hits can only equal it (same depth), never beat it.
   overflow = jnp.maximum(jnp.sum(large) - count, 0).astype(jnp.int32)
   return Fragments(triangle_id=triangle_id.reshape(height, width),
                    depth=depth.reshape(height, width), overflow=overflow)
