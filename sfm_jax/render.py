@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sfm_jax.geometry import vertex_normals
 from sfm_jax.sphere import normalize
 
 Array = Any
@@ -277,11 +276,6 @@ def render(vertices_px: Array, triangles: Array, albedo: Array, normals_model: A
   colour = shade_sh(pixel_albedo, pixel_normals, sh_coefficients)
   mask = fragments.mask[..., None]
   return colour * mask + (1 - mask) * background, fragments.mask, fragments
-
-
-def mesh_normals(vertices: Array, triangles: Array) -> Array:
-  """Per-vertex unit normals `[V, 3]` of a mesh (re-exported for renderer users)."""
-  return vertex_normals(vertices, triangles)
 
 
 def vertex_visibility(vertices_px: Array, fragments: Fragments, *, tolerance: float) -> Array:

@@ -15,7 +15,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments.benchmarks.common import time_jax, write_json
-from sfm_jax import render, synth
+from sfm_jax import geometry, render, synth
 
 _BATCH = flags.DEFINE_integer("batch", 32, "faces per batch")
 _RESOLUTION = flags.DEFINE_integer("resolution", 71, "face grid side (V = resolution^2)")
@@ -37,7 +37,7 @@ def main(argv):
   vertices = jnp.asarray(np.repeat(px[None], batch, 0) + rng.normal(
       scale=0.3, size=(batch,) + px.shape).astype(np.float32))
   colours = jnp.asarray(rng.uniform(0.3, 0.9, (batch,) + v.shape).astype(np.float32))
-  normals = render.mesh_normals(jnp.asarray(v), jnp.asarray(template.triangles))
+  normals = geometry.vertex_normals(jnp.asarray(v), jnp.asarray(template.triangles))
   light = jnp.zeros((9, 3)).at[0].set(1.0)
   triangles = jnp.asarray(template.triangles)
   target = jnp.asarray(rng.uniform(size=(batch, size, size, 3)).astype(np.float32))
