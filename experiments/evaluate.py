@@ -9,6 +9,17 @@ r"""Evaluate model files on held-out scans with the stage-1 fitting routine and 
 
 Models are `name=path` or `path` (named by the file stem). The scans must be in correspondence
 with every model (same vertex count and order). Prints the table and writes JSON atomically.
+
+Image mode: the trained networks of a stage-2 workdir on held-out images (3D neutral error after
+the NoW 7-landmark alignment where ground truth exists, verification / silhouette / NMI of the
+predicted codes, landmark NME), with the stage-2 config's data or a photo folder:
+
+  python -m experiments.evaluate --stage2=runs/stage2 \
+      --config=experiments/configs/stage2.py:demo --out_dir=runs/eval_images
+  python -m experiments.evaluate --stage2=runs/stage2 --image_dir=my_photos \
+      --config=experiments/configs/stage2.py:folder
+
+It writes `eval.json`, `gallery.png` and `codes_2d.png` into `--out_dir`.
 """
 
 import json
@@ -18,7 +29,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import scan_data
+from experiments import cli, image_data, image_eval, scan_data
 from sfm_jax import evaluation
 from sfm_jax.io import atomic_write, scan_folder
 from sfm_jax.io.formats import load_face_model
@@ -33,6 +44,11 @@ _FIT_STEPS = flags.DEFINE_integer("fit_steps", 150, "Adam steps per fitting roun
 _FIT_ROUNDS = flags.DEFINE_integer("fit_rounds", 3, "Alignment + refinement rounds.")
 _FIT_LR = flags.DEFINE_float("fit_lr", 0.02, "Fitting learning rate.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the data source and of the metrics' sampling.")
+_STAGE2 = flags.DEFINE_string("stage2", None, "Image mode: a trained stage-2 workdir.")
+_IMAGE_DIR = flags.DEFINE_string("image_dir", None, "Image mode: a photo folder (meta.csv + "
+                                 "images + .pts); its held-out identities are evaluated.")
+_OUT_DIR = flags.DEFINE_string("out_dir", "runs/eval_images", "Image mode: output folder.")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Image mode: images per forward pass.")
 
 
 def _scans():
@@ -58,8 +74,36 @@ def _parse_models(entries):
   return models
 
 
+def image_mode() -> None:
+  if _CONFIG.value is None:
+    raise app.UsageError("image mode needs --config=experiments/configs/stage2.py:VARIANT")
+  data_config = _CONFIG.value.data
+  if _IMAGE_DIR.value:
+    data_config.source, data_config.image_dir = "folder", _IMAGE_DIR.value
+  predictors = image_eval.load_predictors(_STAGE2.value)
+  size = next(iter(predictors.values())).image_size
+  if data_config.image_size != size:
+    print(f"data.image_size {data_config.image_size} -> {size} (the network's input size)")
+    data_config.image_size = size
+  data = image_data.load(data_config, seed=_SEED.value)
+  landmark_vertices = np.asarray(next(iter(predictors.values())).model.landmarks)
+  print(f"evaluating {', '.join(predictors)} from {_STAGE2.value} on {len(data.test)} held-out "
+        f"images: {data.description}", flush=True)
+  rows, predictions = image_eval.evaluate(predictors, data.test,
+                                          landmark_vertices=landmark_vertices,
+                                          batch_size=_BATCH.value, seed=_SEED.value)
+  os.makedirs(_OUT_DIR.value, exist_ok=True)
+  table = image_eval.write_results(_OUT_DIR.value, rows, predictions, predictors, data.test,
+                                   description=data.description,
+                                   gallery_count=_CONFIG.value.eval.gallery)
+  print(table)
+  print(f"wrote eval.json, gallery.png and codes_2d.png to {_OUT_DIR.value}")
+
+
 def main(argv):
   del argv
+  if _STAGE2.value:
+    return image_mode()
   if not _MODELS.value:
     raise app.UsageError("--models is required")
   models = _parse_models(_MODELS.value)
@@ -90,4 +134,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

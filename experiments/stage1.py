@@ -12,7 +12,6 @@ Writes into the workdir:
   checkpoints/{sfm,baseline}/        orbax checkpoints; rerunning the command resumes from them
 """
 
-import hashlib
 import json
 import os
 import time
@@ -22,135 +21,47 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import scan_data
-from sfm_jax import checkpoint, evaluation, parallel, stage1, viz
+from experiments import scan_data, training
+from sfm_jax import evaluation, parallel, stage1, viz
 from sfm_jax.io import atomic_write, write_png
 from sfm_jax.model import save_model
-from sfm_jax.train_state import TrainState, train_step
+from sfm_jax.train_state import TrainState
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/stage1.py:demo", "Stage-1 config (`path:variant`).")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/stage1", "Output folder; reruns resume here.")
 
 
-class MetricsLog:
-  """`metrics.jsonl`: appended per logged step; on resume, rows past the restored step of that
-  model (written after the last checkpoint) and any torn last line are dropped first."""
-
-  def __init__(self, path: str):
-    self.path = path
-
-  def rows(self) -> list:
-    if not os.path.exists(self.path):
-      return []
-    rows = []
-    with open(self.path, encoding="utf-8") as f:
-      for line in f:
-        try:
-          rows.append(json.loads(line))
-        except json.JSONDecodeError:
-          break  # a line torn by a kill: everything after it is suspect
-    return rows
-
-  def truncate(self, model: str, step: int) -> None:
-    rows = [r for r in self.rows() if r["model"] != model or r["step"] <= step]
-    with atomic_write(self.path, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in rows)
-
-  def append(self, row: dict) -> None:
-    with open(self.path, "a", encoding="utf-8") as f:
-      f.write(json.dumps(row) + "\n")
-      f.flush()
-
-
-def _format_seconds(seconds: float) -> str:
-  seconds = int(round(seconds))
-  return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-def _is_chief() -> bool:
-  return jax.process_index() == 0
-
-
 def train(name: str, objective: stage1.Objective, init: stage1.PCAInit, data, config,
-          workdir: str, log: MetricsLog, mesh) -> TrainState:
+          workdir: str, log: training.MetricsLog, mesh) -> TrainState:
   """Trains one model (resuming from its checkpoints) on `mesh`; returns the final state."""
   train_config = config.train
-  use_pmap = config.parallel.mode == "pmap"
   params = stage1.init_params(init, data.train_identity, data.num_classes)
   loss_fn = stage1.make_loss_fn(objective, radius=init.radius, triangles=data.triangles,
                                 mirror=data.mirror,
-                                axis_name=parallel.DATA_AXIS if use_pmap else None)
+                                axis_name=parallel.DATA_AXIS if config.parallel.mode == "pmap"
+                                else None)
   tx = stage1.make_optimizer(lr_basis=train_config.lr_basis, lr_codes=train_config.lr_codes,
                              lr_prototypes=train_config.lr_prototypes,
                              lr_centers=train_config.lr_centers,
                              warmup_steps=train_config.warmup_steps,
                              total_steps=train_config.num_steps)
   state = TrainState.create(params=params, tx=tx, loss_fn=loss_fn, seed=config.seed)
-  if not use_pmap:
-    state = parallel.replicate(state, mesh)
-  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints", name),
-                                    max_to_keep=train_config.max_to_keep,
-                                    save_interval_steps=train_config.checkpoint_every)
-  if checkpoint.latest_step(manager) is not None:
-    state = checkpoint.restore(manager, state)
-    if _is_chief():
-      print(f"[{name}] resumed from the checkpoint at step {int(state.step)}", flush=True)
-  if _is_chief():
-    log.truncate(name, int(state.step))
-  num_devices = mesh.devices.size
-  if use_pmap:
-    step_fn = parallel.pmap_step(train_step, devices=list(mesh.devices.flat))
-    state = parallel.pmap_replicate(state, num_devices)
-    rows = slice(None)
-  else:
-    step_fn = parallel.data_parallel_step(train_step, mesh)
-    rows = parallel.process_slice(train_config.global_batch_size, mesh)
   num_scans = len(data.train_scans)
-  step = int(parallel.to_host(state.step).reshape(-1)[0])
-  last_time, last_step = time.perf_counter(), step
-  stop = train_config.num_steps
-  if train_config.stop_after_steps > 0:
-    stop = min(stop, train_config.stop_after_steps)
-  while step < stop:
+
+  def batch_for_step(step, rows):
     index = stage1.batch_indices(step, num_scans=num_scans,
                                  batch_size=train_config.global_batch_size, seed=config.seed)[rows]
-    batch = {"scans": data.train_scans[index], "identity": data.train_identity[index],
-             "index": index.astype(np.int32)}
-    if use_pmap:
-      state, metrics = step_fn(state, parallel.pmap_split(batch, num_devices))
-    else:
-      state, metrics = step_fn(state, parallel.shard_batch(batch, mesh))
-    step += 1
-    if train_config.sleep_per_step:
-      time.sleep(train_config.sleep_per_step)
-    if _is_chief() and (step % train_config.log_every == 0 or step == train_config.num_steps):
-      metrics = parallel.to_host(parallel.pmap_unreplicate(metrics) if use_pmap else metrics)
-      metrics = {k: float(v) for k, v in metrics.items()}
-      now = time.perf_counter()
-      rate = (step - last_step) / max(now - last_time, 1e-9)
-      log.append({"model": name, "step": step, **metrics,
-                  "step_time_s": 1.0 / max(rate, 1e-9)})
-      eta = (train_config.num_steps - step) / max(rate, 1e-9)
-      identity = "".join(f" {k} {metrics[k]:.3f}" for k in ("margin", "center") if k in metrics)
-      print(f"[{name}] step {step}/{train_config.num_steps}  loss {metrics['loss']:.4f}  "
-            f"rec {metrics['rec']:.3f} mm{identity}  |s| {metrics['code_norm_mean']:.2f}  "
-            f"{rate:.1f} steps/s  ETA {_format_seconds(eta)}", flush=True)
-      last_time, last_step = now, step
-    final = step == stop
-    if final or manager.should_save(step):
-      checkpoint.save(manager, parallel.pmap_unreplicate(state) if use_pmap else state,
-                      force=final)
-  checkpoint.wait(manager)
-  manager.close()
-  return parallel.pmap_unreplicate(state) if use_pmap else state
+    return {"scans": data.train_scans[index], "identity": data.train_identity[index],
+            "index": index.astype(np.int32)}
 
+  def summary(metrics):
+    identity = "".join(f" {k} {metrics[k]:.3f}" for k in ("margin", "center") if k in metrics)
+    return f"rec {metrics['rec']:.3f} mm{identity}  |s| {metrics['code_norm_mean']:.2f}"
 
-def _checksum(tree) -> str:
-  digest = hashlib.sha256()
-  for leaf in jax.tree_util.tree_leaves(tree):
-    digest.update(np.ascontiguousarray(leaf).tobytes())
-  return digest.hexdigest()[:16]
+  return training.run(name, state, batch_for_step, train_config=train_config,
+                      parallel_config=config.parallel, workdir=workdir, log=log, mesh=mesh,
+                      summary=summary)
 
 
 def _objectives(config) -> tuple[stage1.Objective, stage1.Objective]:
@@ -176,9 +87,7 @@ def _validate(config) -> None:
 
 
 def _pictures(workdir, log, models, evaluations, test_identity):
-  rows = log.rows()
-  series = lambda model, key: ([r["step"] for r in rows if r["model"] == model and key in r],
-                               [r[key] for r in rows if r["model"] == model and key in r])
+  series = log.series
   panels = [("reconstruction (mm)", {m: series(m, "rec") for m in ("sfm", "baseline")}),
             ("total loss", {m: series(m, "loss") for m in ("sfm", "baseline")}),
             ("SFM identity terms", {k: series("sfm", k) for k in ("margin", "center", "isotropy")
@@ -226,17 +135,14 @@ def main(argv):
   del argv
   config = _CONFIG.value
   workdir = _WORKDIR.value
-  if config.parallel.distributed:
-    parallel.initialize_distributed(coordinator_address=config.parallel.coordinator_address,
-                                    num_processes=config.parallel.num_processes,
-                                    process_id=config.parallel.process_id)
+  training.setup(config.parallel)
   _validate(config)
   mesh = parallel.make_mesh()
   parallel.check_global_batch(config.train.global_batch_size, mesh)
   start = time.perf_counter()
   # Every process builds the same (deterministic) data and feeds its slice of each batch.
   data = scan_data.load(config.data, seed=config.seed)
-  if _is_chief():
+  if training.is_chief():
     print(f"stage 1 ({config.variant}): {data.description}; {jax.device_count()} device(s) in "
           f"{jax.process_count()} process(es), parallel mode {config.parallel.mode}", flush=True)
   stage1.check_sizes(len(data.train_scans), len(np.unique(data.train_identity)),
@@ -245,30 +151,23 @@ def main(argv):
   init = stage1.pca_init(data.train_scans, data.train_identity, num_shape=config.model.shape_dim,
                          num_expr=config.model.expr_dim)
   per_vertex = np.sqrt(init.mean.shape[0])  # std of a unit direction in 3V -> RMS per vertex
-  if _is_chief():
+  if training.is_chief():
     print(f"PCA initialisation: R = {init.radius:.3f}; per-vertex RMS of one sd: identity "
         f"{init.shape_std[0] / per_vertex:.2f} .. {init.shape_std[-1] / per_vertex:.2f} mm, "
         f"expression {(init.expr_std[0] if len(init.expr_std) else 0) / per_vertex:.2f} mm",
         flush=True)
-  log = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+  log = training.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
   sfm_objective, baseline_objective = _objectives(config)
   models, codes = {}, {}
   for name, objective in (("sfm", sfm_objective), ("baseline", baseline_objective)):
     state = train(name, objective, init, data, config, workdir, log, mesh)
     params = parallel.to_host(state.params)
-    # Every process prints it: equal lines mean the replicas agree bit for bit.
-    print(f"[{name}] process {jax.process_index()}: parameter checksum "
-          f"{_checksum(params)} at step {int(parallel.to_host(state.step).reshape(-1)[0])}",
-          flush=True)
-    if 0 < config.train.stop_after_steps < config.train.num_steps:
-      if _is_chief():
-        print(f"[{name}] stopped at step {config.train.stop_after_steps} (train.stop_after_steps);"
-              " rerun without it to continue", flush=True)
+    if training.report_stop(name, state, config.train):
       return
     models[name], codes[name], codes[f"{name}_expr"] = stage1.export_model(
         params, radius=init.radius, objective=objective, triangles=data.triangles,
         landmarks=data.landmarks)
-  if not _is_chief():
+  if not training.is_chief():
     return  # only process 0 writes models, evaluations and pictures
   models["pca"] = stage1.pca_model(init, triangles=data.triangles, landmarks=data.landmarks)
   save_model(os.path.join(workdir, "model.npz"), models["sfm"])
@@ -297,7 +196,7 @@ def main(argv):
   elapsed = time.perf_counter() - start
   _report(workdir, config, data, table, init, elapsed)
   print(table)
-  print(f"done in {_format_seconds(elapsed)}; see {os.path.join(workdir, 'report.md')} and the "
+  print(f"done in {training.format_seconds(elapsed)}; see {os.path.join(workdir, 'report.md')} and the "
         f"PNGs beside it", flush=True)
 
 

@@ -1,7 +1,9 @@
-"""Held-out evaluation of a frozen model (design section 6): fit, then score.
+"""Held-out evaluation (design sections 6 and 7): scans through one fitting routine, images
+through a trained stage-2 network.
 
 Every model, ours or third-party, sphere or Gaussian, goes through the same `fitting.fit_scans`
-and the same metrics, so a table row is comparable with any other row on the same scans.
+and the same metrics, so a table row is comparable with any other row on the same scans. Image
+predictions are scored by `evaluate_images` with the same identity metrics.
 """
 
 from __future__ import annotations
@@ -31,11 +33,51 @@ def evaluate_model(model: FaceModel, scans: np.ndarray, identity: np.ndarray, *,
   return scores, fit
 
 
-def format_table(rows: dict) -> str:
-  """A Markdown table: one row per model name, the `COLUMNS` metrics."""
-  header = "| model | " + " | ".join(title for _, title in COLUMNS) + " |"
-  lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
+IMAGE_COLUMNS = (("median_mm", "3D median (mm)"), ("mean_mm", "3D mean (mm)"),
+                 ("std_mm", "3D std (mm)"), ("verification_accuracy", "verif. acc."),
+                 ("silhouette", "silhouette"), ("nmi", "NMI"), ("nme", "landmark NME"))
+
+
+def evaluate_images(predictions: dict, *, identity: np.ndarray, landmarks: np.ndarray,
+                    visible: np.ndarray, landmark_vertices: np.ndarray,
+                    neutral: np.ndarray | None = None, seed: int = 0) -> dict:
+  """Scores a stage-2 network's predictions on held-out images (design section 7).
+
+  Args:
+    predictions: `stage2.predict_all` output (`shape_codes [N, K]`, `neutral [N, V, 3]`,
+      `landmarks [N, 68, 2]`).
+    identity: `[N]` labels (-1: not used for the identity metrics).
+    landmarks, visible: `[N, 68, 2]` annotated landmarks (pixels) and `[N, 68]` visibility.
+    landmark_vertices: `[68]` the model's landmark vertex indices (-1 undefined).
+    neutral: `[N, V, 3]` ground-truth neutral meshes (mm) in the model's topology, or None.
+
+  Returns `{median_mm, mean_mm, std_mm}` (neutral error after similarity alignment on the 7 NoW
+  landmarks; only with `neutral`), `{verification_accuracy, silhouette, nmcd, nmi}` of the
+  predicted shape codes across images of one identity, and `nme` (visible, defined landmarks,
+  inter-ocular).
+  """
+  landmark_vertices = np.asarray(landmark_vertices)
+  scores = {}
+  if neutral is not None:
+    now = landmark_vertices[list(metrics.NOW_LANDMARKS)]
+    if np.any(now < 0):
+      raise ValueError("evaluate_images: the model lacks some of the 7 NoW landmark vertices")
+    scores.update(metrics.error_summary(metrics.now_aligned_errors(
+        predictions["neutral"], neutral, now)))
+  labelled = np.asarray(identity) >= 0
+  scores.update(metrics.identity_metrics(predictions["shape_codes"][labelled],
+                                         np.asarray(identity)[labelled], seed=seed))
+  defined = np.broadcast_to(landmark_vertices >= 0, visible.shape)
+  scores["nme"] = metrics.landmark_nme(np.nan_to_num(predictions["landmarks"]), landmarks,
+                                       np.asarray(visible, bool) & defined)
+  return scores
+
+
+def format_table(rows: dict, columns: tuple = COLUMNS) -> str:
+  """A Markdown table: one row per model name, one column per `(key, title)` of `columns`."""
+  header = "| model | " + " | ".join(title for _, title in columns) + " |"
+  lines = [header, "|" + "---|" * (len(columns) + 1)]
   for name, scores in rows.items():
-    cells = [f"{scores[key]:.3f}" if key in scores else "-" for key, _ in COLUMNS]
+    cells = [f"{scores[key]:.3f}" if key in scores else "-" for key, _ in columns]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines)

@@ -49,7 +49,8 @@ class Objective:
   weight_expr_prior: float = 1e-3
   weight_albedo_prior: float = 1e-3
   weight_residual: float = 1e-3
-  window: int = 3               # rasteriser window (see `render.rasterize`)
+  window: int = 4               # rasteriser window (see `render.rasterize`); the logged
+                                # `render_overflow` counts triangles it dropped (0 = exact)
 
   def __post_init__(self):
     if self.code_kind not in ("sphere", "gaussian"):
@@ -96,6 +97,22 @@ def project_faces(vertices: jax.Array, out: dict, *, image_size: int) -> tuple[j
   return pixels, rotation
 
 
+def render_faces(pixels: jax.Array, rotation: jax.Array, vertices: jax.Array, albedo: jax.Array,
+                 light: jax.Array, triangles: jax.Array, *, image_size: int,
+                 window: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(`[B, S, S, 3]` shaded images, `[B, S, S]` masks, `[B]` rasteriser overflow counts: triangles
+  left out, 0 = exact) of faces: `pixels [B, V, 3]` from
+  `project_faces`, model-space `vertices [B, V, 3]` (rotated here for the normals), per-vertex
+  `albedo [B, V, 3]` (clipped to [0, 1]), SH `light [B, 9, 3]`. Differentiable in everything but
+  the triangle selection."""
+  camera = jnp.einsum("bij,bvj->bvi", rotation, vertices, precision=geometry.HIGHEST)
+  normals = jax.vmap(lambda v: geometry.vertex_normals(v, triangles))(camera)
+  rendered, mask, fragments = jax.vmap(lambda p, a, n, l: render.render(
+      p, triangles, a, n, l, height=image_size, width=image_size, window=window))(
+          pixels, jnp.clip(albedo, 0.0, 1.0), normals, light)
+  return rendered, mask, fragments.overflow
+
+
 def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, image_size: int):
   """The stage-2 `loss_fn(params, model_state, batch, rng)` for `TrainState`.
 
@@ -127,11 +144,9 @@ def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, im
     if objective.weight_photometric:
       albedo = params["albedo"]["mean"] + jnp.einsum(
           "ba,avc->bvc", out["albedo"], params["albedo"]["basis"])
-      camera = jnp.einsum("bij,bvj->bvi", rotation, vertices, precision=geometry.HIGHEST)
-      normals = jax.vmap(lambda v: geometry.vertex_normals(v, triangles))(camera)
-      rendered, mask, _ = jax.vmap(lambda p, a, n, l: render.render(
-          p, triangles, a, n, l, height=image_size, width=image_size,
-          window=objective.window))(pixels, jnp.clip(albedo, 0.0, 1.0), normals, out["light"])
+      rendered, mask, overflow = render_faces(pixels, rotation, vertices, albedo, out["light"],
+                                              triangles, image_size=image_size,
+                                              window=objective.window)
       terms["photometric"] = losses.photometric_loss(rendered, batch["images"], mask)
     if sphere_model:
       u = s / frozen.radius
@@ -150,6 +165,8 @@ def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, im
     if objective.weight_residual:
       terms["residual"] = losses.squared_norm(params["residual"])
     total = sum(getattr(objective, f"weight_{name}") * value for name, value in terms.items())
+    if objective.weight_photometric:  # a health metric, not a loss term
+      terms["render_overflow"] = jnp.mean(overflow.astype(jnp.float32))
     return total, (terms, updates)
 
   return loss_fn
@@ -164,3 +181,135 @@ def make_optimizer(*, lr_encoder: float, lr_residual: float, lr_albedo: float,
        "albedo": optax.adam(lr_albedo), "identity": optax.adam(lr_identity)},
       {"encoder": "encoder", "residual": "residual", "albedo": "albedo",
        "prototypes": "identity", "centers": "identity"})
+
+
+def export_model(model: FaceModel, params: dict) -> FaceModel:
+  """The fine-tuned model (numpy): the stage-1 basis plus the trained residuals `W_t`, and the
+  learned albedo model (`albedo_mean`, `albedo_basis`)."""
+  params = jax.device_get(params)
+  return model.replace(
+      shape_basis=np.asarray(model.shape_basis + params["residual"]["shape"], np.float32),
+      expr_basis=np.asarray(model.expr_basis + params["residual"]["expr"], np.float32),
+      albedo_mean=np.asarray(params["albedo"]["mean"], np.float32),
+      albedo_basis=np.asarray(params["albedo"]["basis"], np.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictor:
+  """A trained stage-2 network with its fine-tuned model: what `predict` needs.
+
+  `variables` holds the encoder's `params` and `batch_stats`; `model` is `export_model`'s output
+  (it carries the albedo model). `crop_margin` records how the training images were framed:
+  None for whole images (the face world), else squares around the landmarks with that margin
+  (`imaging.landmark_box`, photo folders); new images must be framed the same way.
+  """
+  encoder: Encoder
+  variables: dict
+  model: FaceModel
+  image_size: int
+  window: int = 4
+  crop_margin: float | None = None
+
+  def metadata(self) -> dict:
+    e = self.encoder
+    return {"shape_dim": e.shape_dim, "expr_dim": e.expr_dim, "albedo_dim": e.albedo_dim,
+            "depth": e.depth, "width": e.width, "rotation": e.rotation,
+            "image_size": self.image_size, "window": self.window,
+            "crop_margin": self.crop_margin}
+
+
+def save_encoder(path, predictor: Predictor) -> None:
+  """Writes the encoder's variables and hyperparameters (the model goes to its own file)."""
+  from sfm_jax.io.tree import save_tree
+  save_tree(path, jax.device_get(predictor.variables), predictor.metadata())
+
+
+def load_predictor(encoder_path, model: FaceModel) -> Predictor:
+  """The `Predictor` of an encoder file (`save_encoder`) and its model; `ValueError` naming the
+  file when they do not fit together."""
+  from sfm_jax.io.tree import load_tree
+  variables, meta = load_tree(encoder_path)
+  required = ("shape_dim", "expr_dim", "albedo_dim", "depth", "width", "rotation", "image_size")
+  missing = [key for key in required if key not in meta]
+  if missing or set(variables) != {"params", "batch_stats"}:
+    raise ValueError(f"{encoder_path}: not a stage-2 encoder file (missing "
+                     f"{missing or 'params / batch_stats'})")
+  if (meta["shape_dim"], meta["expr_dim"]) != (model.shape_dim, model.expr_dim):
+    raise ValueError(f"{encoder_path}: the encoder predicts K={meta['shape_dim']}, "
+                     f"E={meta['expr_dim']} but the model has K={model.shape_dim}, "
+                     f"E={model.expr_dim}")
+  albedo_dim = 0 if model.albedo_basis is None else model.albedo_basis.shape[0]
+  if meta["albedo_dim"] != albedo_dim:
+    raise ValueError(f"{encoder_path}: the encoder predicts {meta['albedo_dim']} albedo codes "
+                     f"but the model has {albedo_dim}")
+  encoder = Encoder(shape_dim=meta["shape_dim"], expr_dim=meta["expr_dim"],
+                    albedo_dim=meta["albedo_dim"], depth=meta["depth"], width=meta["width"],
+                    rotation=meta["rotation"])
+  return Predictor(encoder=encoder, variables=variables, model=model,
+                   image_size=int(meta["image_size"]), window=int(meta.get("window", 4)),
+                   crop_margin=meta.get("crop_margin"))
+
+
+def predict(predictor: Predictor, images: jax.Array) -> dict:
+  """Everything the network says about `images` `[B, S, S, 3]` in [0, 1] (inference mode).
+
+  Returns `shape_codes [B, K]` (on the sphere for SFM), `expression [B, E]`, `albedo [B, A]`,
+  `rotation [B, 3, 3]`, `translation [B, 2]`, `scale [B]`, `light [B, 9, 3]`, `neutral [B, V, 3]`
+  (mm, model space), `posed [B, V, 3]` (mm, with expression, rotated), `pixels [B, V, 3]`,
+  `landmarks [B, 68, 2]` (pixels; undefined landmarks NaN), `rendered [B, S, S, 3]`, `mask
+  [B, S, S]`. Pure; jit it (the `Predictor` is closed over or static).
+  """
+  model = jax.tree_util.tree_map(jnp.asarray, predictor.model)
+  size = predictor.image_size
+  out = predictor.encoder.apply(predictor.variables, images, train=False)
+  s = (sphere.project(out["z"], model.radius) if model.code_kind == "sphere" else out["z"])
+  zeros = jnp.zeros_like(out["expression"])
+  neutral = decode(model, s, zeros)
+  vertices = decode(model, s, out["expression"])
+  pixels, rotation = project_faces(vertices, out, image_size=size)
+  posed = jnp.einsum("bij,bvj->bvi", rotation, vertices, precision=geometry.HIGHEST)
+  index = jnp.asarray(model.landmarks)
+  landmarks = jnp.where((index >= 0)[None, :, None], pixels[:, jnp.maximum(index, 0), :2],
+                        jnp.nan)
+  albedo = jnp.broadcast_to(jnp.full((model.num_vertices, 3), 0.6), vertices.shape)
+  if model.albedo_mean is not None:
+    albedo = model.albedo_mean + jnp.einsum("ba,avc->bvc", out["albedo"], model.albedo_basis)
+  rendered, mask, _ = render_faces(pixels, rotation, vertices, albedo, out["light"],
+                                   model.triangles, image_size=size, window=predictor.window)
+  return {"shape_codes": s, "expression": out["expression"], "albedo": out["albedo"],
+          "rotation": rotation, "translation": out["translation"], "scale": out["scale"],
+          "light": out["light"], "neutral": neutral, "posed": posed, "pixels": pixels,
+          "landmarks": landmarks, "rendered": rendered, "mask": mask}
+
+
+def predict_all(predictor: Predictor, images: np.ndarray, *, batch_size: int = 64,
+                keys: tuple = ("shape_codes", "expression", "albedo", "rotation", "translation",
+                               "scale", "light", "neutral", "posed", "landmarks"),
+                progress=None) -> dict:
+  """`predict` over `[N, S, S, 3]` images (uint8 or float in [0, 1]) in batches; numpy `keys`.
+
+  The last batch is padded to `batch_size` (one compilation). `progress(done, total)` is
+  called after each batch.
+  """
+  @jax.jit
+  def function(variables, model, images):  # weights as arguments, not baked-in constants
+    outputs = predict(dataclasses.replace(predictor, variables=variables, model=model), images)
+    return {key: outputs[key] for key in keys}
+
+  images = np.asarray(images)
+  total = len(images)
+  outputs: dict = {key: [] for key in keys}
+  for start in range(0, total, batch_size):
+    chunk = images[start:start + batch_size]
+    chunk = chunk.astype(np.float32) / 255.0 if chunk.dtype == np.uint8 else chunk.astype(
+        np.float32)
+    count = len(chunk)
+    if count < batch_size:
+      chunk = np.concatenate([chunk, np.zeros((batch_size - count,) + chunk.shape[1:],
+                                              np.float32)])
+    result = jax.device_get(function(predictor.variables, predictor.model, chunk))
+    for key in keys:
+      outputs[key].append(np.asarray(result[key])[:count])
+    if progress is not None:
+      progress(min(start + batch_size, total), total)
+  return {key: np.concatenate(value) for key, value in outputs.items()}

@@ -22,6 +22,7 @@ and 200 mm tall.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -556,16 +557,31 @@ class Images:
   mask: np.ndarray
 
 
-def _render_batch(vertices_px, triangles, albedo, normals, light, size):
+@functools.lru_cache(maxsize=8)
+def _batch_renderer(size: int, window: int | None):
+  """One jitted renderer per image size and rasteriser (cached: batches reuse the compilation)."""
   import jax
+
   from sfm_jax import render as render_lib
 
-  def one(v, a, n, l):
-    image, mask, fragments = render_lib.render(v, triangles, a, n, l, height=size, width=size)
+  def one(v, triangles, a, n, l):
+    image, mask, fragments = render_lib.render(v, triangles, a, n, l, height=size, width=size,
+                                               window=window)
     visible = render_lib.vertex_visibility(v, fragments, tolerance=2.0)
-    return image, mask, visible
+    return image, mask, visible, fragments.overflow
 
-  return jax.jit(jax.vmap(one))(vertices_px, albedo, normals, light)
+  return jax.jit(jax.vmap(one, in_axes=(0, None, 0, 0, 0)))
+
+
+def _render_batch(vertices_px, triangles, albedo, normals, light, size):
+  """The fast window rasteriser; a batch where any triangle fits neither of its paths
+  (`overflow`) is redone with the exact one, so the images are always the exact renders."""
+  image, mask, visible, overflow = _batch_renderer(size, 4)(vertices_px, triangles, albedo,
+                                                            normals, light)
+  if np.any(np.asarray(overflow)):
+    image, mask, visible, _ = _batch_renderer(size, None)(vertices_px, triangles, albedo,
+                                                          normals, light)
+  return image, mask, visible
 
 
 def make_images(num_identities: int, images_per_identity: int, seed: int, *,

@@ -227,3 +227,22 @@ def draw_landmarks(image: np.ndarray, landmarks: np.ndarray, visible: np.ndarray
       out[max(row - radius, 0):row + radius + 1, max(col - radius, 0):col + radius + 1] = (
           (0.1, 1.0, 0.1) if seen else (1.0, 0.1, 0.1))
   return out
+
+
+def reconstruction_overlay(image: np.ndarray, rendered: np.ndarray, mask: np.ndarray,
+                           predicted: np.ndarray | None = None,
+                           target: np.ndarray | None = None, *, alpha: float = 0.75,
+                           radius: int = 0) -> np.ndarray:
+  """The rendered reconstruction `[S, S, 3]` blended (`alpha`) over `image` where `mask` `[S, S]`
+  covers it, with `target` landmarks in green and `predicted` ones in red (`[68, 2]`, pixels;
+  NaN rows skipped)."""
+  weight = alpha * np.asarray(mask, np.float64)[..., None]
+  out = np.asarray(image, np.float64) * (1 - weight) + np.asarray(rendered, np.float64) * weight
+  if target is not None:
+    target = np.asarray(target)
+    out = draw_landmarks(out, target[np.all(np.isfinite(target), 1)], radius=radius)
+  if predicted is not None:
+    predicted = np.asarray(predicted)
+    keep = np.all(np.isfinite(predicted), 1)
+    out = draw_landmarks(out, predicted[keep], np.zeros(keep.sum(), bool), radius=radius)
+  return out

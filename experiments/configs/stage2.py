@@ -1,0 +1,105 @@
+"""Stage-2 configs: `--config=experiments/configs/stage2.py:VARIANT`, VARIANT one of
+
+  demo    rendered face-world images at 96 px (48x48 mesh, 200 + 50 identities x 6), a
+          ResNet-10 of width 16; both models in under 15 minutes on 2 CPU cores. Needs the
+          stage-1 demo run (`runs/stage1/model.npz` and `baseline.npz`).
+  folder  a user's photo folder: --config.data.image_dir=DIR (meta.csv + images + .pts), with
+          --config.init_model=PATH a stage-1 model in correspondence with nothing else needed
+  paper   224 px, ResNet-50, K = 199, a 230x230 mesh (the stage-1 `paper` model in
+          runs/stage1_paper), 2000 + 200 identities x 8; sized for GPUs
+  tiny    seconds, for tests
+
+`init_model` is the stage-1 SFM model (`model.npz`); `baseline_model` the stage-1 Gaussian
+baseline (`baseline.npz`), by default the file of that name beside `init_model`. Any field can be
+overridden, e.g. `--config.train.num_steps=200 --config.init_model=runs/s1/model.npz`.
+"""
+
+import ml_collections
+
+VARIANTS = ("demo", "folder", "paper", "tiny")
+
+
+def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown stage-2 config variant {variant!r}; choose one of {VARIANTS}")
+  c = ml_collections.ConfigDict()
+  c.variant = variant
+  c.seed = 0
+  c.init_model = "runs/stage1/model.npz"
+  c.baseline_model = ""             # default: baseline.npz beside init_model; "none" skips it
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "world"           # world (rendered in memory) | tfds | folder
+  c.data.image_size = 96            # S: images are S x S (folder photos are cropped to it)
+  c.data.resolution = 48            # world: mesh grid side; must match the stage-1 model
+  c.data.train_identities = 200
+  c.data.test_identities = 50
+  c.data.images_per_identity = 6
+  c.data.unlabelled_fraction = 0.1
+  c.data.occluder_probability = 0.2
+  c.data.tfds_config = "demo"       # tfds: SyntheticFaceImages config
+  c.data.tfds_data_dir = "runs/tfds"
+  c.data.image_dir = ""             # folder: meta.csv (path,identity), images, .pts beside each
+  c.data.test_fraction = 0.2        # folder: share of identities held out
+  c.data.crop_margin = 0.25         # folder: border around the landmarks' box (fraction)
+  c.data.skip_bad = False           # folder: skip (and count) unreadable images
+
+  c.model = ml_collections.ConfigDict()
+  c.model.depth = "resnet10"        # resnet10 | resnet18 | resnet34 | resnet50
+  c.model.width = 16                # channels of the first stage (64 in the standard ResNets)
+  c.model.albedo_dim = 10
+
+  # The SFM objective (sfm_jax.stage2.Objective); 0 switches a term off.
+  c.objective = ml_collections.ConfigDict({
+      "margin_scale": 32.0, "margin": 0.35, "weight_landmark": 10.0, "weight_photometric": 1.0,
+      "weight_margin": 0.05, "weight_center": 0.5, "weight_shape_prior": 0.0,
+      "weight_expr_prior": 1e-3, "weight_albedo_prior": 1e-3, "weight_residual": 1e-3,
+      "window": 4})
+  # The baseline: the same pipeline from the stage-1 baseline, Gaussian codes with a Tikhonov
+  # prior, no identity terms.
+  c.baseline = ml_collections.ConfigDict({"weight_shape_prior": 1e-3})
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 1000
+  c.train.global_batch_size = 32
+  c.train.lr_encoder = 2e-3
+  c.train.lr_residual = 1e-4
+  c.train.lr_albedo = 1e-2
+  c.train.lr_identity = 1e-2
+  c.train.log_every = 50
+  c.train.checkpoint_every = 200
+  c.train.max_to_keep = 2
+  c.train.stop_after_steps = 0      # > 0: checkpoint and exit at this step (time-sliced jobs)
+  c.train.sleep_per_step = 0.0      # testing only: slows training so a test can kill it mid-run
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.mode = "jit"           # stage 2 runs jit only (BatchNorm statistics are global)
+  c.parallel.distributed = False
+  c.parallel.coordinator_address = ""
+  c.parallel.num_processes = 0
+  c.parallel.process_id = -1
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 64
+  c.eval.gallery = 6                # held-out images shown in gallery.png
+  c.eval.seen_images = 300          # labelled training images of the seen-identity diagnostic
+
+  if variant == "folder":
+    c.data.source = "folder"
+    c.data.image_size = 128
+  elif variant == "paper":
+    c.init_model = "runs/stage1_paper/model.npz"
+    c.data.image_size, c.data.resolution = 224, 230  # the stage-1 paper grid (52900 vertices)
+    c.data.train_identities, c.data.test_identities, c.data.images_per_identity = 2000, 200, 8
+    c.model.depth, c.model.width, c.model.albedo_dim = "resnet50", 64, 80
+    c.train.num_steps, c.train.global_batch_size = 50000, 64
+    c.train.log_every, c.train.checkpoint_every = 200, 2000
+  elif variant == "tiny":
+    c.data.image_size, c.data.resolution = 32, 12  # the stage-1 tiny grid
+    c.data.train_identities, c.data.test_identities, c.data.images_per_identity = 6, 3, 3
+    c.data.occluder_probability = 0.0
+    c.model.width, c.model.albedo_dim = 8, 2
+    c.train.num_steps, c.train.global_batch_size = 12, 8
+    c.train.log_every, c.train.checkpoint_every = 2, 4
+    c.eval.batch_size, c.eval.gallery, c.eval.seen_images = 8, 3, 12
+  return c

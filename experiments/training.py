@@ -1,0 +1,170 @@
+"""The training loop both stage entry points share: resume, step, log, checkpoint.
+
+`run(name, state, batch_for_step, ...)` trains one model: it restores the latest checkpoint in
+`WORKDIR/checkpoints/<name>/` (if any), drops `metrics.jsonl` rows written after it, then steps
+the shared `train_step` on every device of `mesh` (jit with sharded batches, or pmap) until
+`train.num_steps` (or `train.stop_after_steps`), printing progress with an ETA, appending logged
+metrics, and checkpointing every `train.checkpoint_every` steps and at the end.
+
+`batch_for_step(step, rows)` returns this process's rows of the global batch of `step` as numpy
+arrays; it must depend on `step` only, so a resumed run sees exactly the batches an uninterrupted
+one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+from sfm_jax import checkpoint, parallel
+from sfm_jax.io import atomic_write
+from sfm_jax.train_state import TrainState, train_step
+
+
+class MetricsLog:
+  """`metrics.jsonl`: appended per logged step; on resume, rows past the restored step of that
+  model (written after the last checkpoint) and any torn last line are dropped first."""
+
+  def __init__(self, path: str):
+    self.path = path
+
+  def rows(self) -> list:
+    if not os.path.exists(self.path):
+      return []
+    rows = []
+    with open(self.path, encoding="utf-8") as f:
+      for line in f:
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:
+          break  # a line torn by a kill: everything after it is suspect
+    return rows
+
+  def series(self, model: str, key: str) -> tuple[list, list]:
+    """(steps, values) of one metric of one model."""
+    rows = [r for r in self.rows() if r["model"] == model and key in r]
+    return [r["step"] for r in rows], [r[key] for r in rows]
+
+  def truncate(self, model: str, step: int) -> None:
+    rows = [r for r in self.rows() if r["model"] != model or r["step"] <= step]
+    with atomic_write(self.path, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
+
+  def append(self, row: dict) -> None:
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(row) + "\n")
+      f.flush()
+
+
+def format_seconds(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def is_chief() -> bool:
+  """Only process 0 writes logs, models, reports and pictures."""
+  return jax.process_index() == 0
+
+
+def checksum(tree) -> str:
+  """A short SHA-256 of every leaf's bytes (equal on every process = replicas agree)."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree_util.tree_leaves(tree):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()[:16]
+
+
+def host_step(state: TrainState) -> int:
+  return int(parallel.to_host(state.step).reshape(-1)[0])
+
+
+def run(name: str, state: TrainState, batch_for_step: Callable[[int, slice], dict], *,
+        train_config, parallel_config, workdir: str, log: MetricsLog, mesh,
+        summary: Callable[[dict], str]) -> TrainState:
+  """Trains `state` (fresh, on host) as model `name`; returns the final state (on devices).
+
+  `summary(metrics)` formats the stage-specific part of a progress line.
+  """
+  use_pmap = parallel_config.mode == "pmap"
+  if not use_pmap:
+    state = parallel.replicate(state, mesh)
+  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints", name),
+                                    max_to_keep=train_config.max_to_keep,
+                                    save_interval_steps=train_config.checkpoint_every)
+  if checkpoint.latest_step(manager) is not None:
+    state = checkpoint.restore(manager, state)
+    if is_chief():
+      print(f"[{name}] resumed from the checkpoint at step {host_step(state)}", flush=True)
+  if is_chief():
+    log.truncate(name, host_step(state))
+  num_devices = mesh.devices.size
+  if use_pmap:
+    step_fn = parallel.pmap_step(train_step, devices=list(mesh.devices.flat))
+    state = parallel.pmap_replicate(state, num_devices)
+    rows = slice(None)
+  else:
+    step_fn = parallel.data_parallel_step(train_step, mesh)
+    rows = parallel.process_slice(train_config.global_batch_size, mesh)
+  step = host_step(state)
+  last_time, last_step = time.perf_counter(), step
+  stop = train_config.num_steps
+  if train_config.stop_after_steps > 0:
+    stop = min(stop, train_config.stop_after_steps)
+  while step < stop:
+    batch = batch_for_step(step, rows)
+    if use_pmap:
+      state, metrics = step_fn(state, parallel.pmap_split(batch, num_devices))
+    else:
+      state, metrics = step_fn(state, parallel.shard_batch(batch, mesh))
+    step += 1
+    if train_config.sleep_per_step:
+      time.sleep(train_config.sleep_per_step)
+    if is_chief() and (step % train_config.log_every == 0 or step == train_config.num_steps):
+      metrics = parallel.to_host(parallel.pmap_unreplicate(metrics) if use_pmap else metrics)
+      metrics = {k: float(v) for k, v in metrics.items()}
+      now = time.perf_counter()
+      rate = (step - last_step) / max(now - last_time, 1e-9)
+      log.append({"model": name, "step": step, **metrics, "step_time_s": 1.0 / max(rate, 1e-9)})
+      eta = (train_config.num_steps - step) / max(rate, 1e-9)
+      print(f"[{name}] step {step}/{train_config.num_steps}  loss {metrics['loss']:.4f}  "
+            f"{summary(metrics)}  {rate:.2f} steps/s  ETA {format_seconds(eta)}", flush=True)
+      last_time, last_step = now, step
+    final = step == stop
+    if final or manager.should_save(step):
+      checkpoint.save(manager, parallel.pmap_unreplicate(state) if use_pmap else state,
+                      force=final)
+  checkpoint.wait(manager)
+  manager.close()
+  return parallel.pmap_unreplicate(state) if use_pmap else state
+
+
+def report_stop(name: str, state: TrainState, train_config) -> bool:
+  """Prints the parameter checksum (every process); True when `stop_after_steps` ended the run
+  early (the caller then exits without exporting)."""
+  params = parallel.to_host(state.params)
+  print(f"[{name}] process {jax.process_index()}: parameter checksum {checksum(params)} at step "
+        f"{host_step(state)}", flush=True)
+  stopped = 0 < train_config.stop_after_steps < train_config.num_steps
+  if stopped and is_chief():
+    print(f"[{name}] stopped at step {train_config.stop_after_steps} (train.stop_after_steps); "
+          "rerun without it to continue", flush=True)
+  return stopped
+
+
+def setup(parallel_config) -> None:
+  """Start of an entry point: joins the multi-host job when `parallel.distributed` (before any
+  other JAX call) and keeps orbax's per-save INFO lines out of the progress output (an explicit
+  `--verbosity` still wins)."""
+  from absl import flags, logging
+  if parallel_config.distributed:
+    parallel.initialize_distributed(coordinator_address=parallel_config.coordinator_address,
+                                    num_processes=parallel_config.num_processes,
+                                    process_id=parallel_config.process_id)
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)

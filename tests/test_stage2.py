@@ -1,0 +1,295 @@
+"""The stage-2 entry point, its image evaluation, and `experiments.reconstruct`, end to end on
+the tiny config (32 px, 12x12 mesh), plus the image metrics on known answers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from sfm_jax import evaluation, metrics, stage1, stage2, synth
+from sfm_jax import model as fm
+from sfm_jax.io import read_obj, read_png, write_png, write_pts
+
+# One worker runs this whole file (`--dist loadgroup`), so the trained fixture is built once.
+pytestmark = pytest.mark.xdist_group("stage2")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "--config=experiments/configs/stage2.py:tiny"
+
+
+def _run(module, *args, timeout=400):
+  return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def stage1_models(tmp_path_factory):
+  """A tiny stage-1 pair (SFM on the sphere, Gaussian baseline) on the 12x12 face world."""
+  folder = tmp_path_factory.mktemp("stage1")
+  scans = synth.make_scans(16, 3, seed=0, world=synth.FaceWorld(resolution=12), noise_mm=0.0)
+  init = stage1.pca_init(scans.vertices, scans.identity, num_shape=4, num_expr=3)
+  model = stage1.pca_model(init, triangles=scans.triangles, landmarks=scans.landmarks)
+  fm.save_model(folder / "model.npz", model.replace(code_kind="sphere"))
+  fm.save_model(folder / "baseline.npz", model)
+  return folder
+
+
+@pytest.fixture(scope="module")
+def trained(stage1_models, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("stage2")
+  result = _run("experiments.stage2", TINY, f"--workdir={workdir}",
+                f"--config.init_model={stage1_models / 'model.npz'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, result
+
+
+def test_every_term_is_logged_and_the_loss_falls(trained):
+  workdir, _ = trained
+  rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  sfm = [r for r in rows if r["model"] == "sfm"]
+  baseline = [r for r in rows if r["model"] == "baseline"]
+  assert [r["step"] for r in sfm] == list(range(2, 13, 2))  # log_every 2, 12 steps
+  assert {"landmark", "photometric", "margin", "center", "expr_prior", "albedo_prior",
+          "residual"} <= set(sfm[0])
+  assert "shape_prior" in baseline[0] and "margin" not in baseline[0]
+  assert all(r["render_overflow"] == 0 for r in rows)  # the window rasteriser was exact
+  for series in (sfm, baseline):
+    losses = [r["loss"] for r in series]
+    assert np.all(np.isfinite(losses))
+    assert np.mean(losses[-2:]) < np.mean(losses[:2])
+
+
+def test_exported_models_are_the_stage1_basis_plus_the_residual(trained, stage1_models):
+  workdir, _ = trained
+  for name, start in (("sfm", "model.npz"), ("baseline", "baseline.npz")):
+    before = fm.load_model(stage1_models / start)
+    after = fm.load_model(workdir / f"{name}_model.npz")
+    np.testing.assert_array_equal(after.mean, before.mean)
+    delta = np.abs(after.shape_basis - before.shape_basis).max()
+    assert 0 < delta < 0.05 * np.abs(before.shape_basis).max()  # trained, small learning rate
+    assert after.albedo_basis.shape == (2, before.num_vertices, 3)
+    assert after.code_kind == ("sphere" if name == "sfm" else "gaussian")
+
+
+def test_evaluation_table_and_the_image_mode_of_evaluate_agree(trained):
+  workdir, result = trained
+  table = json.loads(open(workdir / "eval.json").read())
+  assert set(table["models"]) == {"sfm", "baseline"} and table["test_images"] == 9
+  for scores in table["models"].values():
+    assert set(scores) >= {"median_mm", "mean_mm", "std_mm", "verification_accuracy",
+                           "silhouette", "nmi", "nme"}
+    assert 0 < scores["median_mm"] and 0 <= scores["nme"] < 2
+  assert "| sfm |" in result.stdout and "| baseline |" in result.stdout
+  assert set(table["seen_identities"]) == {"sfm", "baseline"}  # the memorisation diagnostic
+  assert 0 <= table["seen_identities"]["sfm"]["verification_accuracy"] <= 1
+  out = workdir / "reeval"
+  again = _run("experiments.evaluate", f"--stage2={workdir}", TINY, f"--out_dir={out}")
+  assert again.returncode == 0, again.stderr[-3000:]
+  second = json.loads(open(out / "eval.json").read())
+  for name, scores in table["models"].items():
+    for key, value in scores.items():
+      assert second["models"][name][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+  gallery = read_png(workdir / "gallery.png")
+  assert gallery.shape[0] > 3 * 32 and gallery.shape[1] > 5 * 32  # 3 rows, 5 columns
+  for name in ("loss_curves.png", "codes_2d.png", "report.md", "sfm_encoder.npz"):
+    assert (workdir / name).exists()
+
+
+def test_resume_after_kill_gives_identical_parameters(trained, stage1_models, tmp_path):
+  reference, _ = trained
+  workdir = tmp_path / "killed"
+  common = [TINY, f"--workdir={workdir}", f"--config.init_model={stage1_models / 'model.npz'}",
+            "--config.baseline_model=none"]
+  process = subprocess.Popen([sys.executable, "-m", "experiments.stage2", *common,
+                              "--config.train.sleep_per_step=0.5"],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  checkpoints = workdir / "checkpoints" / "sfm"
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    done = [int(p) for p in os.listdir(checkpoints) if p.isdigit()] if checkpoints.exists() else []
+    if done and max(done) >= 4:
+      break
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not (workdir / "sfm_model.npz").exists()  # it died mid-training
+  resumed = _run("experiments.stage2", *common)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resumed from the checkpoint at step" in resumed.stdout
+  a = fm.load_model(reference / "sfm_model.npz")
+  b = fm.load_model(workdir / "sfm_model.npz")
+  for field in ("shape_basis", "expr_basis", "albedo_mean", "albedo_basis"):
+    np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+  from sfm_jax.io import load_tree
+  import jax
+  for x, y in zip(jax.tree_util.tree_leaves(load_tree(reference / "sfm_encoder.npz")[0]),
+                  jax.tree_util.tree_leaves(load_tree(workdir / "sfm_encoder.npz")[0])):
+    np.testing.assert_array_equal(x, y)
+  steps = [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")]
+  assert steps == list(range(2, 13, 2))  # each logged step once
+
+
+@pytest.fixture(scope="module")
+def reconstruction_set(tmp_path_factory):
+  """Four rendered 12x12-world faces as PNG, the first two with their .pts."""
+  folder = tmp_path_factory.mktemp("photos")
+  images = synth.make_images(2, 2, seed=5, world=synth.FaceWorld(resolution=12), image_size=32,
+                             occluder_probability=0.0, max_yaw_degrees=30.0)
+  for i in range(4):
+    write_png(folder / f"face{i}.png", images.images[i])
+    if i < 2:
+      write_pts(folder / f"face{i}.pts", images.landmarks[i])
+  return folder, images
+
+
+def _project(posed, scale, translation, size):
+  """The stage-2 camera, restated: posed model-space vertices (rotation applied) -> pixels."""
+  s = stage2.nominal_scale(size) * scale
+  return np.stack([s * posed[:, 0] + (0.5 + translation[0]) * size,
+                   -s * posed[:, 1] + (0.5 + translation[1]) * size], -1)
+
+
+def test_reconstruct_writes_consistent_meshes_parameters_and_overlays(trained, reconstruction_set,
+                                                                      tmp_path):
+  workdir, _ = trained
+  folder, images = reconstruction_set
+  out = tmp_path / "out"
+  result = _run("experiments.reconstruct", f"--workdir={workdir}", f"--images={folder}",
+                f"--out={out}", "--batch_size=3")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "[4/4] 4 reconstructed" in result.stdout
+  model = fm.load_model(workdir / "sfm_model.npz")
+  for i in range(4):
+    saved = np.load(out / f"face{i}.npz")
+    posed = read_obj(out / f"face{i}_posed.obj").vertices
+    neutral = read_obj(out / f"face{i}_neutral.obj").vertices
+    assert posed.shape == neutral.shape == (model.num_vertices, 3)
+    # The written landmarks are the camera projection of the written posed mesh, mapped back
+    # from the crop into the image (crop box in the file).
+    x0, y0, side = saved["crop_box"]
+    pixels = _project(posed, float(saved["scale"]), saved["translation"], 32)
+    expected = pixels[model.landmarks] * side / 32 + (x0, y0)
+    np.testing.assert_allclose(saved["landmarks"], expected, atol=2e-3)
+    # The neutral mesh is the model decoded at the shape code (on the sphere, radius R).
+    np.testing.assert_allclose(np.linalg.norm(saved["shape_codes"]), model.radius, rtol=1e-4)
+    decoded = model.mean + np.einsum("k,kvc->vc", saved["shape_codes"], model.shape_basis)
+    np.testing.assert_allclose(neutral, decoded, atol=1e-3)
+    assert read_png(out / f"face{i}_overlay.png").shape == (32, 32, 3)
+  for i in range(2):  # with a .pts: NME against it is recorded and recomputable
+    saved = np.load(out / f"face{i}.npz")
+    nme = metrics.landmark_nme(saved["landmarks"][None], images.landmarks[i][None])
+    assert float(saved["nme"]) == pytest.approx(nme, rel=1e-5)
+
+
+def test_reconstruct_maps_landmarks_back_to_the_original_resolution(trained, reconstruction_set,
+                                                                    tmp_path):
+  workdir, _ = trained
+  folder, images = reconstruction_set
+  big = tmp_path / "big"
+  big.mkdir()
+  # A 2x nearest-neighbour enlargement resamples to exactly the 32 px original: the network sees
+  # the same input, and the landmarks come back scaled by 2.
+  write_png(big / "face2.png", images.images[2].repeat(2, 0).repeat(2, 1))
+  small = _run("experiments.reconstruct", f"--workdir={workdir}",
+               f"--images={folder / 'face2.png'}", f"--out={tmp_path / 'a'}")
+  large = _run("experiments.reconstruct", f"--workdir={workdir}", f"--images={big}/*.png",
+               f"--out={tmp_path / 'b'}")
+  assert small.returncode == 0 and large.returncode == 0, large.stderr[-3000:]
+  a, b = np.load(tmp_path / "a" / "face2.npz"), np.load(tmp_path / "b" / "face2.npz")
+  np.testing.assert_allclose(b["landmarks"], 2 * a["landmarks"], atol=1e-3)
+  np.testing.assert_allclose(b["shape_codes"], a["shape_codes"], atol=1e-5)
+
+
+def test_reconstruct_and_stage2_fail_clearly_on_bad_input(trained, reconstruction_set,
+                                                          stage1_models, tmp_path):
+  workdir, _ = trained
+  folder, _ = reconstruction_set
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  write_png(bad / "good.png", np.full((32, 32, 3), 0.5))
+  (bad / "broken.png").write_bytes(b"this is not an image")
+  failed = _run("experiments.reconstruct", f"--workdir={workdir}", f"--images={bad}",
+                f"--out={tmp_path / 'o'}")
+  assert failed.returncode == 1 and "broken.png: unreadable image" in failed.stderr
+  assert "Traceback" not in failed.stderr
+  skipped = _run("experiments.reconstruct", f"--workdir={workdir}", f"--images={bad}",
+                 f"--out={tmp_path / 'o'}", "--skip_bad")
+  assert skipped.returncode == 0 and "skipped 1 unreadable" in skipped.stdout
+  assert (tmp_path / "o" / "good_posed.obj").exists()
+  missing = _run("experiments.stage2", TINY, f"--workdir={tmp_path / 'w'}",
+                 f"--config.init_model={tmp_path / 'nowhere.npz'}")
+  assert missing.returncode == 1 and "nowhere.npz': no such file" in missing.stderr
+  assert "experiments.stage1" in missing.stderr  # says how to make one
+  no_meta = _run("experiments.stage2", "--config=experiments/configs/stage2.py:folder",
+                 f"--workdir={tmp_path / 'w'}", f"--config.data.image_dir={folder}",
+                 f"--config.init_model={stage1_models / 'model.npz'}")
+  assert no_meta.returncode == 1 and "meta.csv: missing" in no_meta.stderr
+  no_run = _run("experiments.reconstruct", f"--workdir={tmp_path}", f"--images={folder}")
+  assert no_run.returncode == 1 and "no trained stage-2 model" in no_run.stderr
+
+
+def test_image_metrics_on_known_answers():
+  rng = np.random.default_rng(0)
+  template = synth.face_template(12)
+  n = 32
+  neutral = template.vertices[None] + rng.normal(scale=2.0, size=(n, len(template.vertices), 3))
+  labels = np.repeat(np.arange(8), 4)
+  codes = np.eye(8)[labels] + rng.normal(scale=0.01, size=(n, 8))
+  landmarks = rng.uniform(10, 50, (n, 68, 2))
+  # Predictions: the truth under a similarity transform (removed by the NoW alignment), exact
+  # landmarks, codes clustered by identity.
+  rotation = np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]])
+  predicted = {"neutral": 1.3 * neutral @ rotation.T + 5.0, "shape_codes": codes,
+               "landmarks": landmarks.copy()}
+  scores = evaluation.evaluate_images(predicted, identity=labels, landmarks=landmarks,
+                                      visible=np.ones((n, 68), bool),
+                                      landmark_vertices=template.landmarks, neutral=neutral)
+  assert scores["median_mm"] < 1e-6 and scores["mean_mm"] < 1e-6
+  assert scores["nme"] == 0 and scores["verification_accuracy"] == 1.0
+  assert scores["silhouette"] > 0.95
+  # A landmark off by the inter-ocular distance on one of 68 visible points of every image.
+  moved = landmarks.copy()
+  moved[:, 30] += (landmarks[:, 36] - landmarks[:, 45])
+  predicted["landmarks"] = moved
+  scores = evaluation.evaluate_images(predicted, identity=labels, landmarks=landmarks,
+                                      visible=np.ones((n, 68), bool),
+                                      landmark_vertices=template.landmarks, neutral=None)
+  assert scores["nme"] == pytest.approx(1 / 68) and "median_mm" not in scores
+
+
+def test_reconstruct_landmark_error_of_a_trained_network_is_below_the_bound(trained,
+                                                                             stage1_models,
+                                                                             tmp_path):
+  """150 steps on the tiny set: reconstructing its (rendered) training faces through the whole
+  command (PNG in, crop, network, landmarks mapped back) gives NME below 0.25 of the inter-ocular
+  distance, and clearly below the 12-step network's."""
+  from experiments import image_data
+  from experiments.configs import stage2 as stage2_configs
+  data = image_data.load(stage2_configs.get_config("tiny").data, seed=0)
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for i in range(8):
+    write_png(photos / f"t{i}.png", data.train.images[i])
+    write_pts(photos / f"t{i}.pts", data.train.landmarks[i])
+  longer = tmp_path / "longer"
+  result = _run("experiments.stage2", TINY, f"--workdir={longer}",
+                f"--config.init_model={stage1_models / 'model.npz'}",
+                "--config.baseline_model=none", "--config.train.num_steps=150",
+                "--config.train.log_every=50", "--config.train.checkpoint_every=150")
+  assert result.returncode == 0, result.stderr[-3000:]
+  errors = {}
+  for name, workdir in (("short", trained[0]), ("long", longer)):
+    out = tmp_path / name
+    result = _run("experiments.reconstruct", f"--workdir={workdir}", f"--images={photos}",
+                  f"--out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    predicted = np.stack([np.load(out / f"t{i}.npz")["landmarks"] for i in range(8)])
+    errors[name] = metrics.landmark_nme(predicted, data.train.landmarks[:8],
+                                        data.train.visible[:8])
+  assert errors["long"] < 0.25
+  assert errors["long"] < 0.6 * errors["short"]
