@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 
 import numpy as np
 
@@ -112,11 +113,16 @@ def _folder(config) -> ImageData:
   if not os.path.isfile(os.path.join(config.image_dir, "meta.csv")):
     raise ValueError(f"{os.path.join(config.image_dir, 'meta.csv')}: missing; an image folder "
                      "needs meta.csv (header `path,identity`) and a .pts beside each image")
-  builder_config = FaceImageFolderConfig(name="default", test_fraction=config.test_fraction,
-                                         skip_bad=config.skip_bad)
-  builder = pipeline.build(FaceImageFolder, data_dir=os.path.join(config.image_dir, ".tfds"),
-                           config=builder_config, manual_dir=config.image_dir)
-  splits = {name: pipeline.load_all(builder.as_data_source(name)) for name in builder.info.splits}
+  builder_config = FaceImageFolderConfig(
+      name=f"split{round(config.test_fraction * 1000)}_{'skip' if config.skip_bad else 'strict'}",
+      test_fraction=config.test_fraction, skip_bad=config.skip_bad)
+  # Built afresh into a temporary folder every run: never stale after the photos change, and
+  # nothing is written into the user's folder.
+  with tempfile.TemporaryDirectory(prefix="sfm_photos_") as data_dir:
+    builder = pipeline.build(FaceImageFolder, data_dir=data_dir, config=builder_config,
+                             manual_dir=config.image_dir)
+    splits = {name: pipeline.load_all(builder.as_data_source(name))
+              for name in builder.info.splits}
   if "train" not in splits or "test" not in splits:
     raise ValueError(f"{config.image_dir}: needs images of several identities so that some can "
                      f"be held out (got splits {sorted(splits)} at test_fraction "

@@ -293,3 +293,39 @@ def test_reconstruct_landmark_error_of_a_trained_network_is_below_the_bound(trai
                                         data.train.visible[:8])
   assert errors["long"] < 0.25
   assert errors["long"] < 0.6 * errors["short"]
+
+
+def test_photo_folder_variant_crops_around_landmarks_and_reconstruct_follows(stage1_models,
+                                                                             tmp_path):
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  images = synth.make_images(10, 2, seed=7, world=synth.FaceWorld(resolution=12), image_size=64,
+                             occluder_probability=0.0)
+  lines = ["path,identity"]
+  for i in range(20):
+    write_png(photos / f"p{i:02d}.png", images.images[i])
+    write_pts(photos / f"p{i:02d}.pts", images.landmarks[i])
+    lines.append(f"p{i:02d}.png,person{images.true_identity[i]}")
+  (photos / "meta.csv").write_text("\n".join(lines) + "\n")
+  workdir = tmp_path / "run"
+  result = _run("experiments.stage2", "--config=experiments/configs/stage2.py:folder",
+                f"--workdir={workdir}", f"--config.data.image_dir={photos}",
+                f"--config.init_model={stage1_models / 'model.npz'}",
+                "--config.baseline_model=none", "--config.data.image_size=32",
+                "--config.data.test_fraction=0.5", "--config.model.width=8",
+                "--config.model.albedo_dim=2", "--config.train.num_steps=2",
+                "--config.train.global_batch_size=4", "--config.train.log_every=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert not (photos / ".tfds").exists() and sorted(os.listdir(photos))[0] == "meta.csv"
+  table = json.loads(open(workdir / "eval.json").read())
+  assert table["ground_truth_3d"] is False and "median_mm" not in table["models"]["sfm"]
+  held_out = table["test_images"]
+  assert 0 < held_out < 20 and held_out % 2 == 0  # whole identities held out
+  predictor = stage2.load_predictor(workdir / "sfm_encoder.npz",
+                                    fm.load_model(workdir / "sfm_model.npz"))
+  assert predictor.crop_margin == 0.25 and predictor.image_size == 32
+  (tmp_path / "lone").mkdir()
+  write_png(tmp_path / "lone" / "x.png", images.images[0])
+  refused = _run("experiments.reconstruct", f"--workdir={workdir}",
+                 f"--images={tmp_path / 'lone'}", f"--out={tmp_path / 'o'}")
+  assert refused.returncode == 1 and "trained on crops around 68 landmarks" in refused.stderr
