@@ -16,7 +16,7 @@ import numpy as np
 
 from experiments.image_data import Split
 from experiments.training import format_seconds
-from sfm_jax import evaluation, metrics, stage2, viz
+from sfm_jax import evaluation, stage2, viz
 from sfm_jax.io import atomic_write, write_png
 from sfm_jax.model import load_model
 
@@ -78,11 +78,10 @@ def evaluate_seen(predictors: dict, split: Split, *, count: int, batch_size: int
   rows = {}
   for name, predictor in predictors.items():
     out = stage2.predict_all(predictor, split.images[index], batch_size=batch_size)
-    scores = metrics.identity_metrics(out["shape_codes"], split.identity[index], seed=seed)
-    defined = np.asarray(predictor.model.landmarks) >= 0
-    scores["nme"] = metrics.landmark_nme(np.nan_to_num(out["landmarks"]), split.landmarks[index],
-                                         split.visible[index] & defined[None])
-    rows[name] = scores
+    rows[name] = evaluation.evaluate_images(
+        out, identity=split.identity[index], landmarks=split.landmarks[index],
+        visible=split.visible[index], landmark_vertices=np.asarray(predictor.model.landmarks),
+        seed=seed)
   return rows
 
 
