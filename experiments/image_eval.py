@@ -11,7 +11,6 @@ import json
 import os
 import time
 
-import jax
 import numpy as np
 
 from experiments.image_data import Split
@@ -95,7 +94,8 @@ def gallery(predictors: dict, split: Split, *, count: int) -> np.ndarray:
   size = batch.shape[1]
   columns = [list(batch)]
   for predictor in predictors.values():
-    out = jax.device_get(jax.jit(lambda images, p=predictor: stage2.predict(p, images))(batch))
+    out = stage2.predict_all(predictor, batch, batch_size=len(index),
+                             keys=("rendered", "mask", "landmarks", "neutral"))
     columns.append([viz.reconstruction_overlay(batch[i], out["rendered"][i], out["mask"][i],
                                                out["landmarks"][i], split.landmarks[index[i]])
                     for i in range(len(index))])

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from sfm_jax import geometry, losses, render, sphere
+from sfm_jax.io.tree import load_tree, save_tree
 from sfm_jax.model import FaceModel, decode
 from sfm_jax.networks import Encoder
 from sfm_jax.train_state import grouped_optimizer
@@ -87,25 +88,24 @@ def init_params(encoder: Encoder, model: FaceModel, *, image_size: int, num_clas
 
 def project_faces(vertices: jax.Array, out: dict, *, image_size: int) -> tuple[jax.Array,
                                                                                jax.Array]:
-  """(`[B, V, 3]` pixel positions and depth, `[B, 3, 3]` rotations) of model-space faces."""
+  """(`[B, V, 3]` pixel positions and depth, `[B, V, 3]` camera-space vertices: rotated, mm) of
+  model-space faces."""
   rotation = geometry.rotation_6d_to_matrix(out["rotation"])
   camera = jnp.einsum("bij,bvj->bvi", rotation, vertices, precision=geometry.HIGHEST)
   s = nominal_scale(image_size) * out["scale"][:, None]
   offset = (0.5 + out["translation"]) * image_size
   pixels = jnp.stack([s * camera[..., 0] + offset[:, :1], -s * camera[..., 1] + offset[:, 1:],
                       -camera[..., 2]], -1)
-  return pixels, rotation
+  return pixels, camera
 
 
-def render_faces(pixels: jax.Array, rotation: jax.Array, vertices: jax.Array, albedo: jax.Array,
-                 light: jax.Array, triangles: jax.Array, *, image_size: int,
+def render_faces(pixels: jax.Array, camera: jax.Array, albedo: jax.Array, light: jax.Array,
+                 triangles: jax.Array, *, image_size: int,
                  window: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(`[B, S, S, 3]` shaded images, `[B, S, S]` masks, `[B]` rasteriser overflow counts: triangles
-  left out, 0 = exact) of faces: `pixels [B, V, 3]` from
-  `project_faces`, model-space `vertices [B, V, 3]` (rotated here for the normals), per-vertex
-  `albedo [B, V, 3]` (clipped to [0, 1]), SH `light [B, 9, 3]`. Differentiable in everything but
-  the triangle selection."""
-  camera = jnp.einsum("bij,bvj->bvi", rotation, vertices, precision=geometry.HIGHEST)
+  left out, 0 = exact) of faces: `pixels [B, V, 3]` and `camera [B, V, 3]` (for the normals) from
+  `project_faces`, per-vertex `albedo [B, V, 3]` (clipped to [0, 1]), SH `light [B, 9, 3]`.
+  Differentiable in everything but the triangle selection."""
   normals = jax.vmap(lambda v: geometry.vertex_normals(v, triangles))(camera)
   rendered, mask, fragments = jax.vmap(lambda p, a, n, l: render.render(
       p, triangles, a, n, l, height=image_size, width=image_size, window=window))(
@@ -135,7 +135,7 @@ def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, im
     face = frozen.replace(shape_basis=frozen.shape_basis + params["residual"]["shape"],
                           expr_basis=frozen.expr_basis + params["residual"]["expr"])
     vertices = decode(face, s, out["expression"])
-    pixels, rotation = project_faces(vertices, out, image_size=image_size)
+    pixels, camera = project_faces(vertices, out, image_size=image_size)
     terms = {}
     visible = batch["visible"].astype(jnp.float32) * defined[None].astype(jnp.float32)
     if objective.weight_landmark:
@@ -144,9 +144,8 @@ def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, im
     if objective.weight_photometric:
       albedo = params["albedo"]["mean"] + jnp.einsum(
           "ba,avc->bvc", out["albedo"], params["albedo"]["basis"])
-      rendered, mask, overflow = render_faces(pixels, rotation, vertices, albedo, out["light"],
-                                              triangles, image_size=image_size,
-                                              window=objective.window)
+      rendered, mask, overflow = render_faces(pixels, camera, albedo, out["light"], triangles,
+                                              image_size=image_size, window=objective.window)
       terms["photometric"] = losses.photometric_loss(rendered, batch["images"], mask)
     if sphere_model:
       u = s / frozen.radius
@@ -220,14 +219,12 @@ class Predictor:
 
 def save_encoder(path, predictor: Predictor) -> None:
   """Writes the encoder's variables and hyperparameters (the model goes to its own file)."""
-  from sfm_jax.io.tree import save_tree
   save_tree(path, jax.device_get(predictor.variables), predictor.metadata())
 
 
 def load_predictor(encoder_path, model: FaceModel) -> Predictor:
   """The `Predictor` of an encoder file (`save_encoder`) and its model; `ValueError` naming the
   file when they do not fit together."""
-  from sfm_jax.io.tree import load_tree
   variables, meta = load_tree(encoder_path)
   required = ("shape_dim", "expr_dim", "albedo_dim", "depth", "width", "rotation", "image_size")
   missing = [key for key in required if key not in meta]
@@ -266,18 +263,18 @@ def predict(predictor: Predictor, images: jax.Array) -> dict:
   zeros = jnp.zeros_like(out["expression"])
   neutral = decode(model, s, zeros)
   vertices = decode(model, s, out["expression"])
-  pixels, rotation = project_faces(vertices, out, image_size=size)
-  posed = jnp.einsum("bij,bvj->bvi", rotation, vertices, precision=geometry.HIGHEST)
+  pixels, posed = project_faces(vertices, out, image_size=size)
   index = jnp.asarray(model.landmarks)
   landmarks = jnp.where((index >= 0)[None, :, None], pixels[:, jnp.maximum(index, 0), :2],
                         jnp.nan)
   albedo = jnp.broadcast_to(jnp.full((model.num_vertices, 3), 0.6), vertices.shape)
   if model.albedo_mean is not None:
     albedo = model.albedo_mean + jnp.einsum("ba,avc->bvc", out["albedo"], model.albedo_basis)
-  rendered, mask, _ = render_faces(pixels, rotation, vertices, albedo, out["light"],
-                                   model.triangles, image_size=size, window=predictor.window)
+  rendered, mask, _ = render_faces(pixels, posed, albedo, out["light"], model.triangles,
+                                   image_size=size, window=predictor.window)
   return {"shape_codes": s, "expression": out["expression"], "albedo": out["albedo"],
-          "rotation": rotation, "translation": out["translation"], "scale": out["scale"],
+          "rotation": geometry.rotation_6d_to_matrix(out["rotation"]),
+          "translation": out["translation"], "scale": out["scale"],
           "light": out["light"], "neutral": neutral, "posed": posed, "pixels": pixels,
           "landmarks": landmarks, "rendered": rendered, "mask": mask}
 

@@ -1,6 +1,5 @@
 """File formats: meshes (OBJ/PLY), images (PNG), landmark files (.pts), array trees (.npz)
-and atomic writes. Model files live in
-`sfm_jax.model` (`save_model` / `load_model`)."""
+and atomic writes. Model files live in `sfm_jax.model` (`save_model` / `load_model`)."""
 
 from sfm_jax.io.atomic import atomic_write
 from sfm_jax.io.image import encode_png, read_png, write_png
@@ -9,4 +8,5 @@ from sfm_jax.io.pts import read_pts, write_pts
 from sfm_jax.io.tree import load_tree, save_tree
 
 __all__ = ["atomic_write", "encode_png", "read_png", "write_png", "Mesh", "read_mesh", "read_obj",
-           "read_ply", "write_mesh", "write_obj", "write_ply", "read_pts", "write_pts", "load_tree", "save_tree"]
+           "read_ply", "write_mesh", "write_obj", "write_ply", "read_pts", "write_pts",
+           "load_tree", "save_tree"]
