@@ -5,37 +5,31 @@ name sends all of its scans to `train` or to `test` (about `test_fraction` of th
 the splits never share a person. Unlabelled scans go to `train`.
 
   builder = FaceScanFolder(data_dir=DIR, file_format="array_record",
-                           config=FaceScanFolderConfig(name="default", test_fraction=0.2),
-                           download_config=tfds.download.DownloadConfig(manual_dir=SCANS))
-  builder.download_and_prepare(download_config=...)
+                           config=FaceScanFolderConfig(name="default", test_fraction=0.2))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=SCANS))
+
+or, the same in one call: `sfm_jax.sources.tfds.build(FaceScanFolder, data_dir=DIR,
+config=..., manual_dir=SCANS)`.
 
 Examples: `vertices [V, 3]`, `identity` (label, -1 unlabelled), `identity_name`, `expression`,
 `path`. The topology (`triangles`, `landmarks`, `identity_names`) is in `info.metadata`.
 """
 
 import dataclasses
-import hashlib
 import logging
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from sfm_jax.io import scan_folder
+from sfm_jax.sources.splits import identity_in_test
 
 
 @dataclasses.dataclass
 class FaceScanFolderConfig(tfds.core.BuilderConfig):
   test_fraction: float = 0.2
   split_seed: int = 0
-
-
-def identity_in_test(name: str, test_fraction: float, split_seed: int = 0) -> bool:
-  """Stable identity-level split: a SHA-256 of the name (and seed) decides, independent of order
-  and machine. (crc32, tried first, spreads short similar names badly.)"""
-  if not name:
-    return False
-  digest = hashlib.sha256(f"{split_seed}:{name}".encode("utf-8")).digest()
-  return int.from_bytes(digest[:8], "big") / 2 ** 64 < test_fraction
 
 
 class FaceScanFolder(tfds.core.GeneratorBasedBuilder):

@@ -14,7 +14,9 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sfm_jax import synth
+from sfm_jax import face_world
+from sfm_jax.sources.images import to_uint8, world_image_chunks
+from sfm_jax.sources.splits import split_seed
 
 
 @dataclasses.dataclass
@@ -47,7 +49,7 @@ class SyntheticFaceImages(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
     size, num_vertices = config.image_size, config.resolution ** 2
-    template = synth.face_template(config.resolution)
+    template = face_world.face_template(config.resolution)
     tensor = lambda shape, dtype=np.float32: tfds.features.Tensor(shape=shape, dtype=dtype)
     return tfds.core.DatasetInfo(
         builder=self, description=__doc__,
@@ -59,7 +61,7 @@ class SyntheticFaceImages(tfds.core.GeneratorBasedBuilder):
             "true_identity": tfds.features.Scalar(dtype=np.int32),
             "image_index": tfds.features.Scalar(dtype=np.int64),
             "neutral": tensor((num_vertices, 3)),
-            "expression": tensor((len(synth.EXPRESSIONS),)), "rotation": tensor((3,)),
+            "expression": tensor((len(face_world.EXPRESSIONS),)), "rotation": tensor((3,)),
             "scale": tfds.features.Scalar(dtype=np.float32), "translation": tensor((2,)),
             "light": tensor((9, 3)),
         }),
@@ -69,20 +71,20 @@ class SyntheticFaceImages(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager
     config = self.builder_config
-    return {"train": self._generate_examples(config.train_identities, config.seed * 2 + 1, 0),
-            "test": self._generate_examples(config.test_identities, config.seed * 2 + 2,
+    return {"train": self._generate_examples(config.train_identities,
+                                             split_seed(config.seed, "train"), 0),
+            "test": self._generate_examples(config.test_identities,
+                                            split_seed(config.seed, "test"),
                                             config.train_identities)}
 
   def _generate_examples(self, num_identities, seed, identity_offset):
+    """The examples of `sfm_jax.sources.images.world_image_chunks` (the in-memory source's)."""
     config = self.builder_config
-    chunk = 25  # identities rendered at a time
-    for start in range(0, num_identities, chunk):
-      images = synth.make_images(
-          min(chunk, num_identities - start), config.images_per_identity,
-          seed * 100003 + start, world=synth.FaceWorld(resolution=config.resolution),
-          image_size=config.image_size, unlabelled_fraction=config.unlabelled_fraction,
-          occluder_probability=config.occluder_probability,
-          identity_offset=identity_offset + start)
+    for start, images in world_image_chunks(
+        face_world.FaceWorld(resolution=config.resolution), num_identities,
+        config.images_per_identity, seed, image_size=config.image_size,
+        unlabelled_fraction=config.unlabelled_fraction,
+        occluder_probability=config.occluder_probability, identity_offset=identity_offset):
       for i in range(len(images.identity)):
         key = start * config.images_per_identity + i
         yield key, {
@@ -92,8 +94,3 @@ class SyntheticFaceImages(tfds.core.GeneratorBasedBuilder):
             "neutral": images.neutral[i], "expression": images.expression[i],
             "rotation": images.rotation[i], "scale": images.scale[i],
             "translation": images.translation[i], "light": images.light[i]}
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-  """Float RGB in [0, 1] -> uint8 (rounded)."""
-  return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)

@@ -19,7 +19,9 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sfm_jax import synth
+from sfm_jax import face_world
+from sfm_jax.sources.scans import world_scan_chunks
+from sfm_jax.sources.splits import split_seed
 
 
 @dataclasses.dataclass
@@ -48,8 +50,8 @@ class SyntheticFaceScans(tfds.core.GeneratorBasedBuilder):
                       test_identities=500, scans_per_identity=5),
   ]
 
-  def _world(self) -> synth.FaceWorld:
-    return synth.FaceWorld(resolution=self.builder_config.resolution)
+  def _world(self) -> face_world.FaceWorld:
+    return face_world.FaceWorld(resolution=self.builder_config.resolution)
 
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
@@ -62,33 +64,33 @@ class SyntheticFaceScans(tfds.core.GeneratorBasedBuilder):
             "vertices": tfds.features.Tensor(shape=(num_vertices, 3), dtype=np.float32),
             "neutral": tfds.features.Tensor(shape=(num_vertices, 3), dtype=np.float32),
             "identity": tfds.features.Scalar(dtype=np.int32),
-            "expression": tfds.features.Tensor(shape=(len(synth.EXPRESSIONS),), dtype=np.float32),
+            "expression": tfds.features.Tensor(shape=(len(face_world.EXPRESSIONS),), dtype=np.float32),
             "scan_index": tfds.features.Scalar(dtype=np.int64),
         }),
         metadata=tfds.core.MetadataDict(
             triangles=template.triangles.tolist(), landmarks=template.landmarks.tolist(),
-            mirror=template.mirror.tolist(), expressions=list(synth.EXPRESSIONS)),
+            mirror=template.mirror.tolist(), expressions=list(face_world.EXPRESSIONS)),
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # everything is generated
     config = self.builder_config
     return {
-        "train": self._generate_examples(config.train_identities, config.seed * 2 + 1, 0),
-        "test": self._generate_examples(config.test_identities, config.seed * 2 + 2,
+        "train": self._generate_examples(config.train_identities,
+                                         split_seed(config.seed, "train"), 0),
+        "test": self._generate_examples(config.test_identities, split_seed(config.seed, "test"),
                                         config.train_identities),
     }
 
   def _generate_examples(self, num_identities, seed, identity_offset):
+    """The examples of `sfm_jax.sources.scans.world_scan_chunks` (the in-memory source's)."""
     config = self.builder_config
-    chunk = 50  # identities generated at a time (bounded memory for the large config)
-    for start in range(0, num_identities, chunk):
-      count = min(chunk, num_identities - start)
-      scans = synth.make_scans(count, config.scans_per_identity, seed * 100003 + start,
-                               world=self._world(), noise_mm=config.noise_mm,
-                               identity_offset=identity_offset + start)
+    key = 0
+    for scans in world_scan_chunks(self._world(), num_identities, config.scans_per_identity,
+                                   seed, noise_mm=config.noise_mm,
+                                   identity_offset=identity_offset):
       for i in range(len(scans.identity)):
-        key = (start * config.scans_per_identity) + i
         yield key, {"vertices": scans.vertices[i], "neutral": scans.neutral[i],
                     "identity": scans.identity[i], "expression": scans.expression[i],
                     "scan_index": key}
+        key += 1

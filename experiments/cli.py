@@ -1,18 +1,59 @@
-"""`run(main)`: `absl.app.run` where bad input (`ValueError`, raised with the file, key or line
-at the boundary) ends the program with that one message on stderr and exit status 1, instead
-of a traceback."""
+"""What every command-line entry point shares.
+
+- `run(main)`: `absl.app.run`, where bad input (`sfm_jax.errors.InputError`, raised by the
+  validators with the file, key or line) ends the program with that one message on stderr and
+  exit status 1. Every other exception keeps its traceback.
+- `run_stage(train_and_evaluate, ...)`: the `main` of a stage: `--config` and `--workdir` flags,
+  multi-host start-up and quiet orbax logs, then `train_and_evaluate(config, workdir)`.
+"""
+
+from __future__ import annotations
 
 import sys
 
-from absl import app
+from absl import app, flags, logging
+
+from sfm_jax import parallel
+from sfm_jax.errors import InputError
 
 
 def run(main) -> None:
   def guarded(argv):
     try:
       return main(argv)
-    except ValueError as e:
+    except InputError as e:
       program = sys.argv[0].rsplit("/", 1)[-1]
       print(f"{program}: error: {e}", file=sys.stderr, flush=True)
       sys.exit(1)
   app.run(guarded)
+
+
+def setup(parallel_config) -> None:
+  """Start of a stage: joins the multi-host job when `parallel.distributed` (before any other
+  JAX call) and keeps orbax's per-save INFO lines out of the progress output (an explicit
+  `--verbosity` still wins)."""
+  if parallel_config.distributed:
+    parallel.initialize_distributed(coordinator_address=parallel_config.coordinator_address,
+                                    num_processes=parallel_config.num_processes,
+                                    process_id=parallel_config.process_id)
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+
+
+def run_stage(train_and_evaluate, *, default_config: str, default_workdir: str) -> None:
+  """Defines `--config` (`path:variant`, fields overridable as `--config.FIELD=VALUE`) and
+  `--workdir`, then runs `train_and_evaluate(config, workdir)` under `run`."""
+  from ml_collections import config_flags
+
+  config_flag = config_flags.DEFINE_config_file(
+      "config", default_config, "Config file and variant (`path:variant`).")
+  workdir_flag = flags.DEFINE_string("workdir", default_workdir,
+                                     "Output folder; rerunning the command resumes there.")
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    setup(config_flag.value.parallel)
+    train_and_evaluate(config_flag.value, workdir_flag.value)
+
+  run(main)

@@ -11,11 +11,12 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
+from experiments import cli
+from sfm_jax import face_world, sphere, viz
 from sfm_jax import model as face_model
-from sfm_jax import sphere, synth, viz
 from sfm_jax.io import write_obj, write_png
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -30,7 +31,7 @@ def main(argv):
   os.makedirs(os.path.join(workdir, "faces"), exist_ok=True)
   start = time.perf_counter()
 
-  model = synth.toy_model(num_shape=config.num_shape, num_expr=config.num_expr,
+  model = face_world.toy_model(num_shape=config.num_shape, num_expr=config.num_expr,
                           resolution=config.resolution, seed=config.seed)
   face_model.save_model(os.path.join(workdir, "model.npz"), model)
   key_shape, key_expr = jax.random.split(jax.random.key(config.seed))
@@ -60,4 +61,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -1,7 +1,7 @@
 r"""Evaluate model files on held-out scans with the stage-1 fitting routine and metrics.
 
   # A stage-1 workdir's models on a scan folder (every scan; identities from meta.csv):
-  python -m experiments.evaluate --models=runs/stage1/model.npz,runs/stage1/baseline.npz \
+  python -m experiments.evaluate --models=runs/stage1/sfm_model.npz,runs/stage1/baseline_model.npz \
       --scan_dir=my_scans --out=runs/eval.json
   # Any loadable model (Basel, FLAME, FaceScape, Surrey, ours) on a config's held-out split:
   python -m experiments.evaluate --models=surrey=../shared/data/surrey \
@@ -29,10 +29,13 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import cli, image_data, image_eval, scan_data
-from sfm_jax import evaluation
+from experiments import cli, image_eval
+from sfm_jax import evaluation, inference
+from sfm_jax.errors import InputError
 from sfm_jax.io import atomic_write, scan_folder
-from sfm_jax.io.formats import load_face_model
+from sfm_jax.io.models import load_face_model
+from sfm_jax.sources import images as image_sources
+from sfm_jax.sources import scans as scan_sources
 
 _MODELS = flags.DEFINE_list("models", None, "Comma-separated `name=path` or `path` model files.")
 _SCAN_DIR = flags.DEFINE_string("scan_dir", None, "A scan folder to evaluate on (all its scans).")
@@ -57,7 +60,7 @@ def _scans():
   if _SCAN_DIR.value is not None:
     folder = scan_folder.read_scan_folder(_SCAN_DIR.value)
     return folder.vertices, folder.identity, f"scan folder {_SCAN_DIR.value}"
-  data = scan_data.load(_CONFIG.value.data, seed=_SEED.value)
+  data = scan_sources.load(_CONFIG.value.data, seed=_SEED.value)
   if _SPLIT.value == "test":
     return data.test_scans, data.test_identity, f"{data.description} (test split)"
   return data.train_scans, data.train_identity, f"{data.description} (train split)"
@@ -80,18 +83,18 @@ def image_mode() -> None:
   data_config = _CONFIG.value.data
   if _IMAGE_DIR.value:
     data_config.source, data_config.image_dir = "folder", _IMAGE_DIR.value
-  predictors = image_eval.load_predictors(_STAGE2.value)
+  predictors = inference.load_predictors(_STAGE2.value)
   size = next(iter(predictors.values())).image_size
   if data_config.image_size != size:
     print(f"data.image_size {data_config.image_size} -> {size} (the network's input size)")
     data_config.image_size = size
-  data = image_data.load(data_config, seed=_SEED.value)
+  data = image_sources.load(data_config, seed=_SEED.value)
   landmark_vertices = np.asarray(next(iter(predictors.values())).model.landmarks)
   print(f"evaluating {', '.join(predictors)} from {_STAGE2.value} on {len(data.test)} held-out "
         f"images: {data.description}", flush=True)
-  rows, predictions = image_eval.evaluate(predictors, data.test,
-                                          landmark_vertices=landmark_vertices,
-                                          batch_size=_BATCH.value, seed=_SEED.value)
+  rows, predictions = inference.evaluate_split(predictors, data.test,
+                                                landmark_vertices=landmark_vertices,
+                                                batch_size=_BATCH.value, seed=_SEED.value)
   os.makedirs(_OUT_DIR.value, exist_ok=True)
   table = image_eval.write_results(_OUT_DIR.value, rows, predictions, predictors, data.test,
                                    description=data.description,
@@ -112,7 +115,7 @@ def main(argv):
   for name, path in models.items():
     model = load_face_model(path)
     if model.num_vertices != scans.shape[1]:
-      raise ValueError(f"{path}: the model has {model.num_vertices} vertices but the scans have "
+      raise InputError(f"{path}: the model has {model.num_vertices} vertices but the scans have "
                        f"{scans.shape[1]}; they must be in correspondence")
     loaded[name] = model
   print(f"evaluating {len(loaded)} model(s) on {len(scans)} scans of "

@@ -1,10 +1,11 @@
 r"""Fit a face model to the 68 iBUG landmarks of images, by optimisation (no network).
 
-  python -m experiments.fit --model=runs/stage1/model.npz --pts='photos/*.pts' --out=runs/fit
+  python -m experiments.fit --model=runs/stage1/sfm_model.npz --pts='photos/*.pts' --out=runs/fit
 
 For every `.pts` (a file, a folder, or a glob) it fits pose, shape (on the sphere for SFM models,
-Gaussian otherwise) and expression, then writes into `--out`: `<name>_neutral.obj` and
-`<name>_posed.obj` (mm, model space), `<name>.npz` (codes, pose, fitted landmarks, NME) and
+Gaussian otherwise) and expression, then writes into `--out` what `experiments.reconstruct`
+writes (`sfm_jax.io.reconstruction`): `<name>_neutral.obj`, `<name>_posed.obj` (expression and
+head rotation applied), `<name>.npz` (codes, pose, fitted landmarks, plus the NME) and
 `<name>_overlay.png` (the image beside the `.pts`, if any, with the target landmarks in green
 and the fitted ones in red). The camera spans a square of the image's larger side (or
 `--image_size` when there is no image).
@@ -13,12 +14,18 @@ and the fitted ones in red). The camera spans a square of the image's larger sid
 import glob
 import os
 
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from sfm_jax import fitting, metrics, viz
-from sfm_jax.io import atomic_write, read_png, read_pts, write_obj, write_png
-from sfm_jax.io.formats import load_face_model
+from experiments import cli
+from sfm_jax import fitting, geometry, metrics, viz
+from sfm_jax.errors import InputError
+from sfm_jax.io import read_pts, write_png
+from sfm_jax.io.models import load_face_model
+from sfm_jax.io.reconstruction import write_reconstruction
+from sfm_jax.progress import Progress
+from sfm_jax.sources.images import read_image
 
 _MODEL = flags.DEFINE_string("model", None, "Model file (ours or any loadable 3DMM).")
 _PTS = flags.DEFINE_string("pts", None, "A .pts file, a folder of them, or a glob.")
@@ -41,11 +48,8 @@ def _inputs(spec: str) -> list:
 
 def _image_beside(pts_path: str):
   stem = os.path.splitext(pts_path)[0]
-  for ext in (".png", ".jpg", ".jpeg"):
+  for ext in (".png", ".jpg", ".jpeg", ".ppm"):
     if os.path.isfile(stem + ext):
-      if ext == ".png":
-        return read_png(stem + ext)[..., :3]
-      from data.face_image_folder import read_image  # JPEG needs Pillow (extra `data`)
       return read_image(stem + ext)
   return None
 
@@ -56,32 +60,32 @@ def main(argv):
     raise app.UsageError("--model and --pts are required")
   model = load_face_model(_MODEL.value)
   if np.all(np.asarray(model.landmarks) < 0):
-    raise ValueError(f"{_MODEL.value}: the model defines no iBUG landmark vertices")
+    raise InputError(f"{_MODEL.value}: the model defines no iBUG landmark vertices")
   os.makedirs(_OUT.value, exist_ok=True)
   paths = _inputs(_PTS.value)
+  progress = Progress("fitting:", total=len(paths), unit="photos")
   for number, path in enumerate(paths, start=1):
     landmarks = read_pts(path)
     if landmarks.shape != (68, 2):
-      raise ValueError(f"{path}: expected 68 points, got {len(landmarks)}")
+      raise InputError(f"{path}: expected 68 points, got {len(landmarks)}")
     image = _image_beside(path)
     size = max(image.shape[:2]) if image is not None else _IMAGE_SIZE.value
     fit = fitting.fit_landmarks(model, landmarks[None], image_size=size, steps=_STEPS.value)
     nme = metrics.landmark_nme(fit.landmarks, landmarks[None])
     name = os.path.join(_OUT.value, os.path.splitext(os.path.basename(path))[0])
-    write_obj(f"{name}_neutral.obj", fit.neutral[0], model.triangles)
-    write_obj(f"{name}_posed.obj", fit.posed[0], model.triangles)
-    with atomic_write(f"{name}.npz", "wb") as f:
-      np.savez(f, shape_codes=fit.shape_codes[0], expr_codes=fit.expr_codes[0],
-               rotation_6d=fit.rotation[0], translation=fit.translation[0],
-               scale=fit.scale[0], image_size=size, landmarks=fit.landmarks[0], nme=nme)
+    rotation = np.asarray(geometry.rotation_6d_to_matrix(jnp.asarray(fit.rotation[0])))
+    write_reconstruction(
+        name, neutral=fit.neutral[0], posed=fit.posed[0] @ rotation.T, triangles=model.triangles,
+        shape_codes=fit.shape_codes[0], expression=fit.expr_codes[0], rotation=rotation,
+        translation=fit.translation[0], scale=fit.scale[0], landmarks=fit.landmarks[0],
+        image_size=size, nme=nme)
     canvas = (image.astype(np.float64) / 255.0 if image is not None
               else np.full((size, size, 3), 0.9))
     overlay = viz.draw_landmarks(canvas, landmarks, radius=1)
     overlay = viz.draw_landmarks(overlay, fit.landmarks[0], np.zeros(68, bool), radius=0)
     write_png(f"{name}_overlay.png", overlay)
-    print(f"[{number}/{len(paths)}] {path}: landmark NME {nme:.4f} (inter-ocular) -> "
-          f"{name}_*.obj, .npz, _overlay.png", flush=True)
+    progress.update(number, f"{path}: landmark NME {nme:.4f} (inter-ocular)")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -13,7 +13,9 @@ is also checked at z = 0 and just above and below its norm floor. Exit status 1 
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 _BATCH = flags.DEFINE_integer("batch", 16, "B")
 _DIM = flags.DEFINE_integer("dim", 32, "K, the code size")
@@ -81,8 +83,9 @@ def main(argv):
 
   from sfm_jax import losses, sphere
   try:
-    from experiments.benchmarks import torch_ref
     import torch
+
+    from experiments.benchmarks import torch_ref
   except ImportError:
     torch_ref = None
   dtype = np.dtype(_DTYPE.value)
@@ -139,4 +142,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

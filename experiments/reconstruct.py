@@ -22,24 +22,27 @@ An unreadable image stops the run with its path (files written so far are comple
 
 import glob
 import os
-import time
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from experiments import cli, image_eval, training
-from sfm_jax import imaging, metrics, stage2, viz
-from sfm_jax.io import atomic_write, read_png, read_pts, write_obj, write_png
+from experiments import cli
+from sfm_jax import imaging, inference, metrics, viz
+from sfm_jax.errors import InputError
+from sfm_jax.io import read_pts, write_png
+from sfm_jax.io.reconstruction import write_reconstruction
+from sfm_jax.progress import Progress
+from sfm_jax.sources.images import read_image
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/stage2", "A trained stage-2 workdir.")
 _IMAGES = flags.DEFINE_string("images", None, "An image, a folder of images, or a glob.")
 _OUT = flags.DEFINE_string("out", "runs/reconstruct", "Output folder.")
-_MODEL = flags.DEFINE_enum("model", "sfm", list(image_eval.MODELS), "Which trained network.")
+_MODEL = flags.DEFINE_enum("model", "sfm", list(inference.MODELS), "Which trained network.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Images per forward pass.")
 _SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Skip unreadable images instead of stopping.")
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".ppm")
 
 
 def image_paths(spec: str) -> list:
@@ -57,22 +60,6 @@ def image_paths(spec: str) -> list:
   return paths
 
 
-def read_any_image(path: str) -> np.ndarray:
-  """`[H, W, 3]` uint8; Pillow when installed (extra `data`), else PNG only."""
-  try:
-    from data.face_image_folder import read_image
-  except ImportError:  # no Pillow: our own PNG reader
-    if not path.lower().endswith(".png"):
-      raise ValueError(f"{path}: reading JPEG needs Pillow (pip install -e '.[data]')") from None
-    try:
-      image = read_png(path)
-    except (OSError, ValueError) as e:
-      raise ValueError(f"{path}: unreadable image ({e})") from None
-    image = image if image.ndim == 3 else np.repeat(image[..., None], 3, -1)
-    return image[..., :3]
-  return read_image(path)
-
-
 def _output_names(paths: list) -> list:
   """A distinct output stem per image (`name`, then `name_2`, ... for repeated file names)."""
   seen: dict = {}
@@ -84,22 +71,22 @@ def _output_names(paths: list) -> list:
   return names
 
 
-def _prepare(path: str, predictor: stage2.Predictor):
+def _prepare(path: str, predictor: inference.Predictor):
   """(crop [S, S, 3] float, CropBox, given landmarks or None) of one image, framed as the
   network's training images were: whole (centred square), or around the `.pts` landmarks."""
-  image = read_any_image(path)
+  image = read_image(path)
   pts_path = os.path.splitext(path)[0] + ".pts"
   given = None
   if os.path.isfile(pts_path):
     given = read_pts(pts_path)
     if given.shape != (68, 2):
-      raise ValueError(f"{pts_path}: expected 68 points, got {len(given)}")
+      raise InputError(f"{pts_path}: expected 68 points, got {len(given)}")
   if predictor.crop_margin is None:
     box = imaging.full_box(*image.shape[:2])
   elif given is not None:
     box = imaging.landmark_box(given, margin=predictor.crop_margin)
   else:
-    raise ValueError(f"{path}: this network was trained on crops around 68 landmarks; put "
+    raise InputError(f"{path}: this network was trained on crops around 68 landmarks; put "
                      f"them beside the image ({pts_path})")
   return imaging.crop(image, box, predictor.image_size), box, given
 
@@ -112,18 +99,17 @@ def _write(out_dir, name, predictor, out, i, crop, box, given):
     colors = np.clip(np.asarray(model.albedo_mean) + np.einsum(
         "a,avc->vc", out["albedo"][i], np.asarray(model.albedo_basis)), 0.0, 1.0)
   stem = os.path.join(out_dir, name)
-  write_obj(f"{stem}_neutral.obj", out["neutral"][i], model.triangles, colors=colors)
-  write_obj(f"{stem}_posed.obj", out["posed"][i], model.triangles, colors=colors)
   landmarks = box.to_image(out["landmarks"][i], size)
   extra = {}
   if given is not None:
     extra["nme"] = metrics.landmark_nme(np.nan_to_num(landmarks)[None], given[None],
                                         np.isfinite(landmarks[:, 0])[None])
-  with atomic_write(f"{stem}.npz", "wb") as f:
-    np.savez(f, shape_codes=out["shape_codes"][i], expression=out["expression"][i],
-             albedo=out["albedo"][i], rotation=out["rotation"][i],
-             translation=out["translation"][i], scale=out["scale"][i], light=out["light"][i],
-             landmarks=landmarks, crop_box=box.as_array(), image_size=size, **extra)
+  write_reconstruction(
+      stem, neutral=out["neutral"][i], posed=out["posed"][i], triangles=model.triangles,
+      colors=colors, shape_codes=out["shape_codes"][i], expression=out["expression"][i],
+      rotation=out["rotation"][i], translation=out["translation"][i], scale=out["scale"][i],
+      landmarks=landmarks, image_size=size, albedo=out["albedo"][i], light=out["light"][i],
+      crop_box=box.as_array(), **extra)
   write_png(f"{stem}_overlay.png", viz.reconstruction_overlay(
       crop, out["rendered"][i], out["mask"][i], out["landmarks"][i],
       None if given is None else box.to_crop(given, size)))
@@ -134,7 +120,7 @@ def main(argv):
   del argv
   if not _IMAGES.value:
     raise app.UsageError("--images is required")
-  predictor = image_eval.load_predictors(_WORKDIR.value, (_MODEL.value,))[_MODEL.value]
+  predictor = inference.load_predictors(_WORKDIR.value, (_MODEL.value,))[_MODEL.value]
   paths = image_paths(_IMAGES.value)
   names = _output_names(paths)
   os.makedirs(_OUT.value, exist_ok=True)
@@ -142,10 +128,11 @@ def main(argv):
 
   @jax.jit
   def forward(variables, model, images):
-    return stage2.predict(stage2.Predictor(predictor.encoder, variables, model, size,
-                                           predictor.window), images)
+    return inference.predict(inference.Predictor(predictor.encoder, variables, model, size,
+                                                 predictor.window), images)
 
-  start, done, skipped, errors = time.perf_counter(), 0, [], []
+  progress = Progress("reconstructing:", total=len(paths), unit="images")
+  done, skipped, errors = 0, [], []
   for first in range(0, len(paths), batch_size):
     items = []
     for path, name in zip(paths[first:first + batch_size], names[first:first + batch_size]):
@@ -166,12 +153,8 @@ def main(argv):
       if nme is not None:
         errors.append(nme)
     done += len(items)
-    elapsed = time.perf_counter() - start
-    handled = min(first + batch_size, len(paths))
-    print(f"[{handled}/{len(paths)}] {done} reconstructed"
-          f"{f', {len(skipped)} skipped' if skipped else ''}  "
-          f"ETA {training.format_seconds(elapsed / handled * (len(paths) - handled))}",
-          flush=True)
+    progress.update(min(first + batch_size, len(paths)),
+                    f"{done} reconstructed{f', {len(skipped)} skipped' if skipped else ''}")
   summary = f"wrote {done} reconstructions to {_OUT.value}"
   if errors:
     summary += f"; landmark NME vs the .pts files: mean {np.mean(errors):.4f}"

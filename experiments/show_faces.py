@@ -15,11 +15,12 @@ code coordinate when codes are spread uniformly over the sphere.
 import os
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from sfm_jax import synth, viz
+from experiments import cli
+from sfm_jax import face_world, viz
 from sfm_jax.io import write_png
-from sfm_jax.io.formats import load_face_model
+from sfm_jax.io.models import load_face_model
 
 _OUT = flags.DEFINE_string("out", "runs/faces.png", "PNG to write (folder created).")
 _MODEL = flags.DEFINE_string("model", None, "Model file or Surrey folder; default: the face world.")
@@ -36,19 +37,19 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", 96, "Images: pixels per side.")
 
 
 def world_picture(*, identities: int, resolution: int, seed: int, size: int, yaw: float):
-  world = synth.FaceWorld(resolution=resolution)
+  world = face_world.FaceWorld(resolution=resolution)
   template = world.template
   neutral = world.neutral_shapes(world.sample_identities(np.random.default_rng(seed), identities))
   columns = [neutral]
-  for k in range(len(synth.EXPRESSIONS)):
-    weights = np.zeros((identities, len(synth.EXPRESSIONS)))
+  for k in range(len(face_world.EXPRESSIONS)):
+    weights = np.zeros((identities, len(face_world.EXPRESSIONS)))
     weights[:, k] = 1.0
-    columns.append(synth.apply_expressions(template, neutral, weights))
+    columns.append(face_world.apply_expressions(template, neutral, weights))
   faces = np.stack(columns, axis=1).reshape(-1, template.vertices.shape[0], 3)
   extent = 1.15 * float(np.max(np.ptp(faces[..., :2], axis=1)))
   images = [viz.shade_mesh(f, template.triangles, size=size, yaw_degrees=yaw, extent_mm=extent)
             for f in faces]
-  return viz.image_grid(images, columns=len(columns)), ["neutral", *synth.EXPRESSIONS]
+  return viz.image_grid(images, columns=len(columns)), ["neutral", *face_world.EXPRESSIONS]
 
 
 def model_picture(path: str, *, components: int, expressions: int, size: int, yaw: float):
@@ -60,7 +61,7 @@ def model_picture(path: str, *, components: int, expressions: int, size: int, ya
 
 def images_picture(*, count: int, image_size: int, seed: int, resolution: int):
   identities = max(count // 2, 1)
-  images = synth.make_images(identities, 2, seed, world=synth.FaceWorld(resolution=resolution),
+  images = face_world.make_images(identities, 2, seed, world=face_world.FaceWorld(resolution=resolution),
                              image_size=image_size)
   zoom = 2 if image_size < 160 else 1  # small images are shown enlarged so points stay visible
   tiles = [viz.draw_landmarks(images.images[n].repeat(zoom, 0).repeat(zoom, 1),
@@ -97,4 +98,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -2,8 +2,11 @@ r"""Stage 1: learn the SFM basis from 3D scans, with the PCA baseline trained by
 
   python -m experiments.stage1 --config=experiments/configs/stage1.py:demo --workdir=runs/stage1
 
+or from Python: `experiments.stage1.train_and_evaluate(config, workdir)`.
+
 Writes into the workdir:
-  model.npz, baseline.npz, pca.npz   SFM, the baseline (Gaussian codes, trained by the same code),
+  sfm_model.npz, baseline_model.npz, pca_model.npz
+                                     SFM, the baseline (Gaussian codes, trained by the same code),
                                      and the untrained PCA initialisation (model files)
   codes.npz                          training codes and identities of both trained models
   metrics.jsonl                      one JSON object per logged step and model
@@ -18,25 +21,25 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
 
-from experiments import scan_data, training
-from sfm_jax import evaluation, parallel, stage1, viz
+from experiments import cli
+from sfm_jax import evaluation, parallel, stage1, train_loop, viz
+from sfm_jax.errors import InputError
 from sfm_jax.io import atomic_write, write_png
-from sfm_jax.model import save_model
+from sfm_jax.model import FaceModel, save_model
+from sfm_jax.progress import format_seconds
+from sfm_jax.sources import scans as scan_sources
+from sfm_jax.sources.splits import batch_indices
 from sfm_jax.train_state import TrainState
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/stage1.py:demo", "Stage-1 config (`path:variant`).")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/stage1", "Output folder; reruns resume here.")
+MODELS = ("sfm", "baseline")
 
 
 def train(name: str, objective: stage1.Objective, init: stage1.PCAInit, data, config,
-          workdir: str, log: training.MetricsLog, mesh) -> TrainState:
+          workdir: str, log: train_loop.MetricsLog, mesh) -> TrainState:
   """Trains one model (resuming from its checkpoints) on `mesh`; returns the final state."""
   train_config = config.train
-  params = stage1.init_params(init, data.train_identity, data.num_classes)
+  params = stage1.init_params(init, data.train_identity, data.num_classes, seed=config.seed)
   loss_fn = stage1.make_loss_fn(objective, radius=init.radius, triangles=data.triangles,
                                 mirror=data.mirror,
                                 axis_name=parallel.DATA_AXIS if config.parallel.mode == "pmap"
@@ -50,8 +53,8 @@ def train(name: str, objective: stage1.Objective, init: stage1.PCAInit, data, co
   num_scans = len(data.train_scans)
 
   def batch_for_step(step, rows):
-    index = stage1.batch_indices(step, num_scans=num_scans,
-                                 batch_size=train_config.global_batch_size, seed=config.seed)[rows]
+    index = batch_indices(step, num_examples=num_scans,
+                          batch_size=train_config.global_batch_size, seed=config.seed)[rows]
     return {"scans": data.train_scans[index], "identity": data.train_identity[index],
             "index": index.astype(np.int32)}
 
@@ -59,31 +62,29 @@ def train(name: str, objective: stage1.Objective, init: stage1.PCAInit, data, co
     identity = "".join(f" {k} {metrics[k]:.3f}" for k in ("margin", "center") if k in metrics)
     return f"rec {metrics['rec']:.3f} mm{identity}  |s| {metrics['code_norm_mean']:.2f}"
 
-  return training.run(name, state, batch_for_step, train_config=train_config,
+  return train_loop.run(name, state, batch_for_step, train_config=train_config,
                       parallel_config=config.parallel, workdir=workdir, log=log, mesh=mesh,
                       summary=summary)
 
 
-def _objectives(config) -> tuple[stage1.Objective, stage1.Objective]:
+def objectives(config) -> dict:
+  """{"sfm": the config's objective, "baseline": its Gaussian twin with `config.baseline`}."""
   sfm = stage1.Objective(**config.objective.to_dict())
-  baseline_fields = {**config.objective.to_dict(), "code_kind": "gaussian", "weight_margin": 0.0,
-                     "weight_center": 0.0, "weight_isotropy": 0.0, "weight_ring": 0.0,
-                     **config.baseline.to_dict()}
-  return sfm, stage1.Objective(**baseline_fields)
+  return {"sfm": sfm, "baseline": stage1.baseline_objective(sfm, **config.baseline.to_dict())}
 
 
 def _validate(config) -> None:
   if config.train.global_batch_size < 2:
-    raise ValueError("train.global_batch_size must be >= 2 (the isotropy term uses batch "
+    raise InputError("train.global_batch_size must be >= 2 (the isotropy term uses batch "
                      "statistics)")
   if config.parallel.mode not in ("jit", "pmap"):
-    raise ValueError(f"parallel.mode must be 'jit' or 'pmap', got {config.parallel.mode!r}")
+    raise InputError(f"parallel.mode must be 'jit' or 'pmap', got {config.parallel.mode!r}")
   if config.parallel.mode == "pmap" and jax.process_count() > 1:
-    raise ValueError("parallel.mode='pmap' is single-process; use 'jit' on several hosts")
+    raise InputError("parallel.mode='pmap' is single-process; use 'jit' on several hosts")
   if config.train.num_steps < 1:
-    raise ValueError("train.num_steps must be >= 1")
+    raise InputError("train.num_steps must be >= 1")
   if config.model.shape_dim < 1 or config.model.expr_dim < 0:
-    raise ValueError("model.shape_dim must be >= 1 and model.expr_dim >= 0")
+    raise InputError("model.shape_dim must be >= 1 and model.expr_dim >= 0")
 
 
 def _pictures(workdir, log, models, evaluations, test_identity):
@@ -131,18 +132,20 @@ def _report(workdir, config, data, table, init, elapsed):
     f.write("\n".join(lines))
 
 
-def main(argv):
-  del argv
-  config = _CONFIG.value
-  workdir = _WORKDIR.value
-  training.setup(config.parallel)
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Stage 1 end to end (see the module docstring); resumes from `workdir`'s checkpoints.
+
+  Returns `{"models": {name: scores}, ...}` as written to `eval.json` (on the chief process; {}
+  elsewhere, and when `train.stop_after_steps` stopped the run early).
+  """
   _validate(config)
   mesh = parallel.make_mesh()
   parallel.check_global_batch(config.train.global_batch_size, mesh)
+  chief = train_loop.is_chief()
   start = time.perf_counter()
   # Every process builds the same (deterministic) data and feeds its slice of each batch.
-  data = scan_data.load(config.data, seed=config.seed)
-  if training.is_chief():
+  data = scan_sources.load(config.data, seed=config.seed)
+  if chief:
     print(f"stage 1 ({config.variant}): {data.description}; {jax.device_count()} device(s) in "
           f"{jax.process_count()} process(es), parallel mode {config.parallel.mode}", flush=True)
   stage1.check_sizes(len(data.train_scans), len(np.unique(data.train_identity)),
@@ -151,28 +154,27 @@ def main(argv):
   init = stage1.pca_init(data.train_scans, data.train_identity, num_shape=config.model.shape_dim,
                          num_expr=config.model.expr_dim)
   per_vertex = np.sqrt(init.mean.shape[0])  # std of a unit direction in 3V -> RMS per vertex
-  if training.is_chief():
+  if chief:
     print(f"PCA initialisation: R = {init.radius:.3f}; per-vertex RMS of one sd: identity "
-        f"{init.shape_std[0] / per_vertex:.2f} .. {init.shape_std[-1] / per_vertex:.2f} mm, "
-        f"expression {(init.expr_std[0] if len(init.expr_std) else 0) / per_vertex:.2f} mm",
-        flush=True)
-  log = training.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
-  sfm_objective, baseline_objective = _objectives(config)
-  models, codes = {}, {}
-  for name, objective in (("sfm", sfm_objective), ("baseline", baseline_objective)):
+          f"{init.shape_std[0] / per_vertex:.2f} .. {init.shape_std[-1] / per_vertex:.2f} mm, "
+          f"expression {(init.expr_std[0] if len(init.expr_std) else 0) / per_vertex:.2f} mm",
+          flush=True)
+  log = train_loop.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+  models: dict[str, FaceModel] = {}
+  codes = {}
+  pca = stage1.pca_model(init, triangles=data.triangles, landmarks=data.landmarks)
+  for name, objective in objectives(config).items():
     state = train(name, objective, init, data, config, workdir, log, mesh)
+    if train_loop.report_stop(name, state, config.train):
+      return {}
     params = parallel.to_host(state.params)
-    if training.report_stop(name, state, config.train):
-      return
-    models[name], codes[name], codes[f"{name}_expr"] = stage1.export_model(
-        params, radius=init.radius, objective=objective, triangles=data.triangles,
-        landmarks=data.landmarks)
-  if not training.is_chief():
-    return  # only process 0 writes models, evaluations and pictures
-  models["pca"] = stage1.pca_model(init, triangles=data.triangles, landmarks=data.landmarks)
-  save_model(os.path.join(workdir, "model.npz"), models["sfm"])
-  save_model(os.path.join(workdir, "baseline.npz"), models["baseline"])
-  save_model(os.path.join(workdir, "pca.npz"), models["pca"])
+    models[name] = stage1.export_model(params, pca.replace(code_kind=objective.code_kind))
+    codes[name], codes[f"{name}_expr"] = stage1.training_codes(params, objective, init.radius)
+  if not chief:
+    return {}  # only process 0 writes models, evaluations and pictures
+  models["pca"] = pca
+  for name, model in models.items():
+    save_model(os.path.join(workdir, f"{name}_model.npz"), model)
   with atomic_write(os.path.join(workdir, "codes.npz"), "wb") as f:
     np.savez(f, sfm_shape=codes["sfm"], sfm_expr=codes["sfm_expr"],
              baseline_shape=codes["baseline"], baseline_expr=codes["baseline_expr"],
@@ -186,19 +188,21 @@ def main(argv):
                  for name, model in models.items()}
   table_rows = {name: scores for name, (scores, _) in evaluations.items()}
   table = evaluation.format_table(table_rows)
+  results = {"variant": config.variant, "data": data.description,
+             "shape_dim": config.model.shape_dim, "expr_dim": config.model.expr_dim,
+             "radius": init.radius, "test_scans": len(data.test_scans),
+             "test_identities": int(len(np.unique(data.test_identity))), "models": table_rows}
   with atomic_write(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump({"variant": config.variant, "data": data.description,
-               "shape_dim": config.model.shape_dim, "expr_dim": config.model.expr_dim,
-               "radius": init.radius, "test_scans": len(data.test_scans),
-               "test_identities": int(len(np.unique(data.test_identity))),
-               "models": table_rows}, f, indent=1)
+    json.dump(results, f, indent=1)
   _pictures(workdir, log, models, evaluations, data.test_identity)
   elapsed = time.perf_counter() - start
   _report(workdir, config, data, table, init, elapsed)
   print(table)
-  print(f"done in {training.format_seconds(elapsed)}; see {os.path.join(workdir, 'report.md')} and the "
-        f"PNGs beside it", flush=True)
+  print(f"done in {format_seconds(elapsed)}; see {os.path.join(workdir, 'report.md')} and the "
+        "PNGs beside it", flush=True)
+  return results
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_stage(train_and_evaluate, default_config="experiments/configs/stage1.py:demo",
+                default_workdir="runs/stage1")

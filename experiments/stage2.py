@@ -2,8 +2,10 @@ r"""Stage 2: an image encoder and the fine-tuned basis from 2D images, SFM besid
 
   python -m experiments.stage2 --config=experiments/configs/stage2.py:demo --workdir=runs/stage2
 
-Starts from a stage-1 run: `--config.init_model` (SFM, default `runs/stage1/model.npz`) and
-`--config.baseline_model` (default: `baseline.npz` beside it) are trained by the same code with
+or from Python: `experiments.stage2.train_and_evaluate(config, workdir)`.
+
+Starts from a stage-1 run: `--config.init_model` (SFM, default `runs/stage1/sfm_model.npz`) and
+`--config.baseline_model` (default: `baseline_model.npz` beside it) are trained by the same code with
 the same data; the baseline keeps Gaussian codes (Tikhonov prior, no identity terms).
 
 Writes into the workdir:
@@ -16,34 +18,33 @@ Writes into the workdir:
   checkpoints/{sfm,baseline}/            orbax checkpoints; rerunning the command resumes
 """
 
+import json
 import os
 import time
 
 import jax
 import numpy as np
-from absl import flags
-from ml_collections import config_flags
 
-from experiments import cli, image_data, image_eval, training
-from sfm_jax import evaluation, parallel, stage1, stage2, viz
+from experiments import cli, image_eval
+from sfm_jax import evaluation, inference, parallel, stage2, train_loop, viz
+from sfm_jax.errors import InputError
 from sfm_jax.io import atomic_write, write_png
 from sfm_jax.model import FaceModel, load_model, save_model
 from sfm_jax.networks import Encoder
+from sfm_jax.progress import format_seconds
+from sfm_jax.sources import images as image_sources
+from sfm_jax.sources.splits import batch_indices
 from sfm_jax.train_state import TrainState
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/stage2.py:demo", "Stage-2 config (`path:variant`).")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/stage2", "Output folder; reruns resume here.")
 
 
 def _validate(config) -> None:
   if config.parallel.mode != "jit":
-    raise ValueError("stage 2 runs with parallel.mode='jit' only (its BatchNorm statistics are "
+    raise InputError("stage 2 runs with parallel.mode='jit' only (its BatchNorm statistics are "
                      "global under jit sharding; pmap would make them per device)")
   if config.train.global_batch_size < 2:
-    raise ValueError("train.global_batch_size must be >= 2")
+    raise InputError("train.global_batch_size must be >= 2")
   if config.train.num_steps < 1:
-    raise ValueError("train.num_steps must be >= 1")
+    raise InputError("train.num_steps must be >= 1")
   stage2.Objective(**config.objective.to_dict())  # checks its fields
 
 
@@ -52,42 +53,41 @@ def _load_models(config) -> dict:
   stage1_command = ("python -m experiments.stage1 --config=experiments/configs/stage1.py:demo "
                     "--workdir=runs/stage1")
   if not config.init_model or not os.path.isfile(config.init_model):
-    raise ValueError(f"init_model {config.init_model!r}: no such file. Stage 2 starts from a "
-                     f"stage-1 model.npz; make one with `{stage1_command}` or point "
+    raise InputError(f"init_model {config.init_model!r}: no such file. Stage 2 starts from a "
+                     f"stage-1 sfm_model.npz; make one with `{stage1_command}` or point "
                      "--config.init_model at yours")
   models = {"sfm": load_model(config.init_model)}
   if models["sfm"].code_kind != "sphere":
-    raise ValueError(f"{config.init_model}: an SFM model has code_kind 'sphere', this one is "
+    raise InputError(f"{config.init_model}: an SFM model has code_kind 'sphere', this one is "
                      f"{models['sfm'].code_kind!r} (a baseline goes to --config.baseline_model)")
   baseline = config.baseline_model or os.path.join(os.path.dirname(config.init_model),
-                                                   "baseline.npz")
+                                                   "baseline_model.npz")
   if baseline != "none":
     if not os.path.isfile(baseline):
-      raise ValueError(f"baseline_model {baseline!r}: no such file. The comparison needs the "
-                       "stage-1 baseline (written beside model.npz by experiments.stage1); "
+      raise InputError(f"baseline_model {baseline!r}: no such file. The comparison needs the "
+                       "stage-1 baseline (written beside sfm_model.npz by experiments.stage1); "
                        "--config.baseline_model=none skips it")
     models["baseline"] = load_model(baseline)
     if models["baseline"].code_kind != "gaussian":
-      raise ValueError(f"{baseline}: the baseline has Gaussian codes, this model has "
+      raise InputError(f"{baseline}: the baseline has Gaussian codes, this model has "
                        f"code_kind {models['baseline'].code_kind!r}")
   for name, model in models.items():
     if np.all(np.asarray(model.landmarks) < 0):
-      raise ValueError(f"{name} model: defines no iBUG landmark vertices (needed by stage 2)")
+      raise InputError(f"{name} model: defines no iBUG landmark vertices (needed by stage 2)")
   return models
 
 
-def _check_data(data: image_data.ImageData, model: FaceModel) -> None:
+def _check_data(data: image_sources.ImageData, model: FaceModel) -> None:
   if data.test.neutral is not None and data.test.neutral.shape[1] != model.num_vertices:
-    raise ValueError(f"the images' meshes have {data.test.neutral.shape[1]} vertices but the "
+    raise InputError(f"the images' meshes have {data.test.neutral.shape[1]} vertices but the "
                      f"stage-1 model has {model.num_vertices}: set data.resolution to the "
                      "stage-1 grid (V = resolution^2)")
 
 
-def _objectives(config) -> dict:
-  sfm = {**config.objective.to_dict(), "code_kind": "sphere"}
-  baseline = {**config.objective.to_dict(), "code_kind": "gaussian", "weight_margin": 0.0,
-              "weight_center": 0.0, **config.baseline.to_dict()}
-  return {"sfm": stage2.Objective(**sfm), "baseline": stage2.Objective(**baseline)}
+def objectives(config) -> dict:
+  """{"sfm": the config's objective, "baseline": its Gaussian twin with `config.baseline`}."""
+  sfm = stage2.Objective(**{**config.objective.to_dict(), "code_kind": "sphere"})
+  return {"sfm": sfm, "baseline": stage2.baseline_objective(sfm, **config.baseline.to_dict())}
 
 
 def _encoder(config, model: FaceModel) -> Encoder:
@@ -111,8 +111,8 @@ def train(name, model, objective, data, config, workdir, log, mesh) -> TrainStat
   num_images = len(data.train)
 
   def batch_for_step(step, rows):
-    index = stage1.batch_indices(step, num_scans=num_images, batch_size=t.global_batch_size,
-                                 seed=config.seed)[rows]
+    index = batch_indices(step, num_examples=num_images, batch_size=t.global_batch_size,
+                          seed=config.seed)[rows]
     return data.train.batch(index)
 
   def summary(metrics):
@@ -120,7 +120,7 @@ def train(name, model, objective, data, config, workdir, log, mesh) -> TrainStat
                                                      "center") if key in metrics]
     return "  ".join(parts)
 
-  return training.run(name, state, batch_for_step, train_config=t,
+  return train_loop.run(name, state, batch_for_step, train_config=t,
                       parallel_config=config.parallel, workdir=workdir, log=log, mesh=mesh,
                       summary=summary)
 
@@ -169,62 +169,67 @@ def _report(workdir, config, data, table, seen_table, models, elapsed):
     f.write("\n".join(lines))
 
 
-def main(argv):
-  del argv
-  config = _CONFIG.value
-  workdir = _WORKDIR.value
-  training.setup(config.parallel)
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Stage 2 end to end (see the module docstring); resumes from `workdir`'s checkpoints.
+
+  Returns the contents of `eval.json` (on the chief process; {} elsewhere, and when
+  `train.stop_after_steps` stopped the run early).
+  """
   _validate(config)
   models = _load_models(config)
   mesh = parallel.make_mesh()
   parallel.check_global_batch(config.train.global_batch_size, mesh)
+  chief = train_loop.is_chief()
   start = time.perf_counter()
-  if training.is_chief():
+  if chief:
     print(f"stage 2 ({config.variant}): preparing images ...", flush=True)
-  data = image_data.load(config.data, seed=config.seed)
+  data = image_sources.load(config.data, seed=config.seed)
   _check_data(data, models["sfm"])
-  if training.is_chief():
+  if chief:
     print(f"{data.description}; {jax.device_count()} device(s) in {jax.process_count()} "
-          f"process(es) ({training.format_seconds(time.perf_counter() - start)})", flush=True)
+          f"process(es) ({format_seconds(time.perf_counter() - start)})", flush=True)
   os.makedirs(workdir, exist_ok=True)
-  log = training.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
-  objectives = _objectives(config)
+  log = train_loop.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+  objective_of = objectives(config)
   predictors = {}
   for name, model in models.items():
-    state = train(name, model, objectives[name], data, config, workdir, log, mesh)
-    if training.report_stop(name, state, config.train):
-      return
+    state = train(name, model, objective_of[name], data, config, workdir, log, mesh)
+    if train_loop.report_stop(name, state, config.train):
+      return {}
     params = parallel.to_host(state.params)
     variables = {"params": params["encoder"], **parallel.to_host(state.model_state)}
-    predictors[name] = stage2.Predictor(
+    predictors[name] = inference.Predictor(
         encoder=_encoder(config, model), variables=variables,
-        model=stage2.export_model(model, params), image_size=data.image_size,
-        window=objectives[name].window,
+        model=stage2.export_model(params, model), image_size=data.image_size,
+        window=objective_of[name].window,
         crop_margin=config.data.crop_margin if config.data.source == "folder" else None)
-  if not training.is_chief():
-    return
+  if not chief:
+    return {}
   for name, predictor in predictors.items():
     save_model(os.path.join(workdir, f"{name}_model.npz"), predictor.model)
-    stage2.save_encoder(os.path.join(workdir, f"{name}_encoder.npz"), predictor)
+    inference.save_encoder(os.path.join(workdir, f"{name}_encoder.npz"), predictor)
   print(f"evaluating on {len(data.test)} held-out images ...", flush=True)
-  rows, predictions = image_eval.evaluate(
+  rows, predictions = inference.evaluate_split(
       predictors, data.test, landmark_vertices=np.asarray(models["sfm"].landmarks),
       batch_size=config.eval.batch_size, seed=config.seed)
-  seen = image_eval.evaluate_seen(predictors, data.train, count=config.eval.seen_images,
-                                  batch_size=config.eval.batch_size, seed=config.seed)
+  seen = inference.evaluate_seen(predictors, data.train, count=config.eval.seen_images,
+                                 batch_size=config.eval.batch_size, seed=config.seed)
   table = image_eval.write_results(workdir, rows, predictions, predictors, data.test,
                                    description=data.description,
                                    gallery_count=config.eval.gallery, seen=seen)
-  seen_table = evaluation.format_table(seen, image_eval.SEEN_COLUMNS)
+  seen_table = evaluation.format_table(seen, inference.SEEN_COLUMNS)
   _curves(workdir, log, list(predictors))
   elapsed = time.perf_counter() - start
   _report(workdir, config, data, table, seen_table, models, elapsed)
   print(table)
   print("seen identities (training images, a diagnostic):")
   print(seen_table)
-  print(f"done in {training.format_seconds(elapsed)}; see {os.path.join(workdir, 'report.md')} "
+  print(f"done in {format_seconds(elapsed)}; see {os.path.join(workdir, 'report.md')} "
         "and the PNGs beside it", flush=True)
+  with open(os.path.join(workdir, "eval.json"), encoding="utf-8") as f:
+    return json.load(f)
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run_stage(train_and_evaluate, default_config="experiments/configs/stage2.py:demo",
+                default_workdir="runs/stage2")

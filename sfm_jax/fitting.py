@@ -21,10 +21,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from sfm_jax import geometry, sphere
+from sfm_jax import camera, geometry, losses, sphere
 from sfm_jax.model import FaceModel, decode
+from sfm_jax.train_state import minimize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,14 +60,14 @@ def _least_squares_codes(model: FaceModel, offsets: jax.Array, ridge: float) -> 
   return jnp.linalg.solve(gram + ridge * jnp.eye(gram.shape[0], dtype=gram.dtype), rhs.T).T
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "sphere_codes"))
+@functools.partial(jax.jit, static_argnames=("steps",))
 def _refine(model: FaceModel, aligned: jax.Array, shape_init: jax.Array, expr_init: jax.Array, *,
-            steps: int, learning_rate: float, shape_prior: float, expr_prior: float,
-            sphere_codes: bool):
+            steps: int, learning_rate: float, shape_prior: float, expr_prior: float):
   """Adam refinement of the codes; returns (shape codes, expr codes)."""
+  sphere_codes = model.code_kind == "sphere"
+
   def codes_of(params):
-    s = sphere.project(params["z"], model.radius) if sphere_codes else params["z"]
-    return s, params["e"]
+    return sphere.shape_codes(params["z"], model.code_kind, model.radius), params["e"]
 
   def loss_fn(params):
     s, e = codes_of(params)
@@ -78,17 +78,8 @@ def _refine(model: FaceModel, aligned: jax.Array, shape_init: jax.Array, expr_in
       prior = prior + shape_prior * jnp.mean(jnp.sum(jnp.square(s), -1))
     return (data + prior) * aligned.shape[0]  # per-scan objectives summed: independent fits
 
-  tx = optax.adam(learning_rate)
-  params = {"z": shape_init, "e": expr_init}
-  state = tx.init(params)
-
-  def step(carry, _):
-    params, state = carry
-    grads = jax.grad(loss_fn)(params)
-    updates, state = tx.update(grads, state, params)
-    return (optax.apply_updates(params, updates), state), None
-
-  (params, _), _ = jax.lax.scan(step, (params, state), None, length=steps)
+  params = minimize(loss_fn, {"z": shape_init, "e": expr_init}, steps=steps,
+                    learning_rate=learning_rate)
   return codes_of(params)
 
 
@@ -128,8 +119,7 @@ def fit_scans(model: FaceModel, scans: Any, *, steps: int = 200, rounds: int = 3
         codes = _least_squares_codes(model, aligned - model.mean, ridge)
         s, e = codes[:, :model.shape_dim], codes[:, model.shape_dim:]
       s, e = _refine(model, aligned, s, e, steps=steps, learning_rate=learning_rate,
-                     shape_prior=shape_prior, expr_prior=expr_prior,
-                     sphere_codes=model.code_kind == "sphere")
+                     shape_prior=shape_prior, expr_prior=expr_prior)
       target = decode(model, s, e)
     outputs.append((s, e, target, aligned))
   gather = lambda i: np.concatenate([np.asarray(o[i]) for o in outputs])
@@ -139,7 +129,7 @@ def fit_scans(model: FaceModel, scans: Any, *, steps: int = 200, rounds: int = 3
 
 @dataclasses.dataclass(frozen=True)
 class LandmarkFit:
-  """Result of `fit_landmarks` (numpy). Camera as in `stage2.project_faces`.
+  """Result of `fit_landmarks` (numpy). Camera: `camera.face_camera`.
 
   Attributes:
     shape_codes `[N, K]`, expr_codes `[N, E]`, rotation `[N, 6]` (6D), translation `[N, 2]`
@@ -173,8 +163,6 @@ def fit_landmarks(model: FaceModel, landmarks: Any, *, image_size: int, visible:
     image_size: S of the (square) image the camera maps to.
     visible: optional `[N, 68]` weights.
   """
-  from sfm_jax import losses, stage2  # stage2 holds the camera convention
-
   landmarks = jnp.asarray(landmarks, jnp.float32)
   count = landmarks.shape[0]
   index = np.asarray(model.landmarks)
@@ -192,7 +180,7 @@ def fit_landmarks(model: FaceModel, landmarks: Any, *, image_size: int, visible:
     return high - low, (high + low) / 2
   target_size, target_centre = extent(landmarks)
   model_size, model_centre = extent(jnp.broadcast_to(mean_points, landmarks.shape))
-  nominal = stage2.nominal_scale(image_size)
+  nominal = camera.nominal_scale(image_size)
   scale0 = jnp.sqrt(jnp.prod(target_size, -1) / jnp.prod(model_size, -1)) / nominal
   translation0 = (target_centre - nominal * scale0[:, None] * model_centre) / image_size - 0.5
   sphere_codes = model.code_kind == "sphere"
@@ -203,38 +191,30 @@ def fit_landmarks(model: FaceModel, landmarks: Any, *, image_size: int, visible:
             "translation": translation0, "log_scale": jnp.log(scale0)}
 
   def decode_all(p):
-    s = sphere.project(p["z"], model.radius) if sphere_codes else p["z"]
+    s = sphere.shape_codes(p["z"], model.code_kind, model.radius)
     return s, decode(model, s, p["e"])
 
-  def camera(p):
-    return {"rotation": p["rotation"], "translation": p["translation"],
-            "scale": jnp.exp(p["log_scale"])}
+  def project(p, vertices):
+    scale, offset = camera.face_camera(jnp.exp(p["log_scale"]), p["translation"],
+                                       image_size=image_size)
+    return camera.weak_perspective(vertices, geometry.rotation_6d_to_matrix(p["rotation"]),
+                                   scale, offset)[0]
 
   def loss_fn(p):
     s, vertices = decode_all(p)
-    projected, _ = stage2.project_faces(vertices, camera(p), image_size=image_size)
+    projected = project(p, vertices)
     data = losses.landmark_loss(projected[:, safe, :2], landmarks, visible=weights, squared=True)
     prior = expr_prior * losses.code_prior(p["e"])
     if not sphere_codes:
       prior = prior + shape_prior * losses.code_prior(s)
     return (data + prior) * count
 
-  tx = optax.adam(learning_rate)
-
-  @jax.jit
-  def run(params):
-    state = tx.init(params)
-    def step(carry, _):
-      params, state = carry
-      updates, state = tx.update(jax.grad(loss_fn)(params), state, params)
-      return (optax.apply_updates(params, updates), state), None
-    (params, _), _ = jax.lax.scan(step, (params, state), None, length=steps)
-    return params
-
+  run = jax.jit(lambda params: minimize(loss_fn, params, steps=steps,
+                                        learning_rate=learning_rate))
   params = run(params)
   s, posed = decode_all(params)
   neutral = decode(model, s, None)
-  projected, _ = stage2.project_faces(posed, camera(params), image_size=image_size)
+  projected = project(params, posed)
   as_np = lambda x: np.asarray(x)
   return LandmarkFit(shape_codes=as_np(s), expr_codes=as_np(params["e"]),
                      rotation=as_np(params["rotation"]), translation=as_np(params["translation"]),

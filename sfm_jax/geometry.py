@@ -1,4 +1,5 @@
-"""Rotations, cameras, normals, the mesh Laplacian and similarity Procrustes.
+"""Rotations, rigid motion, normals, the mesh Laplacian and similarity Procrustes (cameras live in
+`sfm_jax.camera`).
 
 Model space: x to the subject's left, y up, z out of the face toward the camera; millimetres.
 Rotation matrices act on column vectors (`p' = R p`); batched points are `[..., V, 3]`.
@@ -77,52 +78,13 @@ def quaternion_to_matrix(q: Array) -> Array:
 
 
 # ---------------------------------------------------------------------------------------------
-# Cameras.
+# Rigid motion (the camera module builds on it).
 
 
 def rigid_transform(points: Array, rotation: Array, translation: Array) -> Array:
   """`R p + t` for `[..., V, 3]` points, `[..., 3, 3]` rotation, `[..., 3]` translation."""
   return (jnp.einsum("...ij,...vj->...vi", rotation, points, precision=HIGHEST)
           + translation[..., None, :])
-
-
-def weak_perspective(points: Array, rotation: Array, scale: Array, translation: Array) -> Array:
-  """Scaled orthographic projection: `scale * (R p)[:2] + t`.
-
-  Args:
-    points: `[B, V, 3]` model-space points, mm.
-    rotation: `[B, 3, 3]`.
-    scale: `[B]` pixels per mm.
-    translation: `[B, 2]` image-plane offset, pixels.
-
-  Returns:
-    `[B, V, 2]` camera-plane coordinates (x right, y up, same orientation as model space).
-  """
-  rotated = jnp.einsum("bij,bvj->bvi", rotation, points, precision=HIGHEST)
-  return scale[:, None, None] * rotated[..., :2] + translation[:, None, :]
-
-
-def pinhole(points: Array, rotation: Array, translation: Array, focal: Array,
-            principal_point: Array) -> tuple[Array, Array]:
-  """Perspective projection with the camera at the origin looking down -z (OpenGL convention).
-
-  Camera-space points are `q = R p + t`; visible points have `q_z < 0`, and the projection is
-  `f * q_xy / (-q_z) + c`.
-
-  Args:
-    points: `[B, V, 3]` model-space points, mm.
-    rotation: `[B, 3, 3]`.
-    translation: `[B, 3]` mm (e.g. `(0, 0, -distance)`).
-    focal: `[B]` focal length in pixels.
-    principal_point: `[B, 2]` pixels.
-
-  Returns:
-    (`[B, V, 2]` projected points, x right and y up, `[B, V]` depth `-q_z` in mm).
-  """
-  q = rigid_transform(points, rotation, translation)
-  depth = -q[..., 2]
-  projected = focal[:, None, None] * q[..., :2] / depth[..., None] + principal_point[:, None, :]
-  return projected, depth
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ import dataclasses
 
 import numpy as np
 
+from sfm_jax.errors import InputError
+
 
 @dataclasses.dataclass(frozen=True)
 class CropBox:
@@ -39,7 +41,7 @@ def landmark_box(landmarks: np.ndarray, *, margin: float = 0.25) -> CropBox:
   low, high = landmarks.min(0), landmarks.max(0)
   side = float((high - low).max() * (1.0 + 2.0 * margin))
   if not side > 0:
-    raise ValueError("landmark_box: the landmarks span no area")
+    raise InputError("landmark_box: the landmarks span no area")
   centre = (low + high) / 2.0 - np.array([0.0, 0.5 * margin * (high - low).max()])
   return CropBox(float(centre[0] - side / 2), float(centre[1] - side / 2), side)
 

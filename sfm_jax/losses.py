@@ -73,7 +73,9 @@ def arcface_loss(u: Array, labels: Array, prototypes: Array, *, scale: float = 3
   """ArcFace (additive angular margin) softmax: target logit `scale * cos(theta + margin)`.
 
   Where `theta + margin > pi` the angle can no longer grow monotonically, so the usual fallback
-  `cos(theta) - margin * sin(margin)` is used instead (continuous at `theta = pi - margin`).
+  (InsightFace's) `cos(theta) - margin * sin(margin)` is used instead. It keeps the target logit
+  non-increasing in `theta` but is *not* continuous at `theta = pi - margin`: the target cosine
+  drops there from `-1` to `-cos(margin) - margin * sin(margin)`.
 
   Args and returns as `cosface_loss`.
   """

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from sfm_jax.errors import InputError
 from sfm_jax.io.atomic import atomic_write
 
 Array = Any  # jax.Array or np.ndarray
@@ -131,7 +132,7 @@ def save_model(path: str | os.PathLike, model: FaceModel) -> None:
 def validate_model_arrays(arrays: dict, *, source: str) -> None:
   """Checks a model file's arrays; raises `ValueError` naming `source` and the offending key."""
   def fail(key, message):
-    raise ValueError(f"{source}: key '{key}': {message}")
+    raise InputError(f"{source}: key '{key}': {message}")
 
   for key in ("format_version", "code_kind") + _REQUIRED:
     if key not in arrays:
@@ -204,7 +205,7 @@ def load_model(path: str | os.PathLike, *, dtype=np.float32) -> FaceModel:
     with np.load(path, allow_pickle=False) as npz:
       arrays = {key: npz[key] for key in npz.files}
   except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-    raise ValueError(f"{path}: not a readable .npz model file ({e})") from None
+    raise InputError(f"{path}: not a readable .npz model file ({e})") from None
   validate_model_arrays(arrays, source=path)
   as_float = lambda key: (np.asarray(arrays[key], dtype) if key in arrays else None)
   return FaceModel(

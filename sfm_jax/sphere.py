@@ -65,6 +65,14 @@ def project(z: Array, radius: Array, *, eps: float = DEFAULT_EPS) -> Array:
   return radius * w / jnp.maximum(norm_w, eps / scale)
 
 
+
+def shape_codes(z: Array, code_kind: str, radius: Array, *, hard: bool = True) -> Array:
+  """The shape codes `s` of free vectors `z` under a model's code space: `project(z, R)` for
+  sphere models with the hard constraint, `z` itself otherwise (Gaussian codes, or the soft
+  sphere whose ring penalty acts on `z`). `code_kind` is "sphere" or "gaussian" (static)."""
+  return project(z, radius) if code_kind == "sphere" and hard else z
+
+
 def unit(s: Array, radius: Array) -> Array:
   """Unit directions `u = s / R`, `[..., K]`."""
   return s / radius

@@ -24,16 +24,17 @@ Parameters are a dict `{"model": {mean, shape_basis, expr_basis}, "codes": {z, e
 from __future__ import annotations
 
 import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from sfm_jax import losses, sphere
+from sfm_jax.errors import InputError
 from sfm_jax.geometry import mesh_edges
 from sfm_jax.model import FaceModel, decode
-from sfm_jax.train_state import grouped_optimizer
-
+from sfm_jax.train_state import adam, grouped_optimizer
 
 # ---------------------------------------------------------------------------------------------
 # PCA initialisation.
@@ -80,11 +81,11 @@ def _principal_directions(rows: np.ndarray, count: int) -> tuple[np.ndarray, np.
 def check_sizes(num_scans: int, num_identities: int, num_shape: int, num_expr: int) -> None:
   """Raises `ValueError` when K or E cannot be estimated from the training scans."""
   if num_shape < 1 or num_shape >= num_identities:
-    raise ValueError(f"shape_dim K={num_shape} must be in [1, {num_identities - 1}]: the identity "
+    raise InputError(f"shape_dim K={num_shape} must be in [1, {num_identities - 1}]: the identity "
                      f"basis comes from {num_identities} training identities (and {num_scans} "
                      "scans)")
   if num_expr < 0 or num_expr > num_scans - num_identities:
-    raise ValueError(f"expr_dim E={num_expr} must be in [0, {num_scans - num_identities}] "
+    raise InputError(f"expr_dim E={num_expr} must be in [0, {num_scans - num_identities}] "
                      f"(scans minus identities: {num_scans} - {num_identities})")
 
 
@@ -144,8 +145,8 @@ class Objective:
   weight_center: float = 1.0
   weight_isotropy: float = 0.01
   weight_ring: float = 1.0
-  weight_shape_prior: float = 0.01
-  weight_expr_prior: float = 0.01
+  weight_shape_prior: float = 0.0
+  weight_expr_prior: float = 0.001
   weight_orthogonality: float = 0.0
   weight_smoothness: float = 0.0
   weight_symmetry: float = 0.0
@@ -155,15 +156,28 @@ class Objective:
                                  ("sphere_mode", self.sphere_mode, ("hard", "soft")),
                                  ("margin_kind", self.margin_kind, ("cosface", "arcface"))):
       if value not in options:
-        raise ValueError(f"Objective.{name} must be one of {options}, got {value!r}")
+        raise InputError(f"Objective.{name} must be one of {options}, got {value!r}")
+
+  @property
+  def hard_sphere(self) -> bool:
+    """Codes are `project(z, R)` (else free `z`: Gaussian, or the soft sphere's ring)."""
+    return self.code_kind == "sphere" and self.sphere_mode == "hard"
 
 
-def init_params(init: PCAInit, identity: np.ndarray, num_classes: int) -> dict:
+def baseline_objective(objective: Objective, **overrides) -> Objective:
+  """The PCA-Gaussian baseline's objective beside `objective`: the same terms with Gaussian codes
+  and no spherical terms (design section 8), then `overrides` (e.g. its Tikhonov weights)."""
+  return dataclasses.replace(objective, code_kind="gaussian", weight_margin=0.0,
+                             weight_center=0.0, weight_isotropy=0.0, weight_ring=0.0,
+                             **overrides)
+
+
+def init_params(init: PCAInit, identity: np.ndarray, num_classes: int, *, seed: int) -> dict:
   """Parameters from a PCA initialisation; prototypes and centres start at each identity's mean
-  code direction (a random unit vector for classes without training scans)."""
+  code direction (a random unit vector, from `seed`, for classes without training scans)."""
   codes = init.shape_codes
   directions = codes / np.linalg.norm(codes, axis=1, keepdims=True)
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
   class_means = rng.normal(size=(num_classes, codes.shape[1]))
   for c in range(num_classes):
     members = identity == c
@@ -175,13 +189,6 @@ def init_params(init: PCAInit, identity: np.ndarray, num_classes: int) -> dict:
                     "expr_basis": as32(init.expr_basis)},
           "codes": {"z": as32(codes), "e": as32(init.expr_codes)},
           "prototypes": as32(class_means), "centers": as32(class_means)}
-
-
-def shape_codes(z: jax.Array, radius: float, objective: Objective) -> jax.Array:
-  """The codes `s` of free vectors `z`: projected for the hard sphere, `z` otherwise."""
-  if objective.code_kind == "sphere" and objective.sphere_mode == "hard":
-    return sphere.project(z, radius)
-  return z
 
 
 def make_loss_fn(objective: Objective, *, radius: float, triangles: np.ndarray,
@@ -203,7 +210,7 @@ def make_loss_fn(objective: Objective, *, radius: float, triangles: np.ndarray,
     model = params["model"]
     z = params["codes"]["z"][batch["index"]]
     e = params["codes"]["e"][batch["index"]]
-    s = shape_codes(z, radius, objective)
+    s = sphere.shape_codes(z, objective.code_kind, radius, hard=objective.hard_sphere)
     face = FaceModel(mean=model["mean"], shape_basis=model["shape_basis"],
                      expr_basis=model["expr_basis"], radius=radius, triangles=triangles,
                      landmarks=jnp.zeros((0,), jnp.int32))
@@ -251,56 +258,45 @@ def make_loss_fn(objective: Objective, *, radius: float, triangles: np.ndarray,
 def make_optimizer(*, lr_basis: float, lr_codes: float, lr_prototypes: float,
                    lr_centers: float, warmup_steps: int = 0,
                    total_steps: int | None = None) -> optax.GradientTransformation:
-  """Adam with one learning rate per parameter group (`optax.multi_transform`); optionally a
-  linear warm-up and a cosine decay to 10% over `total_steps`."""
-  def adam(lr):
-    if total_steps:
-      lr = optax.warmup_cosine_decay_schedule(0.0 if warmup_steps else lr, lr, warmup_steps,
-                                              max(total_steps, warmup_steps + 1), lr * 0.1)
-    return optax.adam(lr)
-
+  """Adam with one learning rate per parameter group (`optax.multi_transform`); with
+  `total_steps`, warm-up and cosine decay (`train_state.adam`)."""
+  schedule = dict(warmup_steps=warmup_steps, total_steps=total_steps)
   return grouped_optimizer(
-      {"basis": adam(lr_basis), "codes": adam(lr_codes), "prototypes": adam(lr_prototypes),
-       "centers": adam(lr_centers)},
+      {"basis": adam(lr_basis, **schedule), "codes": adam(lr_codes, **schedule),
+       "prototypes": adam(lr_prototypes, **schedule), "centers": adam(lr_centers, **schedule)},
       {"model": "basis", "codes": "codes", "prototypes": "prototypes", "centers": "centers"})
 
 
-def export_model(params: dict, *, radius: float, objective: Objective, triangles: np.ndarray,
-                 landmarks: np.ndarray) -> tuple[FaceModel, np.ndarray, np.ndarray]:
-  """(trained `FaceModel`, training shape codes `[N, K]`, expression codes `[N, E]`), numpy.
-
-  Gaussian models get as radius the mean norm of their training codes (their typical norm).
-  """
-  model = jax.device_get(params["model"])
-  codes = np.asarray(shape_codes(params["codes"]["z"], radius, objective))
-  expr = np.asarray(params["codes"]["e"])
-  typical = radius if objective.code_kind == "sphere" else float(
-      np.mean(np.linalg.norm(codes, axis=1)))
-  face = FaceModel(mean=np.asarray(model["mean"]), shape_basis=np.asarray(model["shape_basis"]),
-                   expr_basis=np.asarray(model["expr_basis"]),
-                   radius=np.asarray(typical, np.float32),
-                   triangles=np.asarray(triangles, np.int32),
-                   landmarks=np.asarray(landmarks, np.int32), code_kind=objective.code_kind)
-  return face, codes, expr
+def training_codes(params: dict, objective: Objective, radius: float) -> tuple[np.ndarray,
+                                                                               np.ndarray]:
+  """(shape codes `[N, K]`, expression codes `[N, E]`) of the training scans, numpy."""
+  params = jax.device_get(params)
+  z = jnp.asarray(params["codes"]["z"])
+  shape = sphere.shape_codes(z, objective.code_kind, radius, hard=objective.hard_sphere)
+  return np.asarray(shape), np.asarray(params["codes"]["e"])
 
 
-def pca_model(init: PCAInit, *, triangles: np.ndarray, landmarks: np.ndarray) -> FaceModel:
-  """The untrained PCA model (Gaussian codes) of an initialisation."""
+def export_model(params: dict, base: FaceModel) -> FaceModel:
+  """The trained model (numpy): `base` (e.g. `pca_model`, carrying topology, landmarks, radius
+  and the `code_kind` trained) with the trained mean and bases. Gaussian models get as radius
+  the mean norm of their training codes (their typical norm)."""
+  params = jax.device_get(params)
+  model = params["model"]
+  radius = base.radius if base.code_kind == "sphere" else np.mean(
+      np.linalg.norm(np.asarray(params["codes"]["z"]), axis=1))
+  return base.replace(mean=np.asarray(model["mean"], np.float32),
+                      shape_basis=np.asarray(model["shape_basis"], np.float32),
+                      expr_basis=np.asarray(model["expr_basis"], np.float32),
+                      radius=np.asarray(radius, np.float32))
+
+
+def pca_model(init: PCAInit, *, triangles: np.ndarray, landmarks: np.ndarray,
+              code_kind: str = "gaussian") -> FaceModel:
+  """The untrained PCA model of an initialisation (Gaussian codes; radius R = the mean norm of
+  its codes). With `code_kind="sphere"` it is the base `export_model` fills for SFM."""
   return FaceModel(mean=init.mean.astype(np.float32),
                    shape_basis=init.shape_basis.astype(np.float32),
                    expr_basis=init.expr_basis.astype(np.float32),
                    radius=np.asarray(init.radius, np.float32),
                    triangles=np.asarray(triangles, np.int32),
-                   landmarks=np.asarray(landmarks, np.int32), code_kind="gaussian")
-
-
-def batch_indices(step: int, *, num_scans: int, batch_size: int, seed: int) -> np.ndarray:
-  """The scan indices of training step `step`: a fresh seeded permutation every epoch, so any
-  step's batch is known without replaying earlier ones (exact resume)."""
-  per_epoch = max(num_scans // batch_size, 1)
-  epoch, offset = divmod(step, per_epoch)
-  order = np.random.default_rng([seed, epoch]).permutation(num_scans)
-  if batch_size >= num_scans:
-    return order
-  return order[offset * batch_size:(offset + 1) * batch_size]
-
+                   landmarks=np.asarray(landmarks, np.int32), code_kind=code_kind)

@@ -16,8 +16,11 @@ identity labels (-1 unlabelled), the objective is
     expr_prior, albedo_prior   Tikhonov on the predicted codes
     residual     ||W_t||^2
 
-Camera: weak perspective, `x = s0 * scale * (R v)_x + (0.5 + t_x) S`, `y = -s0 * scale *
-(R v)_y + (0.5 + t_y) S`, depth `-(R v)_z`, with `s0` the nominal pixels per mm.
+Camera: weak perspective (`camera.weak_perspective`) with the encoder's relative scale and
+translation (`camera.face_camera`).
+
+The two stages mirror each other: `Objective`, `init_params(..., seed)`, `make_loss_fn`,
+`make_optimizer`, `export_model(params, base) -> FaceModel`, `baseline_objective`.
 """
 
 from __future__ import annotations
@@ -29,11 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sfm_jax import geometry, losses, render, sphere
-from sfm_jax.io.tree import load_tree, save_tree
+from sfm_jax import camera, geometry, losses, render, sphere
+from sfm_jax.errors import InputError
 from sfm_jax.model import FaceModel, decode
 from sfm_jax.networks import Encoder
-from sfm_jax.train_state import grouped_optimizer
+from sfm_jax.train_state import adam, grouped_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +45,7 @@ class Objective:
   code_kind: str = "sphere"
   margin_scale: float = 32.0
   margin: float = 0.35
-  weight_landmark: float = 1.0
+  weight_landmark: float = 10.0
   weight_photometric: float = 1.0
   weight_margin: float = 0.05
   weight_center: float = 0.5
@@ -55,13 +58,8 @@ class Objective:
 
   def __post_init__(self):
     if self.code_kind not in ("sphere", "gaussian"):
-      raise ValueError(f"Objective.code_kind must be 'sphere' or 'gaussian', got "
+      raise InputError(f"Objective.code_kind must be 'sphere' or 'gaussian', got "
                        f"{self.code_kind!r}")
-
-
-def nominal_scale(image_size: int, face_height_mm: float = 200.0) -> float:
-  """Pixels per mm that make a face of `face_height_mm` span 75% of the image."""
-  return 0.75 * image_size / face_height_mm
 
 
 def init_params(encoder: Encoder, model: FaceModel, *, image_size: int, num_classes: int,
@@ -89,14 +87,11 @@ def init_params(encoder: Encoder, model: FaceModel, *, image_size: int, num_clas
 def project_faces(vertices: jax.Array, out: dict, *, image_size: int) -> tuple[jax.Array,
                                                                                jax.Array]:
   """(`[B, V, 3]` pixel positions and depth, `[B, V, 3]` camera-space vertices: rotated, mm) of
-  model-space faces."""
-  rotation = geometry.rotation_6d_to_matrix(out["rotation"])
-  camera = jnp.einsum("bij,bvj->bvi", rotation, vertices, precision=geometry.HIGHEST)
-  s = nominal_scale(image_size) * out["scale"][:, None]
-  offset = (0.5 + out["translation"]) * image_size
-  pixels = jnp.stack([s * camera[..., 0] + offset[:, :1], -s * camera[..., 1] + offset[:, 1:],
-                      -camera[..., 2]], -1)
-  return pixels, camera
+  model-space faces under the encoder's camera `out` (6D `rotation`, relative `scale` and
+  `translation`; see `camera.face_camera`)."""
+  scale, offset = camera.face_camera(out["scale"], out["translation"], image_size=image_size)
+  return camera.weak_perspective(vertices, geometry.rotation_6d_to_matrix(out["rotation"]),
+                                 scale, offset)
 
 
 def render_faces(pixels: jax.Array, camera: jax.Array, albedo: jax.Array, light: jax.Array,
@@ -131,7 +126,7 @@ def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, im
     del rng
     out, updates = encoder.apply({"params": params["encoder"], **model_state}, batch["images"],
                                  train=True, mutable=["batch_stats"])
-    s = sphere.project(out["z"], frozen.radius) if sphere_model else out["z"]
+    s = sphere.shape_codes(out["z"], objective.code_kind, frozen.radius)
     face = frozen.replace(shape_basis=frozen.shape_basis + params["residual"]["shape"],
                           expr_basis=frozen.expr_basis + params["residual"]["expr"])
     vertices = decode(face, s, out["expression"])
@@ -171,142 +166,32 @@ def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, im
   return loss_fn
 
 
+def baseline_objective(objective: Objective, **overrides) -> Objective:
+  """The PCA-Gaussian baseline's objective beside `objective`: the same terms with Gaussian codes
+  and no identity terms (design section 8), then `overrides` (e.g. its Tikhonov weight)."""
+  return dataclasses.replace(objective, code_kind="gaussian", weight_margin=0.0,
+                             weight_center=0.0, **overrides)
+
+
 def make_optimizer(*, lr_encoder: float, lr_residual: float, lr_albedo: float,
-                   lr_identity: float) -> optax.GradientTransformation:
+                   lr_identity: float, warmup_steps: int = 0,
+                   total_steps: int | None = None) -> optax.GradientTransformation:
   """Adam per parameter group: encoder, basis residual (small), albedo model, prototypes and
-  centres."""
+  centres; with `total_steps`, warm-up and cosine decay (`train_state.adam`)."""
+  schedule = dict(warmup_steps=warmup_steps, total_steps=total_steps)
   return grouped_optimizer(
-      {"encoder": optax.adam(lr_encoder), "residual": optax.adam(lr_residual),
-       "albedo": optax.adam(lr_albedo), "identity": optax.adam(lr_identity)},
+      {"encoder": adam(lr_encoder, **schedule), "residual": adam(lr_residual, **schedule),
+       "albedo": adam(lr_albedo, **schedule), "identity": adam(lr_identity, **schedule)},
       {"encoder": "encoder", "residual": "residual", "albedo": "albedo",
        "prototypes": "identity", "centers": "identity"})
 
 
-def export_model(model: FaceModel, params: dict) -> FaceModel:
-  """The fine-tuned model (numpy): the stage-1 basis plus the trained residuals `W_t`, and the
-  learned albedo model (`albedo_mean`, `albedo_basis`)."""
+def export_model(params: dict, base: FaceModel) -> FaceModel:
+  """The fine-tuned model (numpy): the stage-1 model `base` with its basis plus the trained
+  residuals `W_t`, and the learned albedo model (`albedo_mean`, `albedo_basis`)."""
   params = jax.device_get(params)
-  return model.replace(
-      shape_basis=np.asarray(model.shape_basis + params["residual"]["shape"], np.float32),
-      expr_basis=np.asarray(model.expr_basis + params["residual"]["expr"], np.float32),
+  return base.replace(
+      shape_basis=np.asarray(base.shape_basis + params["residual"]["shape"], np.float32),
+      expr_basis=np.asarray(base.expr_basis + params["residual"]["expr"], np.float32),
       albedo_mean=np.asarray(params["albedo"]["mean"], np.float32),
       albedo_basis=np.asarray(params["albedo"]["basis"], np.float32))
-
-
-@dataclasses.dataclass(frozen=True)
-class Predictor:
-  """A trained stage-2 network with its fine-tuned model: what `predict` needs.
-
-  `variables` holds the encoder's `params` and `batch_stats`; `model` is `export_model`'s output
-  (it carries the albedo model). `crop_margin` records how the training images were framed:
-  None for whole images (the face world), else squares around the landmarks with that margin
-  (`imaging.landmark_box`, photo folders); new images must be framed the same way.
-  """
-  encoder: Encoder
-  variables: dict
-  model: FaceModel
-  image_size: int
-  window: int = 4
-  crop_margin: float | None = None
-
-  def metadata(self) -> dict:
-    e = self.encoder
-    return {"shape_dim": e.shape_dim, "expr_dim": e.expr_dim, "albedo_dim": e.albedo_dim,
-            "depth": e.depth, "width": e.width, "rotation": e.rotation,
-            "image_size": self.image_size, "window": self.window,
-            "crop_margin": self.crop_margin}
-
-
-def save_encoder(path, predictor: Predictor) -> None:
-  """Writes the encoder's variables and hyperparameters (the model goes to its own file)."""
-  save_tree(path, jax.device_get(predictor.variables), predictor.metadata())
-
-
-def load_predictor(encoder_path, model: FaceModel) -> Predictor:
-  """The `Predictor` of an encoder file (`save_encoder`) and its model; `ValueError` naming the
-  file when they do not fit together."""
-  variables, meta = load_tree(encoder_path)
-  required = ("shape_dim", "expr_dim", "albedo_dim", "depth", "width", "rotation", "image_size")
-  missing = [key for key in required if key not in meta]
-  if missing or set(variables) != {"params", "batch_stats"}:
-    raise ValueError(f"{encoder_path}: not a stage-2 encoder file (missing "
-                     f"{missing or 'params / batch_stats'})")
-  if (meta["shape_dim"], meta["expr_dim"]) != (model.shape_dim, model.expr_dim):
-    raise ValueError(f"{encoder_path}: the encoder predicts K={meta['shape_dim']}, "
-                     f"E={meta['expr_dim']} but the model has K={model.shape_dim}, "
-                     f"E={model.expr_dim}")
-  albedo_dim = 0 if model.albedo_basis is None else model.albedo_basis.shape[0]
-  if meta["albedo_dim"] != albedo_dim:
-    raise ValueError(f"{encoder_path}: the encoder predicts {meta['albedo_dim']} albedo codes "
-                     f"but the model has {albedo_dim}")
-  encoder = Encoder(shape_dim=meta["shape_dim"], expr_dim=meta["expr_dim"],
-                    albedo_dim=meta["albedo_dim"], depth=meta["depth"], width=meta["width"],
-                    rotation=meta["rotation"])
-  return Predictor(encoder=encoder, variables=variables, model=model,
-                   image_size=int(meta["image_size"]), window=int(meta.get("window", 4)),
-                   crop_margin=meta.get("crop_margin"))
-
-
-def predict(predictor: Predictor, images: jax.Array) -> dict:
-  """Everything the network says about `images` `[B, S, S, 3]` in [0, 1] (inference mode).
-
-  Returns `shape_codes [B, K]` (on the sphere for SFM), `expression [B, E]`, `albedo [B, A]`,
-  `rotation [B, 3, 3]`, `translation [B, 2]`, `scale [B]`, `light [B, 9, 3]`, `neutral [B, V, 3]`
-  (mm, model space), `posed [B, V, 3]` (mm, with expression, rotated), `pixels [B, V, 3]`,
-  `landmarks [B, 68, 2]` (pixels; undefined landmarks NaN), `rendered [B, S, S, 3]`, `mask
-  [B, S, S]`. Pure; jit it (the `Predictor` is closed over or static).
-  """
-  model = jax.tree_util.tree_map(jnp.asarray, predictor.model)
-  size = predictor.image_size
-  out = predictor.encoder.apply(predictor.variables, images, train=False)
-  s = (sphere.project(out["z"], model.radius) if model.code_kind == "sphere" else out["z"])
-  zeros = jnp.zeros_like(out["expression"])
-  neutral = decode(model, s, zeros)
-  vertices = decode(model, s, out["expression"])
-  pixels, posed = project_faces(vertices, out, image_size=size)
-  index = jnp.asarray(model.landmarks)
-  landmarks = jnp.where((index >= 0)[None, :, None], pixels[:, jnp.maximum(index, 0), :2],
-                        jnp.nan)
-  albedo = jnp.broadcast_to(jnp.full((model.num_vertices, 3), 0.6), vertices.shape)
-  if model.albedo_mean is not None:
-    albedo = model.albedo_mean + jnp.einsum("ba,avc->bvc", out["albedo"], model.albedo_basis)
-  rendered, mask, _ = render_faces(pixels, posed, albedo, out["light"], model.triangles,
-                                   image_size=size, window=predictor.window)
-  return {"shape_codes": s, "expression": out["expression"], "albedo": out["albedo"],
-          "rotation": geometry.rotation_6d_to_matrix(out["rotation"]),
-          "translation": out["translation"], "scale": out["scale"],
-          "light": out["light"], "neutral": neutral, "posed": posed, "pixels": pixels,
-          "landmarks": landmarks, "rendered": rendered, "mask": mask}
-
-
-def predict_all(predictor: Predictor, images: np.ndarray, *, batch_size: int = 64,
-                keys: tuple = ("shape_codes", "expression", "albedo", "rotation", "translation",
-                               "scale", "light", "neutral", "posed", "landmarks"),
-                progress=None) -> dict:
-  """`predict` over `[N, S, S, 3]` images (uint8 or float in [0, 1]) in batches; numpy `keys`.
-
-  The last batch is padded to `batch_size` (one compilation). `progress(done, total)` is
-  called after each batch.
-  """
-  @jax.jit
-  def function(variables, model, images):  # weights as arguments, not baked-in constants
-    outputs = predict(dataclasses.replace(predictor, variables=variables, model=model), images)
-    return {key: outputs[key] for key in keys}
-
-  images = np.asarray(images)
-  total = len(images)
-  outputs: dict = {key: [] for key in keys}
-  for start in range(0, total, batch_size):
-    chunk = images[start:start + batch_size]
-    chunk = chunk.astype(np.float32) / 255.0 if chunk.dtype == np.uint8 else chunk.astype(
-        np.float32)
-    count = len(chunk)
-    if count < batch_size:
-      chunk = np.concatenate([chunk, np.zeros((batch_size - count,) + chunk.shape[1:],
-                                              np.float32)])
-    result = jax.device_get(function(predictor.variables, predictor.model, chunk))
-    for key in keys:
-      outputs[key].append(np.asarray(result[key])[:count])
-    if progress is not None:
-      progress(min(start + batch_size, total), total)
-  return {key: np.concatenate(value) for key, value in outputs.items()}

@@ -108,5 +108,31 @@ def grouped_optimizer(transforms: dict, group_of: dict) -> optax.GradientTransfo
                                   for key, value in params.items()})
 
 
+def adam(learning_rate: float, *, warmup_steps: int = 0,
+         total_steps: int | None = None) -> optax.GradientTransformation:
+  """Adam at `learning_rate`; with `total_steps`, a linear warm-up over `warmup_steps` and a
+  cosine decay to 10% at `total_steps` (both stages build their parameter groups from this)."""
+  if total_steps:
+    learning_rate = optax.warmup_cosine_decay_schedule(
+        0.0 if warmup_steps else learning_rate, learning_rate, warmup_steps,
+        max(total_steps, warmup_steps + 1), learning_rate * 0.1)
+  return optax.adam(learning_rate)
+
+
+def minimize(loss_fn: Callable[[Any], jax.Array], params: Any, *, steps: int,
+             learning_rate: float) -> Any:
+  """`steps` of Adam on `loss_fn(params)` inside one `lax.scan` (jit the caller); returns the
+  final params. The per-sample fitting routines (`fitting.py`) use this."""
+  tx = optax.adam(learning_rate)
+
+  def step(carry, _):
+    params, opt_state = carry
+    updates, opt_state = tx.update(jax.grad(loss_fn)(params), opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), None
+
+  (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=steps)
+  return params
+
+
 jit_train_step = jax.jit(train_step, donate_argnums=0)
 jit_train_step.__doc__ = "`train_step` jitted with the state donated (its buffers are reused)."

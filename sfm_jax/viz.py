@@ -1,4 +1,4 @@
-"""Pictures for people: shaded mesh previews and image grids (numpy only, not differentiable).
+"""Pictures for people: shaded mesh previews, image grids and plots (not differentiable).
 
 `shade_mesh` is a small z-buffer rasteriser used for PNGs of faces (demo output, model and data
 previews). The differentiable renderer used in training is `sfm_jax.render`.
@@ -6,7 +6,10 @@ previews). The differentiable renderer used in training is `sfm_jax.render`.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
+
+from sfm_jax import geometry
 
 SKIN = np.array([0.86, 0.72, 0.62])
 BACKGROUND = np.array([1.0, 1.0, 1.0])
@@ -15,15 +18,6 @@ BACKGROUND = np.array([1.0, 1.0, 1.0])
 def _rotation_y(degrees: float) -> np.ndarray:
   a = np.deg2rad(degrees)
   return np.array([[np.cos(a), 0.0, np.sin(a)], [0.0, 1.0, 0.0], [-np.sin(a), 0.0, np.cos(a)]])
-
-
-def _vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-  v0, v1, v2 = (vertices[triangles[:, k]] for k in range(3))
-  face_normals = np.cross(v1 - v0, v2 - v0)
-  normals = np.zeros_like(vertices)
-  for k in range(3):
-    np.add.at(normals, triangles[:, k], face_normals)
-  return normals / np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-12)
 
 
 def shade_mesh(vertices: np.ndarray, triangles: np.ndarray, *, size: int = 256,
@@ -55,7 +49,8 @@ def shade_mesh(vertices: np.ndarray, triangles: np.ndarray, *, size: int = 256,
   # Pixel coordinates: column right, row down; depth toward the viewer is +z.
   px = rotated[:, 0] * scale + size / 2.0
   py = size / 2.0 - rotated[:, 1] * scale
-  normals = _vertex_normals(rotated, triangles)
+  normals = np.asarray(geometry.vertex_normals(jnp.asarray(rotated, jnp.float32),
+                                               jnp.asarray(triangles)), np.float64)
   light_dirs = np.array([[0.0, 0.0, 1.0], [-0.5, 0.6, 0.62]])
   light_dirs /= np.linalg.norm(light_dirs, axis=1, keepdims=True)
   intensity = 0.25 + 0.45 * np.clip(normals @ light_dirs[0], 0, 1) + 0.4 * np.clip(
@@ -153,28 +148,26 @@ def component_grid(model, *, components: int = 4, expressions: int = 2, size: in
   return image_grid(images, columns=3)
 
 
+def _figure(columns: int, width: float, height: float):
+  """(figure, axes row) drawn on its own Agg canvas: no pyplot state, so a notebook's backend
+  and open figures are left alone."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  figure = Figure(figsize=(width * columns, height), dpi=100)
+  FigureCanvasAgg(figure)
+  return figure, figure.subplots(1, columns, squeeze=False)[0]
+
+
 def _figure_to_image(figure) -> np.ndarray:
   figure.canvas.draw()
-  image = np.asarray(figure.canvas.buffer_rgba())[..., :3].astype(np.float64) / 255.0
-  import matplotlib.pyplot as plt
-  plt.close(figure)
-  return image
-
-
-def _pyplot():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
+  return np.asarray(figure.canvas.buffer_rgba())[..., :3].astype(np.float64) / 255.0
 
 
 def plot_curves(panels: list, *, log_y: tuple = ()) -> np.ndarray:
   """Line plots side by side. `panels`: list of `(title, {label: (x, y)})`; titles in `log_y` get
   a logarithmic y axis. Returns a float image."""
-  plt = _pyplot()
-  figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), dpi=100,
-                              squeeze=False)
-  for axis, (title, series) in zip(axes[0], panels):
+  figure, axes = _figure(len(panels), 4.2, 3.4)
+  for axis, (title, series) in zip(axes, panels):
     for label, (x, y) in series.items():
       axis.plot(x, y, label=label, linewidth=1.4)
     axis.set_title(title, fontsize=10)
@@ -195,17 +188,16 @@ def plot_codes_2d(panels: list, *, max_identities: int = 12) -> np.ndarray:
   (identity is compared by angle) and projected on their own two leading principal axes; the
   first `max_identities` identities are drawn. Returns a float image.
   """
-  plt = _pyplot()
-  figure, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4.2), dpi=100,
-                              squeeze=False)
-  for axis, (title, codes, labels) in zip(axes[0], panels):
+  from matplotlib import colormaps
+  figure, axes = _figure(len(panels), 4.4, 4.2)
+  for axis, (title, codes, labels) in zip(axes, panels):
     labels = np.asarray(labels)
     keep = np.isin(labels, np.unique(labels)[:max_identities])
     unit = codes / np.maximum(np.linalg.norm(codes, axis=1, keepdims=True), 1e-12)
     centred = unit - unit.mean(0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     xy = centred @ vt[:2].T
-    colours = plt.get_cmap("tab20")(np.searchsorted(np.unique(labels[keep]), labels[keep]) % 20)
+    colours = colormaps["tab20"](np.searchsorted(np.unique(labels[keep]), labels[keep]) % 20)
     axis.scatter(xy[keep, 0], xy[keep, 1], c=colours, s=22, edgecolors="k", linewidths=0.3)
     axis.set_title(title, fontsize=10)
     axis.set_xticks([])

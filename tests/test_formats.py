@@ -10,7 +10,7 @@ import scipy.io
 import scipy.sparse
 
 from sfm_jax import model as fm
-from sfm_jax.io import formats
+from sfm_jax.io import models as formats
 from tests.conftest import SURREY_DIR
 
 V, K, T = 6, 4, 3

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sfm_jax import geometry
+from sfm_jax import camera, geometry
 
 
 def _rx(a):
@@ -51,12 +51,22 @@ def test_projections_match_numpy(x64, rng):
   points = rng.normal(size=(2, 5, 3)) * 50
   rotation = np.asarray(geometry.euler_to_matrix(rng.uniform(-0.5, 0.5, size=(2, 3))))
   scale, t2 = np.array([1.5, 0.7]), rng.normal(size=(2, 2))
-  expected = np.stack([scale[i] * (points[i] @ rotation[i].T)[:, :2] + t2[i] for i in range(2)])
-  np.testing.assert_allclose(geometry.weak_perspective(points, rotation, scale, t2), expected,
-                             rtol=1e-12)
+  # Weak perspective to pixels: x right, y down (image rows), depth away from the viewer.
+  rotated = np.stack([points[i] @ rotation[i].T for i in range(2)])
+  expected = np.stack([scale[:, None] * rotated[..., 0] + t2[:, None, 0],
+                       -scale[:, None] * rotated[..., 1] + t2[:, None, 1], -rotated[..., 2]], -1)
+  pixels, camera_space = camera.weak_perspective(points, rotation, scale, t2)
+  np.testing.assert_allclose(pixels, expected, rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(camera_space, rotated, rtol=1e-12)
+  # The encoder's relative parameters: scale 1 and translation 0 put the model origin at the
+  # image centre with 0.75 S per 200 mm.
+  s, offset = camera.face_camera(np.array([1.0, 2.0]), np.array([[0.0, 0.0], [0.1, -0.2]]),
+                                 image_size=64)
+  np.testing.assert_allclose(s, [0.24, 0.48])
+  np.testing.assert_allclose(offset, [[32.0, 32.0], [38.4, 19.2]])
   t3 = np.array([[0.0, 0.0, -600.0], [10.0, -5.0, -900.0]])
   focal, centre = np.array([1000.0, 800.0]), np.array([[48.0, 48.0], [112.0, 112.0]])
-  projected, depth = geometry.pinhole(points, rotation, t3, focal, centre)
+  projected, depth = camera.pinhole(points, rotation, t3, focal, centre)
   q = np.einsum("bij,bvj->bvi", rotation, points) + t3[:, None]
   np.testing.assert_allclose(depth, -q[..., 2], rtol=1e-12)
   np.testing.assert_allclose(projected, focal[:, None, None] * q[..., :2] / -q[..., 2:]

@@ -8,24 +8,25 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets", reason="TFDS is in the data extra")
 Image = pytest.importorskip("PIL.Image", reason="Pillow is in the data extra")
 
-from data import pipeline  # noqa: E402
 from data.face_image_folder import FaceImageFolder, FaceImageFolderConfig  # noqa: E402
-from data.face_scan_folder import identity_in_test  # noqa: E402
-from data.synthetic_face_images import SyntheticFaceImages, to_uint8  # noqa: E402
-from sfm_jax import synth  # noqa: E402
+from data.synthetic_face_images import SyntheticFaceImages  # noqa: E402
+from sfm_jax import face_world  # noqa: E402
 from sfm_jax.io import write_pts  # noqa: E402
+from sfm_jax.sources import tfds as tfds_io  # noqa: E402
+from sfm_jax.sources.images import to_uint8  # noqa: E402
+from sfm_jax.sources.splits import identity_in_test  # noqa: E402
 
 
 def test_synthetic_images_read_back_exactly(tmp_path):
-  builder = pipeline.build(SyntheticFaceImages, data_dir=str(tmp_path), config="tiny")
+  builder = tfds_io.build(SyntheticFaceImages, data_dir=str(tmp_path), config="tiny")
   config = builder.builder_config
   splits = {}
   for split, (count, seed, offset) in {
       "train": (config.train_identities, config.seed * 2 + 1, 0),
       "test": (config.test_identities, config.seed * 2 + 2, config.train_identities)}.items():
-    got = pipeline.load_all(builder.as_data_source(split))
-    expected = synth.make_images(count, config.images_per_identity, seed * 100003,
-                                 world=synth.FaceWorld(resolution=config.resolution),
+    got = tfds_io.load_all(builder.as_data_source(split))
+    expected = face_world.make_images(count, config.images_per_identity, seed * 100003,
+                                 world=face_world.FaceWorld(resolution=config.resolution),
                                  image_size=config.image_size,
                                  unlabelled_fraction=config.unlabelled_fraction,
                                  occluder_probability=config.occluder_probability,
@@ -41,7 +42,7 @@ def test_synthetic_images_read_back_exactly(tmp_path):
 
 
 def _photo_folder(folder, count=8):
-  images = synth.make_images(4, 2, seed=9, world=synth.FaceWorld(resolution=16), image_size=40,
+  images = face_world.make_images(4, 2, seed=9, world=face_world.FaceWorld(resolution=16), image_size=40,
                              occluder_probability=0.0)
   names = ["ann", "ann", "bob", "bob", "cy", "dee", "", ""]
   rows = [["path", "identity"]]
@@ -58,13 +59,13 @@ def test_image_folder_round_trip_and_identity_split(tmp_path):
   folder = tmp_path / "photos"
   folder.mkdir()
   images, names = _photo_folder(folder)
-  builder = pipeline.build(FaceImageFolder, data_dir=str(tmp_path / "tfds"),
+  builder = tfds_io.build(FaceImageFolder, data_dir=str(tmp_path / "tfds"),
                            config=FaceImageFolderConfig(name="split", test_fraction=0.5),
                            manual_dir=str(folder))
   assert {identity_in_test(n, 0.5) for n in names if n} == {True, False}  # both splits used
   seen = []
   for split in ("train", "test"):
-    got = pipeline.load_all(builder.as_data_source(split))
+    got = tfds_io.load_all(builder.as_data_source(split))
     for k, path in enumerate(got["path"]):
       i = int(path[3:-4])
       np.testing.assert_array_equal(got["image"][k], to_uint8(images.images[i]))
@@ -82,9 +83,9 @@ def test_image_folder_bad_files(tmp_path):
   _photo_folder(folder)
   (folder / "img3.png").write_bytes(b"not an image at all")
   with pytest.raises(ValueError, match=r"img3\.png: unreadable image"):
-    pipeline.build(FaceImageFolder, data_dir=str(tmp_path / "a"), manual_dir=str(folder),
+    tfds_io.build(FaceImageFolder, data_dir=str(tmp_path / "a"), manual_dir=str(folder),
                    config=FaceImageFolderConfig(name="strict"))
-  builder = pipeline.build(FaceImageFolder, data_dir=str(tmp_path / "b"), manual_dir=str(folder),
+  builder = tfds_io.build(FaceImageFolder, data_dir=str(tmp_path / "b"), manual_dir=str(folder),
                            config=FaceImageFolderConfig(name="lenient", skip_bad=True))
   assert len(builder.info.metadata["skipped"]) == 1
   total = sum(len(builder.as_data_source(s)) for s in ("train", "test"))
@@ -92,5 +93,5 @@ def test_image_folder_bad_files(tmp_path):
   Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(folder / "img3.png")  # repaired
   (folder / "img5.pts").write_text("n_points: 68\n{\n1 2\n}\n")
   with pytest.raises(ValueError, match=r"img5\.pts: n_points is 68 but 1 points"):
-    pipeline.build(FaceImageFolder, data_dir=str(tmp_path / "c"), manual_dir=str(folder),
+    tfds_io.build(FaceImageFolder, data_dir=str(tmp_path / "c"), manual_dir=str(folder),
                    config=FaceImageFolderConfig(name="lenient2", skip_bad=False))

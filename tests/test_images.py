@@ -1,18 +1,18 @@
 import numpy as np
 import pytest
 
-from sfm_jax import synth
+from sfm_jax import face_world
 from sfm_jax.io import read_pts, write_pts
 
 
 @pytest.fixture(scope="module")
 def images():
-  return synth.make_images(3, 4, seed=5, world=synth.FaceWorld(resolution=24), image_size=64,
+  return face_world.make_images(3, 4, seed=5, world=face_world.FaceWorld(resolution=24), image_size=64,
                            unlabelled_fraction=0.25, occluder_probability=0.0)
 
 
 def test_images_are_deterministic_and_well_formed(images):
-  again = synth.make_images(3, 4, seed=5, world=synth.FaceWorld(resolution=24), image_size=64,
+  again = face_world.make_images(3, 4, seed=5, world=face_world.FaceWorld(resolution=24), image_size=64,
                             unlabelled_fraction=0.25, occluder_probability=0.0)
   np.testing.assert_array_equal(images.images, again.images)
   assert images.images.shape == (12, 64, 64, 3) and images.images.dtype == np.float32
@@ -26,9 +26,9 @@ def test_images_are_deterministic_and_well_formed(images):
 
 def test_landmarks_are_the_projected_landmark_vertices(images):
   from sfm_jax import geometry
-  world = synth.FaceWorld(resolution=24)
+  world = face_world.FaceWorld(resolution=24)
   template = world.template
-  faces = synth.apply_expressions(template, images.neutral.astype(np.float64),
+  faces = face_world.apply_expressions(template, images.neutral.astype(np.float64),
                                   images.expression.astype(np.float64))
   rotations = np.asarray(geometry.euler_to_matrix(images.rotation), np.float64)
   camera = np.einsum("nij,nvj->nvi", rotations, faces - faces.mean(1, keepdims=True))
@@ -40,9 +40,9 @@ def test_landmarks_are_the_projected_landmark_vertices(images):
 
 
 def test_profile_views_hide_the_far_side():
-  kwargs = dict(world=synth.FaceWorld(resolution=32), image_size=96, occluder_probability=0.0,
+  kwargs = dict(world=face_world.FaceWorld(resolution=32), image_size=96, occluder_probability=0.0,
                 max_pitch_roll_degrees=0.0)
-  images = synth.make_images(4, 2, seed=1, max_yaw_degrees=70.0, **kwargs)
+  images = face_world.make_images(4, 2, seed=1, max_yaw_degrees=70.0, **kwargs)
   yaw = images.rotation[:, 1]
   turned = np.abs(yaw) > np.deg2rad(45)
   assert turned.any()
@@ -54,7 +54,7 @@ def test_profile_views_hide_the_far_side():
     assert not images.visible[n, far_jaw]
     if abs(yaw[n]) > np.deg2rad(60):
       assert not images.visible[n, far_eye]
-  frontal = synth.make_images(2, 2, seed=2, max_yaw_degrees=5.0, **kwargs)
+  frontal = face_world.make_images(2, 2, seed=2, max_yaw_degrees=5.0, **kwargs)
   assert frontal.visible[:, [36, 45, 30, 48, 54]].all()
   # The face covers a sensible share of the image.
   assert 0.15 < frontal.mask.mean() < 0.7

@@ -3,8 +3,17 @@ import os
 import numpy as np
 import pytest
 
-from sfm_jax.io import (atomic_write, encode_png, read_mesh, read_obj, read_ply, read_png,
-                        write_mesh, write_obj, write_ply)
+from sfm_jax.io import (
+  atomic_write,
+  encode_png,
+  read_mesh,
+  read_obj,
+  read_ply,
+  read_png,
+  write_mesh,
+  write_obj,
+  write_ply,
+)
 
 
 def _mesh(rng, v=30, t=40, dtype=np.float32):

@@ -55,6 +55,12 @@ def test_nmi_and_kmeans(rng):
   # Independent labelings: a 2x2 design with uniform joint has zero mutual information.
   a, b = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])
   assert metrics.normalized_mutual_information(a, b) == pytest.approx(0.0, abs=1e-12)
+  # A hand-computed case: a = [0,0,1,1], b = [0,0,0,1]. Joint p(0,0)=1/2, p(1,0)=p(1,1)=1/4;
+  # H(a) = ln 2, H(b) = -(3/4 ln 3/4 + 1/4 ln 1/4), I = H(b) - H(b|a) = H(b) - 1/2 ln 2.
+  h_a, h_b = np.log(2), -(0.75 * np.log(0.75) + 0.25 * np.log(0.25))
+  expected = (h_b - 0.5 * np.log(2)) / ((h_a + h_b) / 2)
+  assert metrics.normalized_mutual_information(a, np.array([0, 0, 0, 1])) == pytest.approx(
+      expected, rel=1e-12)
   points = np.repeat(np.eye(5) * 10, 6, axis=0) + 0.1 * rng.normal(size=(30, 5))
   found = metrics.kmeans(points, 5, seed=3)
   assert metrics.normalized_mutual_information(labels, found) == pytest.approx(1.0)

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sfm_jax import face_world
 from sfm_jax import model as fm
-from sfm_jax import synth
 
 
 def _random_model(rng, v=7, k=4, e=3, albedo=False):
@@ -126,7 +126,7 @@ def test_save_refuses_bad_model_and_keeps_old_file(tmp_path, rng):
 
 
 def test_toy_model_is_valid_and_faces_stay_on_sphere(tmp_path):
-  m = synth.toy_model(num_shape=6, num_expr=2, resolution=16)
+  m = face_world.toy_model(num_shape=6, num_expr=2, resolution=16)
   fm.save_model(tmp_path / "toy.npz", m)  # validates
   s = jax.random.normal(jax.random.key(0), (4, 6))
   s = s / jnp.linalg.norm(s, axis=-1, keepdims=True) * m.radius

@@ -35,7 +35,7 @@ def _stage1(workdir, devices, *flags, extra_env=None, log=None):
 
 
 def _assert_same_models(a, b, rtol=1e-5):
-  for name in ("model.npz", "baseline.npz"):
+  for name in ("sfm_model.npz", "baseline_model.npz"):
     x, y = fm.load_model(os.path.join(a, name)), fm.load_model(os.path.join(b, name))
     for field in ("mean", "shape_basis", "expr_basis"):
       expected, got = getattr(x, field), getattr(y, field)

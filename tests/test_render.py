@@ -166,8 +166,8 @@ def test_jit_equals_eager_and_vmap(rng):
 
 
 def test_window_mode_equals_exact_mode(rng):
-  from sfm_jax import synth
-  template = synth.face_template(40)
+  from sfm_jax import face_world
+  template = face_world.face_template(40)
   size = 48
   scale = 0.75 * size / 200.0
   v = template.vertices

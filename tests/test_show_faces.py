@@ -1,13 +1,13 @@
 import numpy as np
 
 from experiments import show_faces
+from sfm_jax import face_world, viz
 from sfm_jax import model as fm
-from sfm_jax import synth, viz
 
 
 def test_world_picture_has_a_face_per_cell():
   picture, names = show_faces.world_picture(identities=2, resolution=16, seed=0, size=40, yaw=0.0)
-  assert names[0] == "neutral" and len(names) == 1 + len(synth.EXPRESSIONS)
+  assert names[0] == "neutral" and len(names) == 1 + len(face_world.EXPRESSIONS)
   assert picture.shape == (2 * 40 + 3 * 4, len(names) * 40 + (len(names) + 1) * 4, 3)
   for row in range(2):
     for col in range(len(names)):
@@ -17,7 +17,7 @@ def test_world_picture_has_a_face_per_cell():
 
 
 def test_model_picture_shows_mean_and_plus_minus_three_sd(tmp_path):
-  model = synth.toy_model(num_shape=3, num_expr=1, resolution=16).replace(code_kind="gaussian")
+  model = face_world.toy_model(num_shape=3, num_expr=1, resolution=16).replace(code_kind="gaussian")
   path = tmp_path / "toy.npz"
   fm.save_model(path, model)
   picture, loaded = show_faces.model_picture(str(path), components=2, expressions=1, size=32,

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from sfm_jax import evaluation, metrics, stage1, stage2, synth
+from sfm_jax import evaluation, face_world, inference, metrics, stage1
 from sfm_jax import model as fm
 from sfm_jax.io import read_obj, read_png, write_png, write_pts
 
@@ -20,6 +20,17 @@ pytestmark = pytest.mark.xdist_group("stage2")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "--config=experiments/configs/stage2.py:tiny"
+
+
+def _train(variant, workdir, **overrides):
+  """`experiments.stage2.train_and_evaluate` in this process, `overrides` as dotted config keys."""
+  from experiments import stage2 as stage2_entry
+  from experiments.configs import stage2 as stage2_configs
+  config = stage2_configs.get_config(variant)
+  for key, value in overrides.items():
+    section, _, field = key.rpartition(".")
+    (config[section] if section else config)[field] = value
+  return stage2_entry.train_and_evaluate(config, str(workdir))
 
 
 def _run(module, *args, timeout=400):
@@ -31,21 +42,19 @@ def _run(module, *args, timeout=400):
 def stage1_models(tmp_path_factory):
   """A tiny stage-1 pair (SFM on the sphere, Gaussian baseline) on the 12x12 face world."""
   folder = tmp_path_factory.mktemp("stage1")
-  scans = synth.make_scans(16, 3, seed=0, world=synth.FaceWorld(resolution=12), noise_mm=0.0)
+  scans = face_world.make_scans(16, 3, seed=0, world=face_world.FaceWorld(resolution=12), noise_mm=0.0)
   init = stage1.pca_init(scans.vertices, scans.identity, num_shape=4, num_expr=3)
   model = stage1.pca_model(init, triangles=scans.triangles, landmarks=scans.landmarks)
-  fm.save_model(folder / "model.npz", model.replace(code_kind="sphere"))
-  fm.save_model(folder / "baseline.npz", model)
+  fm.save_model(folder / "sfm_model.npz", model.replace(code_kind="sphere"))
+  fm.save_model(folder / "baseline_model.npz", model)
   return folder
 
 
 @pytest.fixture(scope="module")
 def trained(stage1_models, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("stage2")
-  result = _run("experiments.stage2", TINY, f"--workdir={workdir}",
-                f"--config.init_model={stage1_models / 'model.npz'}")
-  assert result.returncode == 0, result.stderr[-3000:]
-  return workdir, result
+  results = _train("tiny", workdir, init_model=str(stage1_models / "sfm_model.npz"))
+  return workdir, results
 
 
 def test_every_term_is_logged_and_the_loss_falls(trained):
@@ -66,7 +75,7 @@ def test_every_term_is_logged_and_the_loss_falls(trained):
 
 def test_exported_models_are_the_stage1_basis_plus_the_residual(trained, stage1_models):
   workdir, _ = trained
-  for name, start in (("sfm", "model.npz"), ("baseline", "baseline.npz")):
+  for name, start in (("sfm", "sfm_model.npz"), ("baseline", "baseline_model.npz")):
     before = fm.load_model(stage1_models / start)
     after = fm.load_model(workdir / f"{name}_model.npz")
     np.testing.assert_array_equal(after.mean, before.mean)
@@ -84,7 +93,7 @@ def test_evaluation_table_and_the_image_mode_of_evaluate_agree(trained):
     assert set(scores) >= {"median_mm", "mean_mm", "std_mm", "verification_accuracy",
                            "silhouette", "nmi", "nme"}
     assert 0 < scores["median_mm"] and 0 <= scores["nme"] < 2
-  assert "| sfm |" in result.stdout and "| baseline |" in result.stdout
+  assert result == table  # train_and_evaluate returns what it wrote
   assert set(table["seen_identities"]) == {"sfm", "baseline"}  # the memorisation diagnostic
   assert 0 <= table["seen_identities"]["sfm"]["verification_accuracy"] <= 1
   out = workdir / "reeval"
@@ -103,7 +112,7 @@ def test_evaluation_table_and_the_image_mode_of_evaluate_agree(trained):
 def test_resume_after_kill_gives_identical_parameters(trained, stage1_models, tmp_path):
   reference, _ = trained
   workdir = tmp_path / "killed"
-  common = [TINY, f"--workdir={workdir}", f"--config.init_model={stage1_models / 'model.npz'}",
+  common = [TINY, f"--workdir={workdir}", f"--config.init_model={stage1_models / 'sfm_model.npz'}",
             "--config.baseline_model=none"]
   process = subprocess.Popen([sys.executable, "-m", "experiments.stage2", *common,
                               "--config.train.sleep_per_step=0.5"],
@@ -125,8 +134,9 @@ def test_resume_after_kill_gives_identical_parameters(trained, stage1_models, tm
   b = fm.load_model(workdir / "sfm_model.npz")
   for field in ("shape_basis", "expr_basis", "albedo_mean", "albedo_basis"):
     np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
-  from sfm_jax.io import load_tree
   import jax
+
+  from sfm_jax.io import load_tree
   for x, y in zip(jax.tree_util.tree_leaves(load_tree(reference / "sfm_encoder.npz")[0]),
                   jax.tree_util.tree_leaves(load_tree(workdir / "sfm_encoder.npz")[0])):
     np.testing.assert_array_equal(x, y)
@@ -138,7 +148,7 @@ def test_resume_after_kill_gives_identical_parameters(trained, stage1_models, tm
 def reconstruction_set(tmp_path_factory):
   """Four rendered 12x12-world faces as PNG, the first two with their .pts."""
   folder = tmp_path_factory.mktemp("photos")
-  images = synth.make_images(2, 2, seed=5, world=synth.FaceWorld(resolution=12), image_size=32,
+  images = face_world.make_images(2, 2, seed=5, world=face_world.FaceWorld(resolution=12), image_size=32,
                              occluder_probability=0.0, max_yaw_degrees=30.0)
   for i in range(4):
     write_png(folder / f"face{i}.png", images.images[i])
@@ -149,7 +159,7 @@ def reconstruction_set(tmp_path_factory):
 
 def _project(posed, scale, translation, size):
   """The stage-2 camera, restated: posed model-space vertices (rotation applied) -> pixels."""
-  s = stage2.nominal_scale(size) * scale
+  s = 0.75 * size / 200.0 * scale  # nominal pixels per mm times the relative scale
   return np.stack([s * posed[:, 0] + (0.5 + translation[0]) * size,
                    -s * posed[:, 1] + (0.5 + translation[1]) * size], -1)
 
@@ -162,7 +172,7 @@ def test_reconstruct_writes_consistent_meshes_parameters_and_overlays(trained, r
   result = _run("experiments.reconstruct", f"--workdir={workdir}", f"--images={folder}",
                 f"--out={out}", "--batch_size=3")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "[4/4] 4 reconstructed" in result.stdout
+  assert "4/4 images  4 reconstructed" in result.stdout
   model = fm.load_model(workdir / "sfm_model.npz")
   for i in range(4):
     saved = np.load(out / f"face{i}.npz")
@@ -227,7 +237,7 @@ def test_reconstruct_and_stage2_fail_clearly_on_bad_input(trained, reconstructio
   assert "experiments.stage1" in missing.stderr  # says how to make one
   no_meta = _run("experiments.stage2", "--config=experiments/configs/stage2.py:folder",
                  f"--workdir={tmp_path / 'w'}", f"--config.data.image_dir={folder}",
-                 f"--config.init_model={stage1_models / 'model.npz'}")
+                 f"--config.init_model={stage1_models / 'sfm_model.npz'}")
   assert no_meta.returncode == 1 and "meta.csv: missing" in no_meta.stderr
   no_run = _run("experiments.reconstruct", f"--workdir={tmp_path}", f"--images={folder}")
   assert no_run.returncode == 1 and "no trained stage-2 model" in no_run.stderr
@@ -235,7 +245,7 @@ def test_reconstruct_and_stage2_fail_clearly_on_bad_input(trained, reconstructio
 
 def test_image_metrics_on_known_answers():
   rng = np.random.default_rng(0)
-  template = synth.face_template(12)
+  template = face_world.face_template(12)
   n = 32
   neutral = template.vertices[None] + rng.normal(scale=2.0, size=(n, len(template.vertices), 3))
   labels = np.repeat(np.arange(8), 4)
@@ -265,23 +275,20 @@ def test_image_metrics_on_known_answers():
 def test_reconstruct_landmark_error_of_a_trained_network_is_below_the_bound(trained,
                                                                              stage1_models,
                                                                              tmp_path):
-  """150 steps on the tiny set: reconstructing its (rendered) training faces through the whole
+  """300 steps on the tiny set: reconstructing its (rendered) training faces through the whole
   command (PNG in, crop, network, landmarks mapped back) gives NME below 0.25 of the inter-ocular
   distance, and clearly below the 12-step network's."""
-  from experiments import image_data
   from experiments.configs import stage2 as stage2_configs
-  data = image_data.load(stage2_configs.get_config("tiny").data, seed=0)
+  from sfm_jax.sources import images as image_sources
+  data = image_sources.load(stage2_configs.get_config("tiny").data, seed=0)
   photos = tmp_path / "photos"
   photos.mkdir()
   for i in range(8):
     write_png(photos / f"t{i}.png", data.train.images[i])
     write_pts(photos / f"t{i}.pts", data.train.landmarks[i])
   longer = tmp_path / "longer"
-  result = _run("experiments.stage2", TINY, f"--workdir={longer}",
-                f"--config.init_model={stage1_models / 'model.npz'}",
-                "--config.baseline_model=none", "--config.train.num_steps=150",
-                "--config.train.log_every=50", "--config.train.checkpoint_every=150")
-  assert result.returncode == 0, result.stderr[-3000:]
+  _train("tiny", longer, init_model=str(stage1_models / "sfm_model.npz"), baseline_model="none",
+         **{"train.num_steps": 300, "train.log_every": 100, "train.checkpoint_every": 300})
   errors = {}
   for name, workdir in (("short", trained[0]), ("long", longer)):
     out = tmp_path / name
@@ -299,7 +306,7 @@ def test_photo_folder_variant_crops_around_landmarks_and_reconstruct_follows(sta
                                                                              tmp_path):
   photos = tmp_path / "photos"
   photos.mkdir()
-  images = synth.make_images(10, 2, seed=7, world=synth.FaceWorld(resolution=12), image_size=64,
+  images = face_world.make_images(10, 2, seed=7, world=face_world.FaceWorld(resolution=12), image_size=64,
                              occluder_probability=0.0)
   lines = ["path,identity"]
   for i in range(20):
@@ -308,20 +315,17 @@ def test_photo_folder_variant_crops_around_landmarks_and_reconstruct_follows(sta
     lines.append(f"p{i:02d}.png,person{images.true_identity[i]}")
   (photos / "meta.csv").write_text("\n".join(lines) + "\n")
   workdir = tmp_path / "run"
-  result = _run("experiments.stage2", "--config=experiments/configs/stage2.py:folder",
-                f"--workdir={workdir}", f"--config.data.image_dir={photos}",
-                f"--config.init_model={stage1_models / 'model.npz'}",
-                "--config.baseline_model=none", "--config.data.image_size=32",
-                "--config.data.test_fraction=0.5", "--config.model.width=8",
-                "--config.model.albedo_dim=2", "--config.train.num_steps=2",
-                "--config.train.global_batch_size=4", "--config.train.log_every=1")
-  assert result.returncode == 0, result.stderr[-3000:]
+  _train("folder", workdir, init_model=str(stage1_models / "sfm_model.npz"),
+         baseline_model="none",
+         **{"data.image_dir": str(photos), "data.image_size": 32, "data.test_fraction": 0.5,
+            "model.width": 8, "model.albedo_dim": 2, "train.num_steps": 2,
+            "train.global_batch_size": 4, "train.log_every": 1})
   assert not (photos / ".tfds").exists() and sorted(os.listdir(photos))[0] == "meta.csv"
   table = json.loads(open(workdir / "eval.json").read())
   assert table["ground_truth_3d"] is False and "median_mm" not in table["models"]["sfm"]
   held_out = table["test_images"]
   assert 0 < held_out < 20 and held_out % 2 == 0  # whole identities held out
-  predictor = stage2.load_predictor(workdir / "sfm_encoder.npz",
+  predictor = inference.load_predictor(workdir / "sfm_encoder.npz",
                                     fm.load_model(workdir / "sfm_model.npz"))
   assert predictor.crop_margin == 0.25 and predictor.image_size == 32
   (tmp_path / "lone").mkdir()

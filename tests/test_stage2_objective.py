@@ -3,19 +3,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sfm_jax import stage1, stage2, synth
+from sfm_jax import face_world, stage1, stage2
 from sfm_jax.networks import Encoder
 from sfm_jax.train_state import TrainState, jit_train_step
 
 
 @pytest.fixture(scope="module")
 def problem():
-  world = synth.FaceWorld(resolution=16)
-  scans = synth.make_scans(12, 3, seed=0, world=world, noise_mm=0.0)
+  world = face_world.FaceWorld(resolution=16)
+  scans = face_world.make_scans(12, 3, seed=0, world=world, noise_mm=0.0)
   init = stage1.pca_init(scans.vertices, scans.identity, num_shape=4, num_expr=3)
   model = stage1.pca_model(init, triangles=scans.triangles,
                            landmarks=scans.landmarks).replace(code_kind="sphere")
-  images = synth.make_images(4, 2, seed=1, world=world, image_size=32, occluder_probability=0.0,
+  images = face_world.make_images(4, 2, seed=1, world=world, image_size=32, occluder_probability=0.0,
                              max_yaw_degrees=20.0)
   batch = {"images": jnp.asarray(images.images), "landmarks": jnp.asarray(images.landmarks),
            "visible": jnp.asarray(images.visible), "identity": jnp.asarray(images.identity)}
@@ -56,7 +56,7 @@ def test_projection_of_an_untrained_encoder_is_centred_and_frontal(problem):
          "scale": jnp.ones(1), "translation": jnp.zeros((1, 2))}
   vertices = jnp.asarray(model.mean)[None]
   pixels, _ = stage2.project_faces(vertices, out, image_size=64)
-  s = stage2.nominal_scale(64)
+  s = 0.75 * 64 / 200.0  # nominal: a 200 mm face spans 75% of the image
   np.testing.assert_allclose(pixels[0, :, 0], s * model.mean[:, 0] + 32, rtol=1e-5)
   np.testing.assert_allclose(pixels[0, :, 1], -s * model.mean[:, 1] + 32, rtol=1e-5)
   np.testing.assert_allclose(pixels[0, :, 2], -model.mean[:, 2], rtol=1e-5)

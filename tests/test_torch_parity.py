@@ -124,7 +124,7 @@ def test_full_stage1_step_matches(rng, code_kind):
                                weight_smoothness=0.1, weight_symmetry=0.1, weight_shape_prior=0.01)
   mirror = np.arange(v)[::-1].copy()
   lrs = {"basis": 1e-3, "codes": 1e-2, "prototypes": 2e-2, "centers": 3e-2}
-  params = stage1.init_params(init, identity, c)
+  params = stage1.init_params(init, identity, c, seed=0)
   loss_fn = stage1.make_loss_fn(objective, radius=init.radius, triangles=triangles, mirror=mirror)
   tx = stage1.make_optimizer(lr_basis=lrs["basis"], lr_codes=lrs["codes"],
                              lr_prototypes=lrs["prototypes"], lr_centers=lrs["centers"])

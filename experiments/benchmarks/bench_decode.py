@@ -13,8 +13,9 @@ a basis stored in bf16. Compile time is reported apart from the step time (media
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from experiments import cli
 from experiments.benchmarks.common import roofline, time_jax, write_json
 from sfm_jax.model import FaceModel, decode
 
@@ -76,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

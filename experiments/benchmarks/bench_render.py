@@ -12,10 +12,11 @@ vertex positions and colours. Compile time apart from the median step.
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from experiments import cli
 from experiments.benchmarks.common import time_jax, write_json
-from sfm_jax import geometry, render, synth
+from sfm_jax import face_world, geometry, render
 
 _BATCH = flags.DEFINE_integer("batch", 32, "faces per batch")
 _RESOLUTION = flags.DEFINE_integer("resolution", 71, "face grid side (V = resolution^2)")
@@ -28,7 +29,7 @@ _MAX_LARGE = flags.DEFINE_integer("max_large", 64, "window mode: large triangles
 
 def main(argv):
   del argv
-  template = synth.face_template(_RESOLUTION.value)
+  template = face_world.face_template(_RESOLUTION.value)
   size, batch = _SIZE.value, _BATCH.value
   rng = np.random.default_rng(0)
   scale = 0.75 * size / 200.0
@@ -76,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

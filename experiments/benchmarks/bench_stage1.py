@@ -12,8 +12,9 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from experiments import cli
 from experiments.benchmarks.common import random_stage1_problem, write_json
 from sfm_jax import parallel, stage1
 from sfm_jax.train_state import TrainState, train_step
@@ -41,7 +42,7 @@ def main(argv):
   tx = stage1.make_optimizer(lr_basis=1e-4, lr_codes=1e-2, lr_prototypes=1e-2, lr_centers=1e-2)
   mesh = parallel.make_mesh()
   parallel.check_global_batch(b, mesh)
-  state = parallel.replicate(TrainState.create(params=stage1.init_params(init, identity, c),
+  state = parallel.replicate(TrainState.create(params=stage1.init_params(init, identity, c, seed=0),
                                                tx=tx, loss_fn=loss_fn, seed=0), mesh)
   state_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(state.arrays()))
   step_fn = parallel.data_parallel_step(train_step, mesh)
@@ -82,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -18,10 +18,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from experiments import cli
 from experiments.benchmarks.common import time_jax, write_json
-from sfm_jax import parallel, stage2, synth
+from sfm_jax import face_world, parallel, stage2
 from sfm_jax.model import FaceModel
 from sfm_jax.networks import Encoder
 from sfm_jax.train_state import TrainState, train_step
@@ -43,7 +44,7 @@ _JSON = flags.DEFINE_string("json", None, "also write the results here")
 def main(argv):
   del argv
   size, b = _SIZE.value, _BATCH.value
-  world = synth.FaceWorld(resolution=_RESOLUTION.value)
+  world = face_world.FaceWorld(resolution=_RESOLUTION.value)
   template = world.template
   v = template.vertices.shape[0]
   rng = np.random.default_rng(0)
@@ -57,7 +58,7 @@ def main(argv):
                         np.float32),
                     radius=np.asarray(np.sqrt(_SHAPE.value), np.float32),
                     triangles=template.triangles, landmarks=template.landmarks)
-  images = synth.make_images(max(b // 4, 1), 4, seed=1, world=world, image_size=size)
+  images = face_world.make_images(max(b // 4, 1), 4, seed=1, world=world, image_size=size)
   batch = {"images": images.images[:b], "landmarks": images.landmarks[:b],
            "visible": images.visible[:b],
            "identity": (images.true_identity[:b] % _CLASSES.value).astype(np.int32)}
@@ -115,4 +116,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

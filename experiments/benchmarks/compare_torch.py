@@ -8,7 +8,8 @@ Workloads (design section 11, paper shapes):
   spherical  loss forward + backward: project + CosFace + centre + isotropy, B=512, C=8631, K=199
   stage1     one full stage-1 train step (forward, backward, Adam on every group), V=53149,
              K=199, E=100, N=4000 scans, C=1000, batch 128 (float32)
-Stage 2 does not exist yet, so it has no row.
+The stage-2 step has no PyTorch reference yet (its renderer is JAX only); it is timed alone by
+`experiments.benchmarks.bench_stage2`.
 
 Compile time is reported apart from the median step time; every timed region ends with
 `block_until_ready` (JAX) or `torch.cuda.synchronize` (PyTorch on GPU). Float32 matmuls are true
@@ -20,10 +21,16 @@ same machine's measured copy bandwidth and matmul rate.
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from experiments.benchmarks.common import (random_stage1_problem, roofline, time_calls,
-                                           time_jax, write_json)
+from experiments import cli
+from experiments.benchmarks.common import (
+  random_stage1_problem,
+  roofline,
+  time_calls,
+  time_jax,
+  write_json,
+)
 from sfm_jax import losses, sphere, stage1
 from sfm_jax.model import FaceModel, decode
 from sfm_jax.train_state import TrainState, jit_train_step
@@ -150,7 +157,7 @@ def bench_stage1(machine, repeats, with_compile):
   rng = np.random.default_rng(3)
   objective = stage1.Objective()
   lrs = dict(basis=1e-4, codes=1e-2, prototypes=1e-2, centers=1e-2)
-  params = stage1.init_params(init, identity, c)
+  params = stage1.init_params(init, identity, c, seed=0)
   host_params = jax.tree_util.tree_map(np.asarray, params)  # before the donating JAX steps
   state = TrainState.create(
       params=params, seed=0,
@@ -226,4 +233,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
 # ---------------------------------------------------------------------------------------------
 # Model.
 

@@ -6,6 +6,8 @@ e.g. `--config.num_faces=4`.
 
 import ml_collections
 
+from sfm_jax.errors import InputError
+
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -21,5 +23,5 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     config.num_faces = 4
     config.image_size = 96
   elif variant != "default":
-    raise ValueError(f"unknown demo config variant {variant!r} (expected 'default' or 'small')")
+    raise InputError(f"unknown demo config variant {variant!r} (expected 'default' or 'small')")
   return config

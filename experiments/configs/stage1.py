@@ -11,14 +11,19 @@
 Any field can be overridden, e.g. `--config.train.num_steps=500 --config.model.shape_dim=16`.
 """
 
+import dataclasses
+
 import ml_collections
+
+from sfm_jax import stage1
+from sfm_jax.errors import InputError
 
 VARIANTS = ("demo", "surrey", "folder", "paper", "tiny")
 
 
 def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
-    raise ValueError(f"unknown stage-1 config variant {variant!r}; choose one of {VARIANTS}")
+    raise InputError(f"unknown stage-1 config variant {variant!r}; choose one of {VARIANTS}")
   c = ml_collections.ConfigDict()
   c.variant = variant
   c.seed = 0
@@ -42,13 +47,11 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.model.shape_dim = 20           # K
   c.model.expr_dim = 10            # E
 
-  # The SFM objective (see sfm_jax.stage1.Objective); 0 switches a term off.
-  c.objective = ml_collections.ConfigDict(dict(
-      code_kind="sphere", sphere_mode="hard", margin_kind="cosface", margin_scale=32.0,
-      margin=0.35, squared_error=False, weight_rec=1.0, weight_margin=0.1, weight_center=1.0,
-      weight_isotropy=0.01, weight_ring=1.0, weight_shape_prior=0.0, weight_expr_prior=0.001,
-      weight_orthogonality=0.0, weight_smoothness=0.0, weight_symmetry=0.0))
-  # The baseline: same code, Gaussian codes with a Tikhonov prior, no identity terms.
+  # The SFM objective: every field of sfm_jax.stage1.Objective with its default (written once,
+  # there); 0 switches a term off.
+  c.objective = ml_collections.ConfigDict(dataclasses.asdict(stage1.Objective()))
+  # The baseline (stage1.baseline_objective): the same terms with Gaussian codes, no spherical
+  # terms, and these overrides (its Tikhonov prior).
   c.baseline = ml_collections.ConfigDict(dict(weight_shape_prior=0.001, weight_expr_prior=0.001))
 
   c.train = ml_collections.ConfigDict()

@@ -2,31 +2,36 @@
 
   demo    rendered face-world images at 96 px (48x48 mesh, 200 + 50 identities x 6), a
           ResNet-10 of width 16; both models in under 15 minutes on 2 CPU cores. Needs the
-          stage-1 demo run (`runs/stage1/model.npz` and `baseline.npz`).
+          stage-1 demo run (`runs/stage1/sfm_model.npz` and `baseline_model.npz`).
   folder  a user's photo folder: --config.data.image_dir=DIR (meta.csv + images + .pts), with
           --config.init_model=PATH a stage-1 model in correspondence with nothing else needed
   paper   224 px, ResNet-50, K = 199, a 230x230 mesh (the stage-1 `paper` model in
           runs/stage1_paper), 2000 + 200 identities x 8; sized for GPUs
   tiny    seconds, for tests
 
-`init_model` is the stage-1 SFM model (`model.npz`); `baseline_model` the stage-1 Gaussian
-baseline (`baseline.npz`), by default the file of that name beside `init_model`. Any field can be
-overridden, e.g. `--config.train.num_steps=200 --config.init_model=runs/s1/model.npz`.
+`init_model` is the stage-1 SFM model (`sfm_model.npz`); `baseline_model` the stage-1 Gaussian
+baseline (`baseline_model.npz`), by default the file of that name beside `init_model`. Any field can be
+overridden, e.g. `--config.train.num_steps=200 --config.init_model=runs/s1/sfm_model.npz`.
 """
 
+import dataclasses
+
 import ml_collections
+
+from sfm_jax import stage2
+from sfm_jax.errors import InputError
 
 VARIANTS = ("demo", "folder", "paper", "tiny")
 
 
 def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
-    raise ValueError(f"unknown stage-2 config variant {variant!r}; choose one of {VARIANTS}")
+    raise InputError(f"unknown stage-2 config variant {variant!r}; choose one of {VARIANTS}")
   c = ml_collections.ConfigDict()
   c.variant = variant
   c.seed = 0
-  c.init_model = "runs/stage1/model.npz"
-  c.baseline_model = ""             # default: baseline.npz beside init_model; "none" skips it
+  c.init_model = "runs/stage1/sfm_model.npz"
+  c.baseline_model = ""             # default: baseline_model.npz beside init_model; "none" skips it
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "world"           # world (rendered in memory) | tfds | folder
@@ -49,14 +54,12 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.model.width = 16                # channels of the first stage (64 in the standard ResNets)
   c.model.albedo_dim = 10
 
-  # The SFM objective (sfm_jax.stage2.Objective); 0 switches a term off.
-  c.objective = ml_collections.ConfigDict({
-      "margin_scale": 32.0, "margin": 0.35, "weight_landmark": 10.0, "weight_photometric": 1.0,
-      "weight_margin": 0.05, "weight_center": 0.5, "weight_shape_prior": 0.0,
-      "weight_expr_prior": 1e-3, "weight_albedo_prior": 1e-3, "weight_residual": 1e-3,
-      "window": 4})
-  # The baseline: the same pipeline from the stage-1 baseline, Gaussian codes with a Tikhonov
-  # prior, no identity terms.
+  # The SFM objective: every field of sfm_jax.stage2.Objective with its default (written once,
+  # there; code_kind is set per model); 0 switches a term off.
+  c.objective = ml_collections.ConfigDict(
+      {k: v for k, v in dataclasses.asdict(stage2.Objective()).items() if k != "code_kind"})
+  # The baseline (stage2.baseline_objective): the same pipeline from the stage-1 baseline,
+  # Gaussian codes with a Tikhonov prior, no identity terms.
   c.baseline = ml_collections.ConfigDict({"weight_shape_prior": 1e-3})
 
   c.train = ml_collections.ConfigDict()
@@ -88,7 +91,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.data.source = "folder"
     c.data.image_size = 128
   elif variant == "paper":
-    c.init_model = "runs/stage1_paper/model.npz"
+    c.init_model = "runs/stage1_paper/sfm_model.npz"
     c.data.image_size, c.data.resolution = 224, 230  # the stage-1 paper grid (52900 vertices)
     c.data.train_identities, c.data.test_identities, c.data.images_per_identity = 2000, 200, 8
     c.model.depth, c.model.width, c.model.albedo_dim = "resnet50", 64, 80

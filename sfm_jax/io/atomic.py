@@ -13,6 +13,8 @@ import os
 import tempfile
 from typing import IO, Iterator
 
+from sfm_jax.errors import InputError
+
 
 def _current_umask() -> int:
   mask = os.umask(0)
@@ -32,7 +34,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     The open temporary file.
   """
   if mode not in ("w", "wb"):
-    raise ValueError(f"atomic_write: mode must be 'w' or 'wb', got {mode!r}")
+    raise InputError(f"atomic_write: mode must be 'w' or 'wb', got {mode!r}")
   path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
   fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)

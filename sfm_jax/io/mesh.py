@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from sfm_jax.errors import InputError
 from sfm_jax.io.atomic import atomic_write
 
 
@@ -41,25 +42,25 @@ def _validated(vertices, triangles, colors, path: str):
   """Checks writer inputs; returns (vertices, triangles [T, 3] int64, colors or None)."""
   vertices = np.asarray(vertices)
   if vertices.ndim != 2 or vertices.shape[1] != 3 or not np.issubdtype(vertices.dtype, np.floating):
-    raise ValueError(f"{path}: vertices must be a float [V, 3] array, got {vertices.dtype} "
+    raise InputError(f"{path}: vertices must be a float [V, 3] array, got {vertices.dtype} "
                      f"{vertices.shape}")
   if not np.all(np.isfinite(vertices)):
     bad = int(np.argwhere(~np.isfinite(vertices))[0, 0])
-    raise ValueError(f"{path}: vertex {bad} is not finite: {vertices[bad]}")
+    raise InputError(f"{path}: vertex {bad} is not finite: {vertices[bad]}")
   if vertices.dtype not in (np.float32, np.float64):
     vertices = vertices.astype(np.float32)
   triangles = np.zeros((0, 3), np.int64) if triangles is None else np.asarray(triangles)
   if triangles.ndim != 2 or triangles.shape[1] != 3 or not np.issubdtype(triangles.dtype, np.integer):
-    raise ValueError(f"{path}: triangles must be an integer [T, 3] array, got {triangles.dtype} "
+    raise InputError(f"{path}: triangles must be an integer [T, 3] array, got {triangles.dtype} "
                      f"{triangles.shape}")
   if triangles.size and (triangles.min() < 0 or triangles.max() >= len(vertices)):
     bad = int(np.argwhere((triangles < 0) | (triangles >= len(vertices)))[0, 0])
-    raise ValueError(f"{path}: triangle {bad} {triangles[bad].tolist()} indexes outside "
+    raise InputError(f"{path}: triangle {bad} {triangles[bad].tolist()} indexes outside "
                      f"[0, {len(vertices)})")
   if colors is not None:
     colors = np.asarray(colors, np.float32)
     if colors.shape != vertices.shape or not np.all(np.isfinite(colors)):
-      raise ValueError(f"{path}: colors must be finite [V, 3] = {vertices.shape}, got {colors.shape}")
+      raise InputError(f"{path}: colors must be finite [V, 3] = {vertices.shape}, got {colors.shape}")
   return vertices, triangles.astype(np.int64), colors
 
 
@@ -68,7 +69,7 @@ def _check_read_triangles(triangles: np.ndarray, num_vertices: int, path: str, w
   bad = np.flatnonzero(np.any((triangles < 0) | (triangles >= num_vertices), axis=1))
   if bad.size:
     i = int(bad[0])
-    raise ValueError(f"{path}: {where(i)}: vertex index out of range in face "
+    raise InputError(f"{path}: {where(i)}: vertex index out of range in face "
                      f"{triangles[i].tolist()} (0-based; the mesh has {num_vertices} vertices)")
 
 
@@ -104,9 +105,9 @@ def _parse_floats(tokens, path, line_no, what):
   try:
     values = [float(t) for t in tokens]
   except ValueError:
-    raise ValueError(f"{path}: line {line_no}: cannot parse {what} {' '.join(tokens)!r}") from None
+    raise InputError(f"{path}: line {line_no}: cannot parse {what} {' '.join(tokens)!r}") from None
   if not all(np.isfinite(values)):
-    raise ValueError(f"{path}: line {line_no}: non-finite {what} {' '.join(tokens)!r}")
+    raise InputError(f"{path}: line {line_no}: non-finite {what} {' '.join(tokens)!r}")
   return values
 
 
@@ -133,7 +134,7 @@ def read_obj(path: str | os.PathLike, *, dtype=np.float32) -> Mesh:
         keyword = tokens[0]
         if keyword == "v":
           if len(tokens) not in (4, 5, 7, 8):
-            raise ValueError(f"{path}: line {line_no}: a vertex needs 3 coordinates (optionally "
+            raise InputError(f"{path}: line {line_no}: a vertex needs 3 coordinates (optionally "
                              f"followed by r g b), got {len(tokens) - 1} numbers")
           values = _parse_floats(tokens[1:], path, line_no, "vertex")
           positions.append(values[:3])
@@ -145,7 +146,7 @@ def read_obj(path: str | os.PathLike, *, dtype=np.float32) -> Mesh:
         elif keyword == "f":
           corners = tokens[1:]
           if len(corners) != 3:
-            raise ValueError(f"{path}: line {line_no}: face with {len(corners)} vertices; "
+            raise InputError(f"{path}: line {line_no}: face with {len(corners)} vertices; "
                              "triangles are required")
           face = []
           for corner in corners:
@@ -153,19 +154,19 @@ def read_obj(path: str | os.PathLike, *, dtype=np.float32) -> Mesh:
             try:
               index = int(head)
             except ValueError:
-              raise ValueError(f"{path}: line {line_no}: bad vertex index {corner!r}") from None
+              raise InputError(f"{path}: line {line_no}: bad vertex index {corner!r}") from None
             if index == 0:
-              raise ValueError(f"{path}: line {line_no}: vertex index 0 (OBJ indices start at 1)")
+              raise InputError(f"{path}: line {line_no}: vertex index 0 (OBJ indices start at 1)")
             face.append(index - 1 if index > 0 else len(positions) + index)
           faces.append(face)
           face_lines.append(line_no)
   except UnicodeError as e:  # pragma: no cover - errors="replace" makes this unlikely
-    raise ValueError(f"{path}: not a text OBJ file ({e})") from None
+    raise InputError(f"{path}: not a text OBJ file ({e})") from None
   if not positions:
-    raise ValueError(f"{path}: no vertices ('v' lines) found")
+    raise InputError(f"{path}: no vertices ('v' lines) found")
   if 0 < colour_lines < len(positions):
     first = next(i for i, c in enumerate(colours) if c is None)
-    raise ValueError(f"{path}: vertex {first} has no colour but {colour_lines} others do")
+    raise InputError(f"{path}: vertex {first} has no colour but {colour_lines} others do")
   triangles = np.asarray(faces, np.int64).reshape(-1, 3)
   _check_read_triangles(triangles, len(positions), path, lambda i: f"line {face_lines[i]}")
   return Mesh(vertices=np.asarray(positions, np.float64).astype(dtype),
@@ -202,7 +203,7 @@ class _Element:
 def _read_ply_header(data: bytes, path: str):
   end = data.find(b"end_header")
   if not data.startswith(b"ply") or end < 0:
-    raise ValueError(f"{path}: not a PLY file (no 'ply' magic or no 'end_header')")
+    raise InputError(f"{path}: not a PLY file (no 'ply' magic or no 'end_header')")
   body_start = data.index(b"\n", end) + 1 if b"\n" in data[end:] else len(data)
   lines = data[:end].decode("ascii", errors="replace").splitlines()
   fmt, elements = None, []
@@ -212,29 +213,29 @@ def _read_ply_header(data: bytes, path: str):
       continue
     if tokens[0] == "format":
       if len(tokens) != 3 or tokens[1] not in ("ascii", "binary_little_endian", "binary_big_endian"):
-        raise ValueError(f"{path}: line {line_no}: unsupported format {line.strip()!r}")
+        raise InputError(f"{path}: line {line_no}: unsupported format {line.strip()!r}")
       fmt = tokens[1]
     elif tokens[0] == "element":
       try:
         elements.append(_Element(tokens[1], int(tokens[2])))
       except (IndexError, ValueError):
-        raise ValueError(f"{path}: line {line_no}: bad element line {line.strip()!r}") from None
+        raise InputError(f"{path}: line {line_no}: bad element line {line.strip()!r}") from None
       if elements[-1].count < 0:
-        raise ValueError(f"{path}: line {line_no}: negative element count")
+        raise InputError(f"{path}: line {line_no}: negative element count")
     elif tokens[0] == "property":
       if not elements:
-        raise ValueError(f"{path}: line {line_no}: property before any element")
+        raise InputError(f"{path}: line {line_no}: property before any element")
       try:
         if tokens[1] == "list":
           elements[-1].properties.append((tokens[4], _PLY_TYPES[tokens[2]], _PLY_TYPES[tokens[3]]))
         else:
           elements[-1].properties.append((tokens[2], _PLY_TYPES[tokens[1]]))
       except (IndexError, KeyError):
-        raise ValueError(f"{path}: line {line_no}: bad property line {line.strip()!r}") from None
+        raise InputError(f"{path}: line {line_no}: bad property line {line.strip()!r}") from None
     else:
-      raise ValueError(f"{path}: line {line_no}: unknown header keyword {tokens[0]!r}")
+      raise InputError(f"{path}: line {line_no}: unknown header keyword {tokens[0]!r}")
   if fmt is None:
-    raise ValueError(f"{path}: PLY header has no 'format' line")
+    raise InputError(f"{path}: PLY header has no 'format' line")
   return fmt, elements, body_start, len(lines) + 1
 
 
@@ -243,7 +244,7 @@ def _element_columns(element: _Element, rows: dict, path: str, where) -> dict:
   for name, column in rows.items():
     if column.dtype.kind == "f" and not np.all(np.isfinite(column)):
       i = int(np.argwhere(~np.isfinite(column.reshape(len(column), -1)))[0, 0])
-      raise ValueError(f"{path}: {where(element, i)}: non-finite value in property {name!r}")
+      raise InputError(f"{path}: {where(element, i)}: non-finite value in property {name!r}")
   return rows
 
 
@@ -273,7 +274,7 @@ def _read_binary_elements(body: bytes, elements, byte_order: str, path: str) -> 
       dtype = np.dtype([(name, byte_order + t) for name, t in element.properties])
       size = dtype.itemsize * element.count
       if pos + size > len(body):
-        raise ValueError(f"{path}: truncated in element '{element.name}': needs {size} bytes, "
+        raise InputError(f"{path}: truncated in element '{element.name}': needs {size} bytes, "
                          f"{len(body) - pos} left")
       array = np.frombuffer(body, dtype, element.count, pos)
       pos += size
@@ -289,10 +290,10 @@ def _read_binary_elements(body: bytes, elements, byte_order: str, path: str) -> 
       wrong = np.flatnonzero(array["n"] != 3)
       if wrong.size:
         i = int(wrong[0])
-        raise ValueError(f"{path}: element '{element.name}' {i} has {int(array['n'][i])} "
+        raise InputError(f"{path}: element '{element.name}' {i} has {int(array['n'][i])} "
                          f"vertices; triangles are required{size_hint}")
       if available < element.count:
-        raise ValueError(f"{path}: truncated in element '{element.name}': {element.count} "
+        raise InputError(f"{path}: truncated in element '{element.name}': {element.count} "
                          f"expected, data ends after {available}")
       pos += dtype.itemsize * element.count
       out[element.name] = {name: array["items"]}
@@ -312,10 +313,10 @@ def _read_binary_elements(body: bytes, elements, byte_order: str, path: str) -> 
             columns[prop[0]].append(np.frombuffer(body, item_t, n, pos))
             pos += item_t.itemsize * n
         except ValueError:
-          raise ValueError(f"{path}: truncated in element '{element.name}' {i}") from None
+          raise InputError(f"{path}: truncated in element '{element.name}' {i}") from None
     out[element.name] = columns
   if pos != len(body):
-    raise ValueError(f"{path}: {len(body) - pos} bytes after the last element; the header's "
+    raise InputError(f"{path}: {len(body) - pos} bytes after the last element; the header's "
                      "counts do not match the data")
   return out
 
@@ -340,7 +341,7 @@ def _read_ascii_elements(body: bytes, elements, first_line: int, path: str) -> d
       line_no, tokens = next_line()
       line_numbers.append(line_no)
       if tokens is None:
-        raise ValueError(f"{path}: truncated: element '{element.name}' expects {element.count} "
+        raise InputError(f"{path}: truncated: element '{element.name}' expects {element.count} "
                          f"lines, the file ends after {i}")
       k = 0
       try:
@@ -352,7 +353,7 @@ def _read_ascii_elements(body: bytes, elements, first_line: int, path: str) -> d
           else:
             n = int(tokens[k])
             if element.name == "face" and n != 3:
-              raise ValueError(f"{path}: line {line_no}: face with {n} vertices; triangles are "
+              raise InputError(f"{path}: line {line_no}: face with {n} vertices; triangles are "
                                "required")
             columns[prop[0]].append([int(t) for t in tokens[k + 1:k + 1 + n]])
             if len(columns[prop[0]][-1]) != n:
@@ -361,20 +362,20 @@ def _read_ascii_elements(body: bytes, elements, first_line: int, path: str) -> d
       except (IndexError, ValueError, OverflowError) as e:
         if isinstance(e, ValueError) and str(e).startswith(path):
           raise
-        raise ValueError(f"{path}: line {line_no}: cannot parse element '{element.name}' {i}: "
+        raise InputError(f"{path}: line {line_no}: cannot parse element '{element.name}' {i}: "
                          f"{' '.join(tokens)!r}") from None
       if k != len(tokens):
-        raise ValueError(f"{path}: line {line_no}: element '{element.name}' {i} has "
+        raise InputError(f"{path}: line {line_no}: element '{element.name}' {i} has "
                          f"{len(tokens) - k} extra values; the header's properties do not match")
       for name, column in columns.items():
         if column and isinstance(column[-1], float) and not np.isfinite(column[-1]):
-          raise ValueError(f"{path}: line {line_no}: non-finite value in property {name!r}")
+          raise InputError(f"{path}: line {line_no}: non-finite value in property {name!r}")
     out[element.name] = {name: (np.asarray(c) if c and not isinstance(c[0], list) else c)
                          for name, c in columns.items()}
     out[element.name][_LINES] = line_numbers
   line_no, tokens = next_line()
   if tokens is not None:
-    raise ValueError(f"{path}: line {line_no}: data after the last element; the header's counts "
+    raise InputError(f"{path}: line {line_no}: data after the last element; the header's counts "
                      "do not match the data")
   return out
 
@@ -393,10 +394,10 @@ def read_ply(path: str | os.PathLike, *, dtype=np.float32) -> Mesh:
   fmt, elements, body_start, first_line = _read_ply_header(data, path)
   by_name = {e.name: e for e in elements}
   if "vertex" not in by_name:
-    raise ValueError(f"{path}: no 'vertex' element")
+    raise InputError(f"{path}: no 'vertex' element")
   vertex_props = {p[0] for p in by_name["vertex"].properties}
   if not {"x", "y", "z"} <= vertex_props:
-    raise ValueError(f"{path}: element 'vertex' lacks x, y or z properties")
+    raise InputError(f"{path}: element 'vertex' lacks x, y or z properties")
   body = data[body_start:]
   if fmt == "ascii":
     columns = _read_ascii_elements(body, elements, first_line, path)
@@ -416,7 +417,7 @@ def read_ply(path: str | os.PathLike, *, dtype=np.float32) -> Mesh:
     face_cols = columns["face"]
     key = "vertex_indices" if "vertex_indices" in face_cols else "vertex_index"
     if key not in face_cols:
-      raise ValueError(f"{path}: element 'face' has no 'vertex_indices' list")
+      raise InputError(f"{path}: element 'face' has no 'vertex_indices' list")
     triangles = np.asarray(face_cols[key], np.int64).reshape(-1, 3)
   if fmt == "ascii" and "face" in columns:
     where = lambda i: f"line {columns['face'][_LINES][i]}"
@@ -479,7 +480,7 @@ def read_mesh(path: str | os.PathLike, *, dtype=np.float32) -> Mesh:
     return read_obj(path, dtype=dtype)
   if ext == ".ply":
     return read_ply(path, dtype=dtype)
-  raise ValueError(f"{os.fspath(path)}: unknown mesh extension {ext!r} (expected .obj or .ply)")
+  raise InputError(f"{os.fspath(path)}: unknown mesh extension {ext!r} (expected .obj or .ply)")
 
 
 def write_mesh(path: str | os.PathLike, vertices, triangles=None, *, colors=None) -> None:
@@ -490,5 +491,5 @@ def write_mesh(path: str | os.PathLike, vertices, triangles=None, *, colors=None
   elif ext == ".ply":
     write_ply(path, vertices, triangles, colors=colors)
   else:
-    raise ValueError(f"{os.fspath(path)}: unknown mesh extension {ext!r} (expected .obj or .ply)")
+    raise InputError(f"{os.fspath(path)}: unknown mesh extension {ext!r} (expected .obj or .ply)")
 

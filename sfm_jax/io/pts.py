@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 
+from sfm_jax.errors import InputError
 from sfm_jax.io.atomic import atomic_write
 
 
@@ -32,7 +33,7 @@ def read_pts(path: str | os.PathLike) -> np.ndarray:
     with open(path, encoding="utf-8") as f:
       lines = f.read().splitlines()
   except UnicodeDecodeError:
-    raise ValueError(f"{path}: not a text .pts file") from None
+    raise InputError(f"{path}: not a text .pts file") from None
   content = [(i + 1, line.strip()) for i, line in enumerate(lines) if line.strip()]
   header = {}
   position = 0
@@ -41,14 +42,14 @@ def read_pts(path: str | os.PathLike) -> np.ndarray:
     header[key.strip()] = value.strip()
     position += 1
   if "n_points" not in header:
-    raise ValueError(f"{path}: line 1: missing 'n_points:' header")
+    raise InputError(f"{path}: line 1: missing 'n_points:' header")
   try:
     count = int(header["n_points"])
   except ValueError:
-    raise ValueError(f"{path}: bad n_points {header['n_points']!r}") from None
+    raise InputError(f"{path}: bad n_points {header['n_points']!r}") from None
   if position >= len(content) or content[position][1] != "{":
     line = content[position][0] if position < len(content) else len(lines)
-    raise ValueError(f"{path}: line {line}: expected '{{' after the header")
+    raise InputError(f"{path}: line {line}: expected '{{' after the header")
   points = []
   for line_no, text in content[position + 1:]:
     if text == "}":
@@ -59,12 +60,12 @@ def read_pts(path: str | os.PathLike) -> np.ndarray:
     except ValueError:
       values = []
     if len(values) != 2 or not np.all(np.isfinite(values)):
-      raise ValueError(f"{path}: line {line_no}: expected two finite numbers, got {text!r}")
+      raise InputError(f"{path}: line {line_no}: expected two finite numbers, got {text!r}")
     points.append(values)
   else:
-    raise ValueError(f"{path}: missing closing '}}'")
+    raise InputError(f"{path}: missing closing '}}'")
   if len(points) != count:
-    raise ValueError(f"{path}: n_points is {count} but {len(points)} points are listed")
+    raise InputError(f"{path}: n_points is {count} but {len(points)} points are listed")
   return np.asarray(points, np.float32).reshape(count, 2)
 
 
@@ -72,7 +73,7 @@ def write_pts(path: str | os.PathLike, points: np.ndarray) -> None:
   """Writes `[N, 2]` points as a `.pts` file (atomically)."""
   points = np.asarray(points, np.float64)
   if points.ndim != 2 or points.shape[1] != 2 or not np.all(np.isfinite(points)):
-    raise ValueError(f"{os.fspath(path)}: points must be finite [N, 2], got {points.shape}")
+    raise InputError(f"{os.fspath(path)}: points must be finite [N, 2], got {points.shape}")
   lines = ["version: 1", f"n_points: {len(points)}", "{"]
   lines += [f"{x:.6f} {y:.6f}" for x, y in points] + ["}"]
   with atomic_write(path, "w") as f:

@@ -24,6 +24,7 @@ import os
 
 import numpy as np
 
+from sfm_jax.errors import InputError
 from sfm_jax.io.atomic import atomic_write
 from sfm_jax.io.mesh import read_mesh, read_obj, write_mesh, write_obj
 
@@ -72,16 +73,16 @@ def write_scan_folder(directory: str | os.PathLike, vertices, identity, *, trian
   directory = os.fspath(directory)
   vertices = np.asarray(vertices)
   if vertices.ndim != 3 or vertices.shape[2] != 3:
-    raise ValueError(f"{directory}: vertices must be [N, V, 3], got {vertices.shape}")
+    raise InputError(f"{directory}: vertices must be [N, V, 3], got {vertices.shape}")
   if len(identity) != len(vertices) or (expression is not None
                                         and len(expression) != len(vertices)):
-    raise ValueError(f"{directory}: identity/expression need one entry per scan "
+    raise InputError(f"{directory}: identity/expression need one entry per scan "
                      f"({len(vertices)})")
   if mesh_format not in ("ply", "obj"):
-    raise ValueError(f"{directory}: mesh_format must be 'ply' or 'obj', got {mesh_format!r}")
+    raise InputError(f"{directory}: mesh_format must be 'ply' or 'obj', got {mesh_format!r}")
   names = names or [os.path.join("scans", f"{i:05d}.{mesh_format}") for i in range(len(vertices))]
   if len(set(names)) != len(names):
-    raise ValueError(f"{directory}: scan file names must be unique")
+    raise InputError(f"{directory}: scan file names must be unique")
   for name, scan in zip(names, vertices):
     path = os.path.join(directory, name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -115,30 +116,30 @@ def read_scan_meta(directory: str | os.PathLike) -> tuple[list, list, list | Non
   directory = os.fspath(directory)
   meta_path = os.path.join(directory, META)
   if not os.path.isfile(meta_path):
-    raise ValueError(f"{meta_path}: missing (a scan folder needs meta.csv with header "
+    raise InputError(f"{meta_path}: missing (a scan folder needs meta.csv with header "
                      "'path,identity')")
   with open(meta_path, newline="", encoding="utf-8") as f:
     rows = list(csv.reader(f))
   rows = [r for r in rows if any(cell.strip() for cell in r)]
   if not rows:
-    raise ValueError(f"{meta_path}: empty (expected a header 'path,identity' and one row a scan)")
+    raise InputError(f"{meta_path}: empty (expected a header 'path,identity' and one row a scan)")
   header = [h.strip() for h in rows[0]]
   if header[:2] != ["path", "identity"] or len(header) > 3 or (len(header) == 3
                                                                and header[2] != "expression"):
-    raise ValueError(f"{meta_path}: line 1: header must be 'path,identity[,expression]', "
+    raise InputError(f"{meta_path}: line 1: header must be 'path,identity[,expression]', "
                      f"got {','.join(header)!r}")
   if len(rows) == 1:
-    raise ValueError(f"{meta_path}: empty (a header but no scans)")
+    raise InputError(f"{meta_path}: empty (a header but no scans)")
   paths, identities, expressions, seen = [], [], [], {}
   for line_no, row in enumerate(rows[1:], start=2):
     if len(row) != len(header):
-      raise ValueError(f"{meta_path}: line {line_no}: expected {len(header)} columns, got "
+      raise InputError(f"{meta_path}: line {line_no}: expected {len(header)} columns, got "
                        f"{len(row)}")
     path = row[0].strip()
     if not path:
-      raise ValueError(f"{meta_path}: line {line_no}: empty path")
+      raise InputError(f"{meta_path}: line {line_no}: empty path")
     if path in seen:
-      raise ValueError(f"{meta_path}: line {line_no}: duplicate path {path!r} (first on line "
+      raise InputError(f"{meta_path}: line {line_no}: duplicate path {path!r} (first on line "
                        f"{seen[path]})")
     seen[path] = line_no
     paths.append(path)
@@ -155,12 +156,12 @@ def read_landmarks_file(path: str, num_vertices: int) -> np.ndarray:
   try:
     values = np.array([int(t) for t in tokens], np.int64)
   except ValueError:
-    raise ValueError(f"{path}: landmarks must be integers") from None
+    raise InputError(f"{path}: landmarks must be integers") from None
   if values.shape != (68,):
-    raise ValueError(f"{path}: expected 68 landmark indices, got {len(values)}")
+    raise InputError(f"{path}: expected 68 landmark indices, got {len(values)}")
   if values.min() < -1 or values.max() >= num_vertices:
     bad = int(np.argmax((values < -1) | (values >= num_vertices)))
-    raise ValueError(f"{path}: landmark {bad} = {values[bad]} is outside [-1, {num_vertices})")
+    raise InputError(f"{path}: landmark {bad} = {values[bad]} is outside [-1, {num_vertices})")
   return values.astype(np.int32)
 
 
@@ -183,10 +184,10 @@ def read_scan_folder(directory: str | os.PathLike, *, dtype=np.float32,
   for i, relative in enumerate(paths):
     path = os.path.join(directory, relative)
     if not os.path.isfile(path):
-      raise ValueError(f"{path}: missing (listed on line {i + 2} of {META})")
+      raise InputError(f"{path}: missing (listed on line {i + 2} of {META})")
     mesh = read_mesh(path, dtype=dtype)
     if scans and mesh.vertices.shape != scans[0].shape:
-      raise ValueError(f"{path}: {len(mesh.vertices)} vertices, but {paths[0]} has "
+      raise InputError(f"{path}: {len(mesh.vertices)} vertices, but {paths[0]} has "
                        f"{len(scans[0])}; scans must share vertex count and order")
     if i == 0:
       first_triangles = mesh.triangles
@@ -197,7 +198,7 @@ def read_scan_folder(directory: str | os.PathLike, *, dtype=np.float32,
   if os.path.isfile(template_path):
     template = read_obj(template_path)
     if len(template.vertices) != num_vertices:
-      raise ValueError(f"{template_path}: {len(template.vertices)} vertices, but the scans have "
+      raise InputError(f"{template_path}: {len(template.vertices)} vertices, but the scans have "
                        f"{num_vertices}")
     triangles = template.triangles
   landmarks_path = os.path.join(directory, LANDMARKS)

@@ -13,6 +13,7 @@ import zipfile
 
 import numpy as np
 
+from sfm_jax.errors import InputError
 from sfm_jax.io.atomic import atomic_write
 
 _METADATA = "__metadata__"
@@ -21,7 +22,7 @@ _METADATA = "__metadata__"
 def _flatten(tree, prefix: str, out: dict) -> None:
   for key, value in tree.items():
     if not isinstance(key, str) or "/" in key or not key:
-      raise ValueError(f"save_tree: key {key!r} under {prefix or '/'!r} must be a non-empty "
+      raise InputError(f"save_tree: key {key!r} under {prefix or '/'!r} must be a non-empty "
                        "string without '/'")
     path = f"{prefix}/{key}" if prefix else key
     if isinstance(value, dict) or hasattr(value, "items"):
@@ -46,18 +47,18 @@ def load_tree(path: str | os.PathLike) -> tuple[dict, dict]:
   file for anything else."""
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise ValueError(f"{path}: no such file")
+    raise InputError(f"{path}: no such file")
   try:
     with np.load(path, allow_pickle=False) as data:
       arrays = {key: data[key] for key in data.files}
   except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-    raise ValueError(f"{path}: not a readable .npz file ({e})") from None
+    raise InputError(f"{path}: not a readable .npz file ({e})") from None
   if _METADATA not in arrays:
-    raise ValueError(f"{path}: key '{_METADATA}' missing (not written by save_tree)")
+    raise InputError(f"{path}: key '{_METADATA}' missing (not written by save_tree)")
   try:
     metadata = json.loads(str(arrays.pop(_METADATA)))
   except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: key '{_METADATA}': invalid JSON ({e})") from None
+    raise InputError(f"{path}: key '{_METADATA}': invalid JSON ({e})") from None
   tree: dict = {}
   for key, value in arrays.items():
     node = tree
@@ -65,6 +66,6 @@ def load_tree(path: str | os.PathLike) -> tuple[dict, dict]:
     for part in parents:
       node = node.setdefault(part, {})
       if not isinstance(node, dict):
-        raise ValueError(f"{path}: key '{key}' collides with a leaf")
+        raise InputError(f"{path}: key '{key}' collides with a leaf")
     node[leaf] = value
   return tree, metadata

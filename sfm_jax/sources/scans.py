@@ -1,8 +1,11 @@
-"""Stage-1 data from a config: the face world, its TFDS builder, scans sampled from a published
-model (the Surrey model, or any Basel / FLAME / FaceScape / Surrey file), or a scan folder.
+"""Stage-1 data: the face world (in memory or through its TFDS builder), scans sampled from a
+published model (the Surrey model, or any Basel / FLAME / FaceScape / Surrey file), or a scan
+folder. `load(config.data, seed=...)` picks the source a config names.
 
 Every source gives training scans with contiguous identity labels [0, C) and held-out scans of
-identities never seen in training (design section 6), plus the topology.
+identities never seen in training (design section 6), plus the topology. `world_scan_chunks` is
+the generator both the in-memory face world and the `synthetic_face_scans` builder draw from, so
+one seed gives the same scans either way.
 """
 
 from __future__ import annotations
@@ -12,8 +15,17 @@ import os
 
 import numpy as np
 
-from sfm_jax import synth
-from sfm_jax.io import formats, scan_folder
+from sfm_jax import face_world
+from sfm_jax.errors import InputError
+from sfm_jax.io import scan_folder
+from sfm_jax.io.models import load_face_model
+from sfm_jax.sources.splits import (
+  CHUNK_IDENTITIES,
+  chunk_seed,
+  identity_in_test,
+  relabel,
+  split_seed,
+)
 
 SOURCES = ("world", "tfds", "surrey", "model", "folder")
 
@@ -34,21 +46,34 @@ class ScanData:
     return int(self.train_identity.max()) + 1
 
 
-def _relabel(identity: np.ndarray) -> np.ndarray:
-  """Contiguous labels in order of first appearance; -1 stays -1."""
-  out = -np.ones(len(identity), np.int32)
-  known = identity >= 0
-  _, out[known] = np.unique(identity[known], return_inverse=True)
-  return out
+def world_scan_chunks(world: face_world.FaceWorld, num_identities: int,
+                      scans_per_identity: int, seed: int, *, noise_mm: float,
+                      identity_offset: int = 0):
+  """Yields `face_world.Scans` for identities `[start, start + CHUNK_IDENTITIES)` in turn, each
+  chunk seeded by `chunk_seed(seed, start)`, labels offset by `identity_offset`."""
+  for start in range(0, num_identities, CHUNK_IDENTITIES):
+    yield face_world.make_scans(min(CHUNK_IDENTITIES, num_identities - start),
+                                scans_per_identity, chunk_seed(seed, start), world=world,
+                                noise_mm=noise_mm, identity_offset=identity_offset + start)
+
+
+def world_scans(world: face_world.FaceWorld, num_identities: int, scans_per_identity: int,
+                seed: int, *, noise_mm: float, identity_offset: int = 0) -> face_world.Scans:
+  """All chunks of `world_scan_chunks`, concatenated."""
+  chunks = list(world_scan_chunks(world, num_identities, scans_per_identity, seed,
+                                  noise_mm=noise_mm, identity_offset=identity_offset))
+  joined = {name: np.concatenate([getattr(c, name) for c in chunks])
+            for name in ("vertices", "identity", "expression", "neutral", "identity_directions")}
+  return dataclasses.replace(chunks[0], **joined)
 
 
 def _world(config, seed: int) -> ScanData:
-  world = synth.FaceWorld(resolution=config.resolution)
-  kwargs = dict(world=world, noise_mm=config.noise_mm)
-  train = synth.make_scans(config.train_identities, config.scans_per_identity, 2 * seed + 1,
-                           **kwargs)
-  test = synth.make_scans(config.test_identities, config.scans_per_identity, 2 * seed + 2,
-                          identity_offset=config.train_identities, **kwargs)
+  world = face_world.FaceWorld(resolution=config.resolution)
+  train = world_scans(world, config.train_identities, config.scans_per_identity,
+                      split_seed(seed, "train"), noise_mm=config.noise_mm)
+  test = world_scans(world, config.test_identities, config.scans_per_identity,
+                     split_seed(seed, "test"), noise_mm=config.noise_mm,
+                     identity_offset=config.train_identities)
   return ScanData(train.vertices, train.identity, test.vertices, test.identity, train.triangles,
                   train.landmarks, train.mirror,
                   f"face world {config.resolution}x{config.resolution} grid "
@@ -58,18 +83,26 @@ def _world(config, seed: int) -> ScanData:
 
 
 def _tfds(config) -> ScanData:
-  from data import pipeline
-  from data.synthetic_face_scans import SyntheticFaceScans
-
-  builder = pipeline.build(SyntheticFaceScans, data_dir=config.tfds_data_dir,
-                           config=config.tfds_config)
-  train = pipeline.load_all(builder.as_data_source("train"))
-  test = pipeline.load_all(builder.as_data_source("test"))
+  from sfm_jax.sources import tfds
+  builder_cls = _builder("synthetic_face_scans", "SyntheticFaceScans")
+  builder = tfds.build(builder_cls, data_dir=config.tfds_data_dir, config=config.tfds_config)
+  train = tfds.load_all(builder.as_data_source("train"))
+  test = tfds.load_all(builder.as_data_source("test"))
   meta = builder.info.metadata
-  return ScanData(train["vertices"], _relabel(train["identity"]), test["vertices"],
+  return ScanData(train["vertices"], relabel(train["identity"]), test["vertices"],
                   test["identity"].astype(np.int32), np.asarray(meta["triangles"], np.int32),
                   np.asarray(meta["landmarks"], np.int32), np.asarray(meta["mirror"], np.int32),
                   f"TFDS synthetic_face_scans/{config.tfds_config} in {config.tfds_data_dir}")
+
+
+def _builder(module: str, name: str):
+  """A TFDS builder class from the checkout's `data/` folder (not installed with the package)."""
+  import importlib
+  try:
+    return getattr(importlib.import_module(f"data.{module}"), name)
+  except ImportError as e:
+    raise InputError(f"data.source='tfds' needs the TFDS builders in the checkout's data/ "
+                     f"folder and the `data` extra; run from the repository root ({e})") from None
 
 
 def sample_scans(model, num_identities: int, scans_per_identity: int, seed: int, *,
@@ -83,14 +116,11 @@ def sample_scans(model, num_identities: int, scans_per_identity: int, seed: int,
   neutral = np.asarray(model.mean, np.float64) + np.einsum(
       "ik,kvc->ivc", z, np.asarray(model.shape_basis, np.float64))
   identity = np.repeat(np.arange(num_identities), scans_per_identity)
-  weights = np.zeros((len(identity), model.expr_dim))
-  for n in range(len(identity)):
-    if rng.uniform() >= neutral_fraction and model.expr_dim:
-      active = rng.choice(model.expr_dim, size=rng.integers(1, 3), replace=False)
-      weights[n, active] = rng.uniform(0.2, 1.0, size=len(active))
+  weights = face_world.sample_expression_weights(rng, len(identity), model.expr_dim,
+                                                 neutral_fraction=neutral_fraction, max_active=2)
   faces = neutral[identity] + np.einsum("nx,xvc->nvc", weights,
                                         np.asarray(model.expr_basis, np.float64))
-  faces = synth.apply_scanner(rng, faces, noise_mm=noise_mm, misalignment_degrees=1.0,
+  faces = face_world.apply_scanner(rng, faces, noise_mm=noise_mm, misalignment_degrees=1.0,
                               misalignment_mm=1.0)
   return faces.astype(np.float32), (identity + identity_offset).astype(np.int32)
 
@@ -98,15 +128,15 @@ def sample_scans(model, num_identities: int, scans_per_identity: int, seed: int,
 def _sampled(config, seed: int, path: str, key: str) -> ScanData:
   """Scans sampled from the model file at `path` (config key `key` for error messages)."""
   if not path or not os.path.exists(path):
-    raise ValueError(f"data.{key}: {path!r} does not exist (a model file or the Surrey folder)")
-  model = formats.load_face_model(path)
+    raise InputError(f"data.{key}: {path!r} does not exist (a model file or the Surrey folder)")
+  model = load_face_model(path)
   if model.code_kind != "gaussian":
-    raise ValueError(f"data.{key}: {path} is a {model.code_kind} model; scans are sampled from "
+    raise InputError(f"data.{key}: {path} is a {model.code_kind} model; scans are sampled from "
                      "Gaussian models (published 3DMMs, or a baseline.npz)")
   train, train_id = sample_scans(model, config.train_identities, config.scans_per_identity,
-                                 2 * seed + 1, noise_mm=config.noise_mm)
+                                 split_seed(seed, "train"), noise_mm=config.noise_mm)
   test, test_id = sample_scans(model, config.test_identities, config.scans_per_identity,
-                               2 * seed + 2, noise_mm=config.noise_mm,
+                               split_seed(seed, "test"), noise_mm=config.noise_mm,
                                identity_offset=config.train_identities)
   return ScanData(train, train_id, test, test_id, np.asarray(model.triangles),
                   np.asarray(model.landmarks), None,
@@ -117,23 +147,21 @@ def _sampled(config, seed: int, path: str, key: str) -> ScanData:
 
 
 def _folder(config) -> ScanData:
-  from data.face_scan_folder import identity_in_test
-
   if not config.scan_dir:
-    raise ValueError("data.scan_dir is not set: pass --config.data.scan_dir=DIR (a scan folder "
+    raise InputError("data.scan_dir is not set: pass --config.data.scan_dir=DIR (a scan folder "
                      "with meta.csv; see README)")
   if not os.path.isdir(config.scan_dir):
-    raise ValueError(f"data.scan_dir: {config.scan_dir} is not a folder")
+    raise InputError(f"data.scan_dir: {config.scan_dir} is not a folder")
   folder = scan_folder.read_scan_folder(config.scan_dir)
   names = folder.identity_names
   test = np.array([label >= 0 and identity_in_test(names[label], config.test_fraction)
                    for label in folder.identity])
   if not test.any() or test.all():
-    raise ValueError(f"{config.scan_dir}: the identity split (test_fraction "
+    raise InputError(f"{config.scan_dir}: the identity split (test_fraction "
                      f"{config.test_fraction}) left no training or no test identities")
   landmarks = (folder.landmarks if folder.landmarks is not None
                else -np.ones(68, np.int32))
-  return ScanData(folder.vertices[~test], _relabel(folder.identity[~test]),
+  return ScanData(folder.vertices[~test], relabel(folder.identity[~test]),
                   folder.vertices[test], folder.identity[test], folder.triangles, landmarks,
                   None, f"scan folder {config.scan_dir}: {len(folder.paths)} scans, "
                   f"{len(names)} identities")
@@ -142,7 +170,7 @@ def _folder(config) -> ScanData:
 def load(config, *, seed: int) -> ScanData:
   """The data that `config` (a `data` ConfigDict) names."""
   if config.source not in SOURCES:
-    raise ValueError(f"data.source must be one of {SOURCES}, got {config.source!r}")
+    raise InputError(f"data.source must be one of {SOURCES}, got {config.source!r}")
   if config.source == "world":
     return _world(config, seed)
   if config.source == "tfds":

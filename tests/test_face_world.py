@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sfm_jax import synth
+from sfm_jax import face_world
 
 
 def _triangle_normals(x, triangles):
@@ -10,9 +10,9 @@ def _triangle_normals(x, triangles):
 
 
 def test_scans_are_deterministic_for_a_seed():
-  a = synth.make_scans(5, 3, seed=11)
-  b = synth.make_scans(5, 3, seed=11)
-  c = synth.make_scans(5, 3, seed=12)
+  a = face_world.make_scans(5, 3, seed=11)
+  b = face_world.make_scans(5, 3, seed=11)
+  c = face_world.make_scans(5, 3, seed=12)
   for field in ("vertices", "identity", "expression", "neutral", "identity_directions"):
     np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
   assert not np.array_equal(a.vertices, c.vertices)
@@ -22,7 +22,7 @@ def test_scans_are_deterministic_for_a_seed():
 
 
 def test_identities_differ_more_than_scans_of_one_identity():
-  scans = synth.make_scans(30, 4, seed=5)
+  scans = face_world.make_scans(30, 4, seed=5)
   v = scans.vertices.astype(np.float64)
   dist = np.linalg.norm(v[:, None] - v[None], axis=-1).mean(-1)  # [N, N] mean per-vertex
   same = scans.identity[:, None] == scans.identity[None]
@@ -32,7 +32,7 @@ def test_identities_differ_more_than_scans_of_one_identity():
 
 
 def test_identity_shapes_are_realistic_and_nonlinear():
-  world = synth.FaceWorld()
+  world = face_world.FaceWorld()
   template = world.template
   directions = world.sample_identities(np.random.default_rng(0), 200)
   shapes = world.neutral_shapes(directions)
@@ -47,12 +47,12 @@ def test_identity_shapes_are_realistic_and_nonlinear():
 
 
 def test_no_degenerate_or_flipped_triangles_without_noise():
-  world = synth.FaceWorld()
+  world = face_world.FaceWorld()
   template = world.template
   neutral = world.neutral_shapes(world.sample_identities(np.random.default_rng(1), 40))
   reference = _triangle_normals(template.vertices.astype(np.float64), template.triangles)
-  weights = np.random.default_rng(2).uniform(size=(40, len(synth.EXPRESSIONS)))
-  for faces in (neutral, synth.apply_expressions(template, neutral, weights)):
+  weights = np.random.default_rng(2).uniform(size=(40, len(face_world.EXPRESSIONS)))
+  for faces in (neutral, face_world.apply_expressions(template, neutral, weights)):
     normals = _triangle_normals(faces, template.triangles)
     area = 0.5 * np.linalg.norm(normals, axis=-1)
     cosine = np.sum(normals * reference, -1) / (2 * area * np.linalg.norm(reference, axis=-1))
@@ -61,7 +61,7 @@ def test_no_degenerate_or_flipped_triangles_without_noise():
 
 
 def test_template_topology_landmarks_and_mirror():
-  template = synth.face_template(64)  # the default; much coarser grids merge inner-lip points
+  template = face_world.face_template(64)  # the default; much coarser grids merge inner-lip points
   assert template.vertices.shape == (4096, 3) and template.triangles.shape == (2 * 63 * 63, 3)
   assert template.triangles.min() == 0 and template.triangles.max() == 4095
   # Counter-clockwise from the front: every triangle's normal points toward +z.
@@ -81,14 +81,14 @@ def test_template_topology_landmarks_and_mirror():
 
 
 def test_expressions_move_the_right_regions():
-  template = synth.FaceWorld().template
+  template = face_world.FaceWorld().template
   neutral = template.vertices[None].astype(np.float64)
   landmarks = template.landmarks
 
   def moved(name):
-    weights = np.zeros((1, len(synth.EXPRESSIONS)))
-    weights[0, synth.EXPRESSIONS.index(name)] = 1.0
-    return synth.apply_expressions(template, neutral, weights)[0] - neutral[0]
+    weights = np.zeros((1, len(face_world.EXPRESSIONS)))
+    weights[0, face_world.EXPRESSIONS.index(name)] = 1.0
+    return face_world.apply_expressions(template, neutral, weights)[0] - neutral[0]
 
   smile = moved("smile")
   assert smile[landmarks[48], 1] > 3 and smile[landmarks[54], 1] > 3  # mouth corners rise
@@ -101,6 +101,6 @@ def test_expressions_move_the_right_regions():
 
 def test_bad_arguments():
   with pytest.raises(ValueError, match="num_identities"):
-    synth.make_scans(0, 3, seed=0)
+    face_world.make_scans(0, 3, seed=0)
   with pytest.raises(ValueError, match="resolution"):
-    synth.face_template(4)
+    face_world.face_template(4)

@@ -1,4 +1,4 @@
-"""The training loop both stage entry points share: resume, step, log, checkpoint.
+"""The training loop both stages share: resume, step, log, checkpoint.
 
 `run(name, state, batch_for_step, ...)` trains one model: it restores the latest checkpoint in
 `WORKDIR/checkpoints/<name>/` (if any), drops `metrics.jsonl` rows written after it, then steps
@@ -24,6 +24,7 @@ import numpy as np
 
 from sfm_jax import checkpoint, parallel
 from sfm_jax.io import atomic_write
+from sfm_jax.progress import Progress
 from sfm_jax.train_state import TrainState, train_step
 
 
@@ -60,11 +61,6 @@ class MetricsLog:
     with open(self.path, "a", encoding="utf-8") as f:
       f.write(json.dumps(row) + "\n")
       f.flush()
-
-
-def format_seconds(seconds: float) -> str:
-  seconds = int(round(seconds))
-  return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def is_chief() -> bool:
@@ -112,7 +108,8 @@ def run(name: str, state: TrainState, batch_for_step: Callable[[int, slice], dic
     step_fn = parallel.data_parallel_step(train_step, mesh)
     rows = parallel.process_slice(train_config.global_batch_size, mesh)
   step = host_step(state)
-  last_time, last_step = time.perf_counter(), step
+  progress = Progress(f"[{name}]", total=train_config.num_steps, unit="steps", start=step,
+                      enabled=is_chief())
   stop = train_config.num_steps
   if train_config.stop_after_steps > 0:
     stop = min(stop, train_config.stop_after_steps)
@@ -128,13 +125,8 @@ def run(name: str, state: TrainState, batch_for_step: Callable[[int, slice], dic
     if is_chief() and (step % train_config.log_every == 0 or step == train_config.num_steps):
       metrics = parallel.to_host(parallel.pmap_unreplicate(metrics) if use_pmap else metrics)
       metrics = {k: float(v) for k, v in metrics.items()}
-      now = time.perf_counter()
-      rate = (step - last_step) / max(now - last_time, 1e-9)
+      rate = progress.update(step, f"loss {metrics['loss']:.4f}  {summary(metrics)}")
       log.append({"model": name, "step": step, **metrics, "step_time_s": 1.0 / max(rate, 1e-9)})
-      eta = (train_config.num_steps - step) / max(rate, 1e-9)
-      print(f"[{name}] step {step}/{train_config.num_steps}  loss {metrics['loss']:.4f}  "
-            f"{summary(metrics)}  {rate:.2f} steps/s  ETA {format_seconds(eta)}", flush=True)
-      last_time, last_step = now, step
     final = step == stop
     if final or manager.should_save(step):
       checkpoint.save(manager, parallel.pmap_unreplicate(state) if use_pmap else state,
@@ -155,16 +147,3 @@ def report_stop(name: str, state: TrainState, train_config) -> bool:
     print(f"[{name}] stopped at step {train_config.stop_after_steps} (train.stop_after_steps); "
           "rerun without it to continue", flush=True)
   return stopped
-
-
-def setup(parallel_config) -> None:
-  """Start of an entry point: joins the multi-host job when `parallel.distributed` (before any
-  other JAX call) and keeps orbax's per-save INFO lines out of the progress output (an explicit
-  `--verbosity` still wins)."""
-  from absl import flags, logging
-  if parallel_config.distributed:
-    parallel.initialize_distributed(coordinator_address=parallel_config.coordinator_address,
-                                    num_processes=parallel_config.num_processes,
-                                    process_id=parallel_config.process_id)
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)

@@ -1,0 +1,11 @@
+"""`InputError`: bad input from a user (a file, a key, a line, a config field).
+
+Raised by the validators at the boundary (readers, loaders, data sources, config checks) with the
+offending file, key or line in its message. It subclasses `ValueError`, so callers that catch
+`ValueError` keep working; the command-line entry points (`experiments/cli.py`) print it as one
+line and exit 1, while every other exception keeps its traceback.
+"""
+
+
+class InputError(ValueError):
+  """Bad user input; the message names the file, key or line."""

@@ -1,0 +1,218 @@
+"""Inference with trained stage-2 networks: the `Predictor` (encoder + fine-tuned model), its
+encoder file, `predict` / `predict_all`, loading a stage-2 workdir's predictors, and scoring them
+on a split of images (held-out identities, the seen-identity diagnostic) and a gallery picture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sfm_jax import evaluation, geometry, sphere, viz
+from sfm_jax.errors import InputError
+from sfm_jax.io.tree import load_tree, save_tree
+from sfm_jax.model import FaceModel, decode, load_model
+from sfm_jax.networks import Encoder
+from sfm_jax.progress import Progress
+from sfm_jax.sources.images import Split
+from sfm_jax.stage2 import project_faces, render_faces
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictor:
+  """A trained stage-2 network with its fine-tuned model: what `predict` needs.
+
+  `variables` holds the encoder's `params` and `batch_stats`; `model` is `export_model`'s output
+  (it carries the albedo model). `crop_margin` records how the training images were framed:
+  None for whole images (the face world), else squares around the landmarks with that margin
+  (`imaging.landmark_box`, photo folders); new images must be framed the same way.
+  """
+  encoder: Encoder
+  variables: dict
+  model: FaceModel
+  image_size: int
+  window: int = 4
+  crop_margin: float | None = None
+
+  def metadata(self) -> dict:
+    e = self.encoder
+    return {"shape_dim": e.shape_dim, "expr_dim": e.expr_dim, "albedo_dim": e.albedo_dim,
+            "depth": e.depth, "width": e.width, "rotation": e.rotation,
+            "image_size": self.image_size, "window": self.window,
+            "crop_margin": self.crop_margin}
+
+
+def save_encoder(path, predictor: Predictor) -> None:
+  """Writes the encoder's variables and hyperparameters (the model goes to its own file)."""
+  save_tree(path, jax.device_get(predictor.variables), predictor.metadata())
+
+
+def load_predictor(encoder_path, model: FaceModel) -> Predictor:
+  """The `Predictor` of an encoder file (`save_encoder`) and its model; `ValueError` naming the
+  file when they do not fit together."""
+  variables, meta = load_tree(encoder_path)
+  required = ("shape_dim", "expr_dim", "albedo_dim", "depth", "width", "rotation", "image_size")
+  missing = [key for key in required if key not in meta]
+  if missing or set(variables) != {"params", "batch_stats"}:
+    raise InputError(f"{encoder_path}: not a stage-2 encoder file (missing "
+                     f"{missing or 'params / batch_stats'})")
+  if (meta["shape_dim"], meta["expr_dim"]) != (model.shape_dim, model.expr_dim):
+    raise InputError(f"{encoder_path}: the encoder predicts K={meta['shape_dim']}, "
+                     f"E={meta['expr_dim']} but the model has K={model.shape_dim}, "
+                     f"E={model.expr_dim}")
+  albedo_dim = 0 if model.albedo_basis is None else model.albedo_basis.shape[0]
+  if meta["albedo_dim"] != albedo_dim:
+    raise InputError(f"{encoder_path}: the encoder predicts {meta['albedo_dim']} albedo codes "
+                     f"but the model has {albedo_dim}")
+  encoder = Encoder(shape_dim=meta["shape_dim"], expr_dim=meta["expr_dim"],
+                    albedo_dim=meta["albedo_dim"], depth=meta["depth"], width=meta["width"],
+                    rotation=meta["rotation"])
+  return Predictor(encoder=encoder, variables=variables, model=model,
+                   image_size=int(meta["image_size"]), window=int(meta.get("window", 4)),
+                   crop_margin=meta.get("crop_margin"))
+
+
+def predict(predictor: Predictor, images: jax.Array) -> dict:
+  """Everything the network says about `images` `[B, S, S, 3]` in [0, 1] (inference mode).
+
+  Returns `shape_codes [B, K]` (on the sphere for SFM), `expression [B, E]`, `albedo [B, A]`,
+  `rotation [B, 3, 3]`, `translation [B, 2]`, `scale [B]`, `light [B, 9, 3]`, `neutral [B, V, 3]`
+  (mm, model space), `posed [B, V, 3]` (mm, with expression, rotated), `pixels [B, V, 3]`,
+  `landmarks [B, 68, 2]` (pixels; undefined landmarks NaN), `rendered [B, S, S, 3]`, `mask
+  [B, S, S]`. Pure; jit it (the `Predictor` is closed over or static).
+  """
+  model = jax.tree_util.tree_map(jnp.asarray, predictor.model)
+  size = predictor.image_size
+  out = predictor.encoder.apply(predictor.variables, images, train=False)
+  s = sphere.shape_codes(out["z"], model.code_kind, model.radius)
+  zeros = jnp.zeros_like(out["expression"])
+  neutral = decode(model, s, zeros)
+  vertices = decode(model, s, out["expression"])
+  pixels, posed = project_faces(vertices, out, image_size=size)
+  index = jnp.asarray(model.landmarks)
+  landmarks = jnp.where((index >= 0)[None, :, None], pixels[:, jnp.maximum(index, 0), :2],
+                        jnp.nan)
+  albedo = jnp.broadcast_to(jnp.full((model.num_vertices, 3), 0.6), vertices.shape)
+  if model.albedo_mean is not None:
+    albedo = model.albedo_mean + jnp.einsum("ba,avc->bvc", out["albedo"], model.albedo_basis)
+  rendered, mask, _ = render_faces(pixels, posed, albedo, out["light"], model.triangles,
+                                   image_size=size, window=predictor.window)
+  return {"shape_codes": s, "expression": out["expression"], "albedo": out["albedo"],
+          "rotation": geometry.rotation_6d_to_matrix(out["rotation"]),
+          "translation": out["translation"], "scale": out["scale"],
+          "light": out["light"], "neutral": neutral, "posed": posed, "pixels": pixels,
+          "landmarks": landmarks, "rendered": rendered, "mask": mask}
+
+
+def predict_all(predictor: Predictor, images: np.ndarray, *, batch_size: int = 64,
+                keys: tuple = ("shape_codes", "expression", "albedo", "rotation", "translation",
+                               "scale", "light", "neutral", "posed", "landmarks"),
+                progress=None) -> dict:
+  """`predict` over `[N, S, S, 3]` images (uint8 or float in [0, 1]) in batches; numpy `keys`.
+
+  The last batch is padded to `batch_size` (one compilation). `progress` (a
+  `progress.Progress`) is updated after each batch.
+  """
+  @jax.jit
+  def function(variables, model, images):  # weights as arguments, not baked-in constants
+    outputs = predict(dataclasses.replace(predictor, variables=variables, model=model), images)
+    return {key: outputs[key] for key in keys}
+
+  images = np.asarray(images)
+  total = len(images)
+  outputs: dict = {key: [] for key in keys}
+  for start in range(0, total, batch_size):
+    chunk = images[start:start + batch_size]
+    chunk = chunk.astype(np.float32) / 255.0 if chunk.dtype == np.uint8 else chunk.astype(
+        np.float32)
+    count = len(chunk)
+    if count < batch_size:
+      chunk = np.concatenate([chunk, np.zeros((batch_size - count,) + chunk.shape[1:],
+                                              np.float32)])
+    result = jax.device_get(function(predictor.variables, predictor.model, chunk))
+    for key in keys:
+      outputs[key].append(np.asarray(result[key])[:count])
+    if progress is not None:
+      progress.update(min(start + batch_size, total))
+  return {key: np.concatenate(value) for key, value in outputs.items()}
+
+
+MODELS = ("sfm", "baseline")
+
+
+def load_predictors(workdir: str, names=MODELS) -> dict:
+  """The trained predictors of a stage-2 workdir (`<name>_model.npz` + `<name>_encoder.npz`);
+  a model whose files are absent is left out, none at all is an error."""
+  predictors = {}
+  for name in names:
+    model_path = os.path.join(workdir, f"{name}_model.npz")
+    encoder_path = os.path.join(workdir, f"{name}_encoder.npz")
+    if os.path.isfile(model_path) and os.path.isfile(encoder_path):
+      predictors[name] = load_predictor(encoder_path, load_model(model_path))
+  if not predictors:
+    raise InputError(f"{workdir}: no trained stage-2 model (expected <name>_model.npz and "
+                     f"<name>_encoder.npz for a name in {names}); run experiments.stage2 first")
+  return predictors
+
+
+def evaluate_split(predictors: dict, split: Split, *, landmark_vertices: np.ndarray, batch_size: int,
+             seed: int) -> tuple[dict, dict]:
+  """(`{name: scores}`, `{name: predictions}`) on a held-out split."""
+  rows, predictions = {}, {}
+  for name, predictor in predictors.items():
+    if predictor.image_size != split.images.shape[1]:
+      raise InputError(f"{name}: the network takes {predictor.image_size} px images but the "
+                       f"evaluation images are {split.images.shape[1]} px")
+    predictions[name] = predict_all(predictor, split.images, batch_size=batch_size,
+                                    progress=Progress(f"  predicting ({name}):",
+                                                      total=len(split), unit="images"))
+    rows[name] = evaluation.evaluate_images(
+        predictions[name], identity=split.identity, landmarks=split.landmarks,
+        visible=split.visible, landmark_vertices=landmark_vertices, neutral=split.neutral,
+        seed=seed)
+  return rows, predictions
+
+
+SEEN_COLUMNS = (("verification_accuracy", "verif. acc."), ("silhouette", "silhouette"),
+                ("nmi", "NMI"), ("nme", "landmark NME"))
+
+
+def evaluate_seen(predictors: dict, split: Split, *, count: int, batch_size: int,
+                  seed: int) -> dict:
+  """A diagnostic beside the held-out table: the same identity metrics and NME on `count`
+  labelled *training* images (identities the network has seen). High here and low on held-out
+  identities means the codes memorise rather than generalise."""
+  index = np.flatnonzero(split.identity >= 0)[:count]
+  rows = {}
+  for name, predictor in predictors.items():
+    out = predict_all(predictor, split.images[index], batch_size=batch_size)
+    rows[name] = evaluation.evaluate_images(
+        out, identity=split.identity[index], landmarks=split.landmarks[index],
+        visible=split.visible[index], landmark_vertices=np.asarray(predictor.model.landmarks),
+        seed=seed)
+  return rows
+
+
+def gallery(predictors: dict, split: Split, *, count: int) -> np.ndarray:
+  """A picture, one row per held-out image: the input, then per model the rendered
+  reconstruction over the input (green: annotated landmarks, red: predicted) and its neutral
+  mesh."""
+  # Images spread over the split (different identities), not the first few.
+  index = np.linspace(0, len(split) - 1, min(count, len(split))).astype(int)
+  batch = split.batch(index)["images"]
+  size = batch.shape[1]
+  columns = [list(batch)]
+  for predictor in predictors.values():
+    out = predict_all(predictor, batch, batch_size=len(index),
+                             keys=("rendered", "mask", "landmarks", "neutral"))
+    columns.append([viz.reconstruction_overlay(batch[i], out["rendered"][i], out["mask"][i],
+                                               out["landmarks"][i], split.landmarks[index[i]])
+                    for i in range(len(index))])
+    columns.append([viz.shade_mesh(out["neutral"][i], np.asarray(predictor.model.triangles),
+                                   size=size) for i in range(len(index))])
+  cells = [column[row] for row in range(len(index)) for column in columns]
+  return viz.image_grid(cells, columns=len(columns))

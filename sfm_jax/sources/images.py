@@ -1,0 +1,238 @@
+"""Stage-2 data: rendered face-world images (in memory or through the TFDS builder) or a user's
+photo folder; and the image reading and landmark-framed crops every image path uses.
+
+Every source gives training images with contiguous identity labels [0, C) (-1 unlabelled) and
+held-out images of identities never seen in training, all `S x S` (folder photos are cropped
+around their landmarks and resampled). Images stay uint8 in host memory; `Split.batch` makes float
+batches. `world_image_chunks` and `photo_folder_entries` are what the TFDS builders in `data/`
+wrap, so the builders and the in-memory sources give the same examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import os
+
+import numpy as np
+
+from sfm_jax import face_world, imaging
+from sfm_jax.errors import InputError
+from sfm_jax.io import read_pts
+from sfm_jax.io.scan_folder import read_scan_meta
+from sfm_jax.sources.splits import (
+  CHUNK_IDENTITIES,
+  chunk_seed,
+  identity_in_test,
+  relabel,
+  split_seed,
+)
+
+SOURCES = ("world", "tfds", "folder")
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  images: np.ndarray            # [N, S, S, 3] uint8
+  landmarks: np.ndarray         # [N, 68, 2] float32 pixels (x right, y down)
+  visible: np.ndarray           # [N, 68] bool
+  identity: np.ndarray          # [N] int32, -1 unlabelled
+  neutral: np.ndarray | None    # [N, V, 3] ground-truth neutral shape (mm), world data only
+  names: list                   # [N] a name per image (file path or world index)
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  def batch(self, index: np.ndarray) -> dict:
+    """The stage-2 training batch of rows `index` (images as float32 in [0, 1])."""
+    return {"images": self.images[index].astype(np.float32) / 255.0,
+            "landmarks": self.landmarks[index], "visible": self.visible[index],
+            "identity": self.identity[index]}
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageData:
+  train: Split
+  test: Split                   # identities disjoint from training; for world data `identity`
+                                # holds the true identity of every image (none unlabelled)
+  image_size: int
+  description: str
+
+  @property
+  def num_classes(self) -> int:
+    return int(self.train.identity.max()) + 1
+
+
+def read_image(path: str) -> np.ndarray:
+  """`[H, W, 3]` uint8 RGB of a PNG/JPEG/PPM (Pillow; grey and RGBA converted, EXIF orientation
+  applied); `InputError` naming the file if it cannot be read."""
+  from PIL import Image, ImageOps, UnidentifiedImageError
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+    with Image.open(io.BytesIO(data)) as image:
+      return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+  except (OSError, UnidentifiedImageError, ValueError) as e:
+    raise InputError(f"{path}: unreadable image ({e})") from None
+
+
+def load_annotated(folder: str, relative: str) -> tuple[np.ndarray, np.ndarray]:
+  """(image, `[68, 2]` landmarks) of one photo-folder entry; `InputError` naming the bad file."""
+  path = os.path.join(folder, relative)
+  if not os.path.isfile(path):
+    raise InputError(f"{path}: missing image")
+  pts_path = os.path.splitext(path)[0] + ".pts"
+  if not os.path.isfile(pts_path):
+    raise InputError(f"{pts_path}: missing landmark file for {relative}")
+  landmarks = read_pts(pts_path)
+  if landmarks.shape != (68, 2):
+    raise InputError(f"{pts_path}: expected 68 points, got {len(landmarks)}")
+  return read_image(path), landmarks
+
+
+@dataclasses.dataclass(frozen=True)
+class PhotoFolder:
+  """A checked photo folder. `splits`: split name -> `[(row, relative path, identity name)]`
+  (only non-empty splits); `labels`: identity name -> label; `skipped`: one message per photo
+  left out (`skip_bad`)."""
+  splits: dict
+  labels: dict
+  skipped: list
+
+
+def photo_folder_entries(folder: str, *, test_fraction: float, split_seed: int = 0,
+                         skip_bad: bool = False) -> PhotoFolder:
+  """Reads `meta.csv`, checks every photo and its `.pts` (a bad one raises `InputError` naming
+  it, or with `skip_bad` is skipped and counted), and splits by identity
+  (`splits.identity_in_test`; unlabelled photos train)."""
+  folder = os.fspath(folder)
+  paths, identities, _ = read_scan_meta(folder)
+  names = sorted({n for n in identities if n})
+  entries, skipped = [], []
+  for index, (relative, name) in enumerate(zip(paths, identities)):
+    try:
+      load_annotated(folder, relative)  # validate everything before using anything
+    except ValueError as e:
+      if not skip_bad:
+        raise
+      skipped.append(str(e))
+      logging.warning("photo folder: skipping %s", e)
+      continue
+    entries.append((index, relative, name))
+  if skipped:
+    logging.warning("photo folder: skipped %d of %d images", len(skipped), len(paths))
+  test = [e for e in entries if identity_in_test(e[2], test_fraction, split_seed)]
+  train = [e for e in entries if e not in test]
+  splits = {name: part for name, part in (("train", train), ("test", test)) if part}
+  return PhotoFolder(splits=splits, labels={name: i for i, name in enumerate(names)},
+                     skipped=skipped)
+
+
+def world_image_chunks(world: face_world.FaceWorld, num_identities: int,
+                       images_per_identity: int, seed: int, *, image_size: int,
+                       unlabelled_fraction: float, occluder_probability: float,
+                       identity_offset: int = 0):
+  """Yields `(start, face_world.Images)` for identities `[start, start + CHUNK_IDENTITIES)` in
+  turn, each chunk seeded by `chunk_seed(seed, start)`."""
+  for start in range(0, num_identities, CHUNK_IDENTITIES):
+    yield start, face_world.make_images(
+        min(CHUNK_IDENTITIES, num_identities - start), images_per_identity,
+        chunk_seed(seed, start), world=world, image_size=image_size,
+        unlabelled_fraction=unlabelled_fraction, occluder_probability=occluder_probability,
+        identity_offset=identity_offset + start)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+  """Float RGB in [0, 1] -> uint8 (rounded)."""
+  return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _world_split(config, count: int, seed: int, offset: int, *, test: bool) -> Split:
+  chunks = [images for _, images in world_image_chunks(
+      face_world.FaceWorld(resolution=config.resolution), count, config.images_per_identity,
+      seed, image_size=config.image_size,
+      unlabelled_fraction=0.0 if test else config.unlabelled_fraction,
+      occluder_probability=config.occluder_probability, identity_offset=offset)]
+  join = lambda name: np.concatenate([getattr(c, name) for c in chunks])
+  identity = join("true_identity") if test else relabel(join("identity"))
+  return Split(images=to_uint8(join("images")), landmarks=join("landmarks"),
+               visible=join("visible"), identity=identity, neutral=join("neutral"),
+               names=[f"world_{offset * config.images_per_identity + i:05d}"
+                      for i in range(len(identity))])
+
+
+def _tfds_split(config, split: str, *, test: bool) -> Split:
+  from sfm_jax.sources import tfds
+  from sfm_jax.sources.scans import _builder
+  builder = tfds.build(_builder("synthetic_face_images", "SyntheticFaceImages"),
+                       data_dir=config.tfds_data_dir, config=config.tfds_config)
+  examples = tfds.load_all(builder.as_data_source(split))
+  size = examples["image"].shape[1]
+  if size != config.image_size:
+    raise InputError(f"tfds config {config.tfds_config!r} has {size} px images but "
+                     f"data.image_size is {config.image_size}")
+  return Split(images=examples["image"], landmarks=examples["landmarks"],
+               visible=examples["visible"],
+               identity=(examples["true_identity"] if test
+                         else relabel(examples["identity"])).astype(np.int32),
+               neutral=examples["neutral"],
+               names=[f"{split}_{i:05d}" for i in examples["image_index"]])
+
+
+def _folder_split(config, folder: PhotoFolder, split: str, *, test: bool) -> Split:
+  images, landmarks, identity, names = [], [], [], []
+  for _, relative, name in folder.splits[split]:
+    image, points = load_annotated(config.image_dir, relative)
+    box = imaging.landmark_box(points, margin=config.crop_margin)
+    images.append(to_uint8(imaging.crop(image, box, config.image_size)))
+    landmarks.append(box.to_crop(points, config.image_size).astype(np.float32))
+    identity.append(folder.labels[name] if name else -1)
+    names.append(relative)
+  identity = np.asarray(identity, np.int32)
+  return Split(images=np.stack(images), landmarks=np.stack(landmarks),
+               visible=np.ones((len(images), 68), bool),
+               identity=identity if test else relabel(identity), neutral=None, names=names)
+
+
+def _folder(config) -> ImageData:
+  if not config.image_dir:
+    raise InputError("data.source='folder' needs --config.data.image_dir=DIR")
+  if not os.path.isfile(os.path.join(config.image_dir, "meta.csv")):
+    raise InputError(f"{os.path.join(config.image_dir, 'meta.csv')}: missing; an image folder "
+                     "needs meta.csv (header `path,identity`) and a .pts beside each image")
+  # Read in place every run: never stale after the photos change, nothing written into the
+  # user's folder.
+  folder = photo_folder_entries(config.image_dir, test_fraction=config.test_fraction,
+                                skip_bad=config.skip_bad)
+  if "train" not in folder.splits or "test" not in folder.splits:
+    raise InputError(f"{config.image_dir}: needs images of several identities so that some can "
+                     f"be held out (got splits {sorted(folder.splits)} at test_fraction "
+                     f"{config.test_fraction})")
+  train = _folder_split(config, folder, "train", test=False)
+  test = _folder_split(config, folder, "test", test=True)
+  skipped = f", {len(folder.skipped)} skipped" if folder.skipped else ""
+  return ImageData(train=train, test=test, image_size=config.image_size,
+                   description=f"photo folder {config.image_dir} ({len(train)} train / "
+                               f"{len(test)} held-out images{skipped})")
+
+
+def load(config, *, seed: int) -> ImageData:
+  """The config's `data` section -> train and held-out images."""
+  if config.source not in SOURCES:
+    raise InputError(f"data.source must be one of {SOURCES}, got {config.source!r}")
+  if config.source == "folder":
+    return _folder(config)
+  if config.source == "tfds":
+    train, test = _tfds_split(config, "train", test=False), _tfds_split(config, "test", test=True)
+    what = f"TFDS synthetic_face_images/{config.tfds_config}"
+  else:
+    train = _world_split(config, config.train_identities, split_seed(seed, "train"), 0,
+                         test=False)
+    test = _world_split(config, config.test_identities, split_seed(seed, "test"),
+                        config.train_identities, test=True)
+    what = "rendered face world"
+  description = (f"{what}: {config.image_size} px, {len(train)} training images "
+                 f"({np.sum(train.identity < 0)} unlabelled), {len(test)} held-out images of "
+                 f"{len(np.unique(test.identity))} unseen identities")
+  return ImageData(train=train, test=test, image_size=config.image_size, description=description)
