@@ -155,6 +155,11 @@ def _report(workdir, config, data, table, seen_table, models, elapsed):
        "per-vertex distances in mm. Identity: 10-fold verification accuracy, silhouette and NMI "
        "of the predicted shape codes across images of one identity (different pose, light, "
        "expression). NME: visible landmarks, normalised by the inter-ocular distance."), "",
+      ("References: **mean face** predicts the training identities' mean neutral shape for "
+       "every image (a network that ignores the pixels; the first row to beat); **fit sfm** / "
+       "**fit baseline** fit each exported model (the stage-1 basis + `W_t`, the model its "
+       "network predicts codes of) to the image's annotated landmarks by optimisation (no "
+       "network)."), "",
       table, "",
       ("Chance level: verification 0.5, silhouette about 0. Diagnostic, the same identity "
        f"metrics on {config.eval.seen_images} labelled *training* images (identities the "
@@ -212,6 +217,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   rows, predictions = inference.evaluate_split(
       predictors, data.test, landmark_vertices=np.asarray(models["sfm"].landmarks),
       batch_size=config.eval.batch_size, seed=config.seed)
+  mean_face = (data.train.neutral.mean(0) if data.train.neutral is not None
+               else np.asarray(models["sfm"].mean))
+  print("references: the mean face and per-image landmark fits of each exported model ...",
+        flush=True)
+  exported = {name: predictor.model for name, predictor in predictors.items()}
+  rows.update(inference.reference_rows(exported, data.test, mean_face=mean_face,
+                                       image_size=data.image_size,
+                                       fit_steps=config.eval.fit_steps, seed=config.seed))
   seen = inference.evaluate_seen(predictors, data.train, count=config.eval.seen_images,
                                  batch_size=config.eval.batch_size, seed=config.seed)
   table = image_eval.write_results(workdir, rows, predictions, predictors, data.test,

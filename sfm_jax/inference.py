@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sfm_jax import evaluation, geometry, sphere, viz
+from sfm_jax import evaluation, fitting, geometry, metrics, sphere, viz
 from sfm_jax.errors import InputError
 from sfm_jax.io.tree import load_tree, save_tree
 from sfm_jax.model import FaceModel, decode, load_model
@@ -175,6 +175,33 @@ def evaluate_split(predictors: dict, split: Split, *, landmark_vertices: np.ndar
         visible=split.visible, landmark_vertices=landmark_vertices, neutral=split.neutral,
         seed=seed)
   return rows, predictions
+
+
+def reference_rows(models: dict, split: Split, *, mean_face: np.ndarray, image_size: int,
+                   fit_steps: int, seed: int) -> dict:
+  """The rows that say whether a network learned anything (design section 7), scored like its
+  own rows on the same held-out images:
+
+  - `mean face`: predict `mean_face` `[V, 3]` (the training identities' mean neutral shape) for
+    every image: what a network that ignores the pixels scores (3D error only);
+  - `fit <name>`: per-image landmark fitting (`fitting.fit_landmarks`, no network) of each model
+    in `models` to the annotated landmarks: its 3D error, code identity metrics and NME.
+  """
+  rows = {}
+  if split.neutral is not None:
+    landmark_vertices = np.asarray(next(iter(models.values())).landmarks)
+    now = landmark_vertices[list(metrics.NOW_LANDMARKS)]
+    mean = np.broadcast_to(np.asarray(mean_face, np.float32), split.neutral.shape)
+    rows["mean face"] = metrics.error_summary(
+        metrics.now_aligned_errors(mean, split.neutral, now))
+  for name, model in models.items():
+    fit = fitting.fit_landmarks(model, split.landmarks, image_size=image_size,
+                                visible=split.visible, steps=fit_steps)
+    rows[f"fit {name}"] = evaluation.evaluate_images(
+        {"shape_codes": fit.shape_codes, "neutral": fit.neutral, "landmarks": fit.landmarks},
+        identity=split.identity, landmarks=split.landmarks, visible=split.visible,
+        landmark_vertices=np.asarray(model.landmarks), neutral=split.neutral, seed=seed)
+  return rows
 
 
 SEEN_COLUMNS = (("verification_accuracy", "verif. acc."), ("silhouette", "silhouette"),

@@ -170,6 +170,21 @@ def face_size(landmarks: Array, visible: Array | None = None) -> Array:
   return safe_sqrt(extent[..., 0] * extent[..., 1])
 
 
+def centred_vertex_loss(predicted: Array, target: Array) -> Array:
+  """`vertex_loss` after moving each shape's centroid to the origin (mm): the 3D supervision of
+  stage 2, blind to the translation a weak-perspective camera cannot see.
+
+  Args:
+    predicted: `[B, V, 3]`.
+    target: `[B, V, 3]`.
+
+  Returns:
+    Scalar: the mean over vertices and faces of `||(p - mean p) - (t - mean t)||`.
+  """
+  centre = lambda x: x - jnp.mean(x, axis=-2, keepdims=True)
+  return vertex_loss(centre(predicted), centre(target))
+
+
 def landmark_loss(predicted: Array, target: Array, *, visible: Array | None = None,
                   squared: bool = False) -> Array:
   """2D landmark reprojection error normalised by face size.

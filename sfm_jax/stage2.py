@@ -11,6 +11,9 @@ identity labels (-1 unlabelled), the objective is
     landmark     reprojection of the model's landmark vertices (visible landmarks, normalised
                  by face size)
     photometric  masked per-pixel colour error between the rendered face and the image
+    vertex       3D supervision where the batch carries `neutral` and `posed` ground truth
+                 (face-world images): mean per-vertex distance (mm) of the decoded neutral and
+                 posed shapes, each centred (`losses.centred_vertex_loss`)
     margin, center   identity terms on the predicted shape directions (labelled images; SFM)
     shape_prior  Tikhonov on Gaussian shape codes (baseline)
     expr_prior, albedo_prior   Tikhonov on the predicted codes
@@ -46,6 +49,7 @@ class Objective:
   margin_scale: float = 32.0
   margin: float = 0.35
   weight_landmark: float = 10.0
+  weight_vertex: float = 0.1    # 3D supervision (mm) on images whose 3D is known
   weight_photometric: float = 1.0
   weight_margin: float = 0.05
   weight_center: float = 0.5
@@ -112,7 +116,8 @@ def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, im
   """The stage-2 `loss_fn(params, model_state, batch, rng)` for `TrainState`.
 
   `batch`: `images [B, S, S, 3]` in [0, 1], `landmarks [B, 68, 2]`, `visible [B, 68]`,
-  `identity [B]` (-1 unlabelled).
+  `identity [B]` (-1 unlabelled); optionally `neutral [B, V, 3]` and `posed [B, V, 3]` (mm,
+  model space), the 3D ground truth of the `vertex` term.
   """
   frozen = jax.tree_util.tree_map(jnp.asarray, model)
   landmark_index = np.asarray(model.landmarks)
@@ -136,6 +141,10 @@ def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, im
     if objective.weight_landmark:
       terms["landmark"] = losses.landmark_loss(pixels[:, safe_index, :2], batch["landmarks"],
                                                visible=visible)
+    if objective.weight_vertex and "neutral" in batch:
+      neutral = decode(face, s, jnp.zeros_like(out["expression"]))
+      terms["vertex"] = 0.5 * (losses.centred_vertex_loss(neutral, batch["neutral"])
+                               + losses.centred_vertex_loss(vertices, batch["posed"]))
     if objective.weight_photometric:
       albedo = params["albedo"]["mean"] + jnp.einsum(
           "ba,avc->bvc", out["albedo"], params["albedo"]["basis"])

@@ -190,3 +190,17 @@ def test_losses_are_jit_and_vmap_safe(rng):
   labelled = labels >= 0
   np.testing.assert_allclose(per_sample[labelled].mean(),
                              losses.spherical_center_loss(u, labels, w), rtol=1e-5)
+
+
+def test_centred_vertex_loss_hand_values():
+  # A unit triangle and the same triangle shifted by (5, -2, 7): centring removes the shift.
+  triangle = np.array([[[0.0, 0, 0], [3, 0, 0], [0, 3, 0]]])
+  shifted = triangle + np.array([5.0, -2.0, 7.0])
+  assert float(losses.centred_vertex_loss(jnp.asarray(shifted), jnp.asarray(triangle))) == (
+      pytest.approx(0.0, abs=1e-6))
+  # Moving one vertex by 3 mm along z moves the centroid by 1 mm: the centred distances are
+  # 1, 1 and 2 mm (vertex 0 by 3 - 1), mean 4/3.
+  moved = triangle.copy()
+  moved[0, 0, 2] = 3.0
+  assert float(losses.centred_vertex_loss(jnp.asarray(moved), jnp.asarray(triangle))) == (
+      pytest.approx(4.0 / 3.0, rel=1e-6))

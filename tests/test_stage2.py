@@ -63,8 +63,8 @@ def test_every_term_is_logged_and_the_loss_falls(trained):
   sfm = [r for r in rows if r["model"] == "sfm"]
   baseline = [r for r in rows if r["model"] == "baseline"]
   assert [r["step"] for r in sfm] == list(range(2, 13, 2))  # log_every 2, 12 steps
-  assert {"landmark", "photometric", "margin", "center", "expr_prior", "albedo_prior",
-          "residual"} <= set(sfm[0])
+  assert {"landmark", "photometric", "vertex", "margin", "center", "expr_prior",
+          "albedo_prior", "residual"} <= set(sfm[0])
   assert "shape_prior" in baseline[0] and "margin" not in baseline[0]
   assert all(r["render_overflow"] == 0 for r in rows)  # the window rasteriser was exact
   for series in (sfm, baseline):
@@ -88,13 +88,31 @@ def test_exported_models_are_the_stage1_basis_plus_the_residual(trained, stage1_
 def test_evaluation_table_and_the_image_mode_of_evaluate_agree(trained):
   workdir, result = trained
   table = json.loads(open(workdir / "eval.json").read())
-  assert set(table["models"]) == {"sfm", "baseline"} and table["test_images"] == 9
-  for scores in table["models"].values():
+  assert set(table["models"]) == {"sfm", "baseline", "mean face", "fit sfm", "fit baseline"}
+  assert table["test_images"] == 9
+  for scores in (table["models"][name] for name in ("sfm", "baseline", "fit sfm")):
     assert set(scores) >= {"median_mm", "mean_mm", "std_mm", "verification_accuracy",
                            "silhouette", "nmi", "nme"}
     assert 0 < scores["median_mm"] and 0 <= scores["nme"] < 2
   assert result == table  # train_and_evaluate returns what it wrote
   assert set(table["seen_identities"]) == {"sfm", "baseline"}  # the memorisation diagnostic
+  # References beside the networks: the mean face and per-image landmark fits.
+  assert {"mean face", "fit sfm", "fit baseline"} <= set(table["models"])
+  from experiments.configs import stage2 as stage2_configs
+  from sfm_jax.sources import images as image_sources
+  data = image_sources.load(stage2_configs.get_config("tiny").data, seed=0)
+  mean_face = data.train.neutral.astype(np.float64).mean(0)
+  template = face_world.face_template(12)
+  now = template.landmarks[[36, 39, 42, 45, 33, 48, 54]]
+  errors = metrics.now_aligned_errors(np.broadcast_to(mean_face, data.test.neutral.shape),
+                                      data.test.neutral, now)
+  assert table["models"]["mean face"]["median_mm"] == pytest.approx(np.median(errors), rel=1e-4)
+  assert table["models"]["mean face"]["mean_mm"] == pytest.approx(np.mean(errors), rel=1e-4)
+  # World batches carry the 3D truth of the vertex term: posed = neutral + the expression.
+  batch = data.train.batch(np.arange(len(data.train)))
+  neutral_rows = np.all(batch["posed"] == batch["neutral"], axis=(1, 2))
+  assert batch["posed"].shape == batch["neutral"].shape
+  assert 0 < neutral_rows.sum() < len(data.train)  # expressions move the others
   assert 0 <= table["seen_identities"]["sfm"]["verification_accuracy"] <= 1
   out = workdir / "reeval"
   again = _run("experiments.evaluate", f"--stage2={workdir}", TINY, f"--out_dir={out}")

@@ -86,6 +86,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.eval.batch_size = 64
   c.eval.gallery = 6                # held-out images shown in gallery.png
   c.eval.seen_images = 300          # labelled training images of the seen-identity diagnostic
+  c.eval.fit_steps = 400            # Adam steps of the per-image landmark-fit reference
 
   if variant == "folder":
     c.data.source = "folder"
@@ -105,4 +106,5 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.train.num_steps, c.train.global_batch_size = 12, 8
     c.train.log_every, c.train.checkpoint_every = 2, 4
     c.eval.batch_size, c.eval.gallery, c.eval.seen_images = 8, 3, 12
+    c.eval.fit_steps = 100
   return c

@@ -39,16 +39,21 @@ class Split:
   visible: np.ndarray           # [N, 68] bool
   identity: np.ndarray          # [N] int32, -1 unlabelled
   neutral: np.ndarray | None    # [N, V, 3] ground-truth neutral shape (mm), world data only
+  posed: np.ndarray | None      # [N, V, 3] ground truth with the expression (model space, mm)
   names: list                   # [N] a name per image (file path or world index)
 
   def __len__(self) -> int:
     return len(self.images)
 
   def batch(self, index: np.ndarray) -> dict:
-    """The stage-2 training batch of rows `index` (images as float32 in [0, 1])."""
-    return {"images": self.images[index].astype(np.float32) / 255.0,
-            "landmarks": self.landmarks[index], "visible": self.visible[index],
-            "identity": self.identity[index]}
+    """The stage-2 training batch of rows `index` (images as float32 in [0, 1]); with the 3D
+    ground truth (`neutral`, `posed`) where the split has it."""
+    batch = {"images": self.images[index].astype(np.float32) / 255.0,
+             "landmarks": self.landmarks[index], "visible": self.visible[index],
+             "identity": self.identity[index]}
+    if self.neutral is not None and self.posed is not None:
+      batch.update(neutral=self.neutral[index], posed=self.posed[index])
+    return batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +153,12 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
   return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+def _posed(template, neutral: np.ndarray, expression: np.ndarray) -> np.ndarray:
+  """Face-world ground truth with the expression applied (model space, float32)."""
+  return face_world.apply_expressions(template, neutral.astype(np.float64),
+                                      expression.astype(np.float64)).astype(np.float32)
+
+
 def _world_split(config, count: int, seed: int, offset: int, *, test: bool) -> Split:
   chunks = [images for _, images in world_image_chunks(
       face_world.FaceWorld(resolution=config.resolution), count, config.images_per_identity,
@@ -156,8 +167,10 @@ def _world_split(config, count: int, seed: int, offset: int, *, test: bool) -> S
       occluder_probability=config.occluder_probability, identity_offset=offset)]
   join = lambda name: np.concatenate([getattr(c, name) for c in chunks])
   identity = join("true_identity") if test else relabel(join("identity"))
+  template = face_world.FaceWorld(resolution=config.resolution).template
   return Split(images=to_uint8(join("images")), landmarks=join("landmarks"),
                visible=join("visible"), identity=identity, neutral=join("neutral"),
+               posed=_posed(template, join("neutral"), join("expression")),
                names=[f"world_{offset * config.images_per_identity + i:05d}"
                       for i in range(len(identity))])
 
@@ -177,6 +190,8 @@ def _tfds_split(config, split: str, *, test: bool) -> Split:
                identity=(examples["true_identity"] if test
                          else relabel(examples["identity"])).astype(np.int32),
                neutral=examples["neutral"],
+               posed=_posed(face_world.face_template(config.resolution), examples["neutral"],
+                            examples["expression"]),
                names=[f"{split}_{i:05d}" for i in examples["image_index"]])
 
 
@@ -192,7 +207,8 @@ def _folder_split(config, folder: PhotoFolder, split: str, *, test: bool) -> Spl
   identity = np.asarray(identity, np.int32)
   return Split(images=np.stack(images), landmarks=np.stack(landmarks),
                visible=np.ones((len(images), 68), bool),
-               identity=identity if test else relabel(identity), neutral=None, names=names)
+               identity=identity if test else relabel(identity), neutral=None, posed=None,
+               names=names)
 
 
 def _folder(config) -> ImageData:
