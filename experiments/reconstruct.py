@@ -23,7 +23,6 @@ An unreadable image stops the run with its path (files written so far are comple
 import glob
 import os
 
-import jax
 import numpy as np
 from absl import app, flags
 
@@ -81,13 +80,13 @@ def _prepare(path: str, predictor: inference.Predictor):
     given = read_pts(pts_path)
     if given.shape != (68, 2):
       raise InputError(f"{pts_path}: expected 68 points, got {len(given)}")
-  if predictor.crop_margin is None:
-    box = imaging.full_box(*image.shape[:2])
-  elif given is not None:
-    box = imaging.landmark_box(given, margin=predictor.crop_margin)
-  else:
-    raise InputError(f"{path}: this network was trained on crops around 68 landmarks; put "
-                     f"them beside the image ({pts_path})")
+  if given is None and (predictor.crop_margin is not None
+                        or predictor.encoder.landmark_features):
+    why = ("was trained on crops around 68 landmarks" if predictor.crop_margin is not None
+           else "reads the 68 landmarks")
+    raise InputError(f"{path}: this network {why}; put them beside the image ({pts_path})")
+  box = (imaging.full_box(*image.shape[:2]) if predictor.crop_margin is None
+         else imaging.landmark_box(given, margin=predictor.crop_margin))
   return imaging.crop(image, box, predictor.image_size), box, given
 
 
@@ -126,11 +125,6 @@ def main(argv):
   os.makedirs(_OUT.value, exist_ok=True)
   size, batch_size = predictor.image_size, _BATCH.value
 
-  @jax.jit
-  def forward(variables, model, images):
-    return inference.predict(inference.Predictor(predictor.encoder, variables, model, size,
-                                                 predictor.window), images)
-
   progress = Progress("reconstructing:", total=len(paths), unit="images")
   done, skipped, errors = 0, [], []
   for first in range(0, len(paths), batch_size):
@@ -145,9 +139,13 @@ def main(argv):
         print(f"  skipping: {e}", flush=True)
     if not items:
       continue
-    crops = np.zeros((batch_size, size, size, 3), np.float32)  # padded: one compilation
-    crops[:len(items)] = np.stack([item[2] for item in items])
-    out = jax.device_get(forward(predictor.variables, predictor.model, crops))
+    crops = np.stack([item[2] for item in items])
+    points = np.stack([np.zeros((68, 2), np.float32) if item[4] is None
+                       else item[3].to_crop(item[4], size) for item in items])
+    out = inference.predict_all(  # padded to batch_size: one compilation
+        predictor, crops, points, batch_size=batch_size,
+        keys=("shape_codes", "expression", "albedo", "rotation", "translation", "scale",
+              "light", "neutral", "posed", "landmarks", "rendered", "mask"))
     for i, (_, name, crop, box, given) in enumerate(items):
       nme = _write(_OUT.value, name, predictor, out, i, crop, box, given)
       if nme is not None:

@@ -93,7 +93,7 @@ def objectives(config) -> dict:
 def _encoder(config, model: FaceModel) -> Encoder:
   return Encoder(shape_dim=model.shape_dim, expr_dim=model.expr_dim,
                  albedo_dim=config.model.albedo_dim, depth=config.model.depth,
-                 width=config.model.width)
+                 width=config.model.width, landmark_features=config.model.landmark_features)
 
 
 def train(name, model, objective, data, config, workdir, log, mesh) -> TrainState:

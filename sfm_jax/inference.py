@@ -42,7 +42,7 @@ class Predictor:
     e = self.encoder
     return {"shape_dim": e.shape_dim, "expr_dim": e.expr_dim, "albedo_dim": e.albedo_dim,
             "depth": e.depth, "width": e.width, "rotation": e.rotation,
-            "image_size": self.image_size, "window": self.window,
+            "landmark_features": e.landmark_features, "image_size": self.image_size, "window": self.window,
             "crop_margin": self.crop_margin}
 
 
@@ -70,13 +70,14 @@ def load_predictor(encoder_path, model: FaceModel) -> Predictor:
                      f"but the model has {albedo_dim}")
   encoder = Encoder(shape_dim=meta["shape_dim"], expr_dim=meta["expr_dim"],
                     albedo_dim=meta["albedo_dim"], depth=meta["depth"], width=meta["width"],
-                    rotation=meta["rotation"])
+                    rotation=meta["rotation"],
+                    landmark_features=int(meta.get("landmark_features", 0)))
   return Predictor(encoder=encoder, variables=variables, model=model,
                    image_size=int(meta["image_size"]), window=int(meta.get("window", 4)),
                    crop_margin=meta.get("crop_margin"))
 
 
-def predict(predictor: Predictor, images: jax.Array) -> dict:
+def predict(predictor: Predictor, images: jax.Array, landmarks: jax.Array | None = None) -> dict:
   """Everything the network says about `images` `[B, S, S, 3]` in [0, 1] (inference mode).
 
   Returns `shape_codes [B, K]` (on the sphere for SFM), `expression [B, E]`, `albedo [B, A]`,
@@ -87,7 +88,7 @@ def predict(predictor: Predictor, images: jax.Array) -> dict:
   """
   model = jax.tree_util.tree_map(jnp.asarray, predictor.model)
   size = predictor.image_size
-  out = predictor.encoder.apply(predictor.variables, images, train=False)
+  out = predictor.encoder.apply(predictor.variables, images, train=False, landmarks=landmarks)
   s = sphere.shape_codes(out["z"], model.code_kind, model.radius)
   zeros = jnp.zeros_like(out["expression"])
   neutral = decode(model, s, zeros)
@@ -108,32 +109,40 @@ def predict(predictor: Predictor, images: jax.Array) -> dict:
           "landmarks": landmarks, "rendered": rendered, "mask": mask}
 
 
-def predict_all(predictor: Predictor, images: np.ndarray, *, batch_size: int = 64,
+def predict_all(predictor: Predictor, images: np.ndarray, landmarks: np.ndarray | None = None,
+                *, batch_size: int = 64,
                 keys: tuple = ("shape_codes", "expression", "albedo", "rotation", "translation",
                                "scale", "light", "neutral", "posed", "landmarks"),
                 progress=None) -> dict:
-  """`predict` over `[N, S, S, 3]` images (uint8 or float in [0, 1]) in batches; numpy `keys`.
+  """`predict` over `[N, S, S, 3]` images (uint8 or float in [0, 1]) and their `[N, 68, 2]`
+  landmarks (pixels; needed by networks that read them) in batches; numpy `keys`.
 
   The last batch is padded to `batch_size` (one compilation). `progress` (a
   `progress.Progress`) is updated after each batch.
   """
   @jax.jit
-  def function(variables, model, images):  # weights as arguments, not baked-in constants
-    outputs = predict(dataclasses.replace(predictor, variables=variables, model=model), images)
+  def function(variables, model, images, landmarks):  # weights as arguments, not constants
+    outputs = predict(dataclasses.replace(predictor, variables=variables, model=model), images,
+                      landmarks)
     return {key: outputs[key] for key in keys}
 
   images = np.asarray(images)
   total = len(images)
+  if predictor.encoder.landmark_features and landmarks is None:
+    raise InputError("this network reads the images' landmarks: pass them to predict_all")
+  landmarks = (np.zeros((total, 68, 2), np.float32) if landmarks is None
+               else np.asarray(landmarks, np.float32))
   outputs: dict = {key: [] for key in keys}
   for start in range(0, total, batch_size):
     chunk = images[start:start + batch_size]
     chunk = chunk.astype(np.float32) / 255.0 if chunk.dtype == np.uint8 else chunk.astype(
         np.float32)
+    points = landmarks[start:start + batch_size]
     count = len(chunk)
     if count < batch_size:
-      chunk = np.concatenate([chunk, np.zeros((batch_size - count,) + chunk.shape[1:],
-                                              np.float32)])
-    result = jax.device_get(function(predictor.variables, predictor.model, chunk))
+      pad = lambda x: np.concatenate([x, np.repeat(x[-1:], batch_size - count, axis=0)])
+      chunk, points = pad(chunk), pad(points)
+    result = jax.device_get(function(predictor.variables, predictor.model, chunk, points))
     for key in keys:
       outputs[key].append(np.asarray(result[key])[:count])
     if progress is not None:
@@ -167,7 +176,8 @@ def evaluate_split(predictors: dict, split: Split, *, landmark_vertices: np.ndar
     if predictor.image_size != split.images.shape[1]:
       raise InputError(f"{name}: the network takes {predictor.image_size} px images but the "
                        f"evaluation images are {split.images.shape[1]} px")
-    predictions[name] = predict_all(predictor, split.images, batch_size=batch_size,
+    predictions[name] = predict_all(predictor, split.images, split.landmarks,
+                                    batch_size=batch_size,
                                     progress=Progress(f"  predicting ({name}):",
                                                       total=len(split), unit="images"))
     rows[name] = evaluation.evaluate_images(
@@ -216,7 +226,8 @@ def evaluate_seen(predictors: dict, split: Split, *, count: int, batch_size: int
   index = np.flatnonzero(split.identity >= 0)[:count]
   rows = {}
   for name, predictor in predictors.items():
-    out = predict_all(predictor, split.images[index], batch_size=batch_size)
+    out = predict_all(predictor, split.images[index], split.landmarks[index],
+                      batch_size=batch_size)
     rows[name] = evaluation.evaluate_images(
         out, identity=split.identity[index], landmarks=split.landmarks[index],
         visible=split.visible[index], landmark_vertices=np.asarray(predictor.model.landmarks),
@@ -234,8 +245,8 @@ def gallery(predictors: dict, split: Split, *, count: int) -> np.ndarray:
   size = batch.shape[1]
   columns = [list(batch)]
   for predictor in predictors.values():
-    out = predict_all(predictor, batch, batch_size=len(index),
-                             keys=("rendered", "mask", "landmarks", "neutral"))
+    out = predict_all(predictor, batch, split.landmarks[index], batch_size=len(index),
+                      keys=("rendered", "mask", "landmarks", "neutral"))
     columns.append([viz.reconstruction_overlay(batch[i], out["rendered"][i], out["mask"][i],
                                                out["landmarks"][i], split.landmarks[index[i]])
                     for i in range(len(index))])

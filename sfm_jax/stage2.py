@@ -70,7 +70,8 @@ def init_params(encoder: Encoder, model: FaceModel, *, image_size: int, num_clas
                 albedo_dim: int, seed: int) -> tuple[dict, dict]:
   """(params, model_state) for stage 2 from a stage-1 model."""
   key = jax.random.key(seed)
-  variables = encoder.init(key, jnp.zeros((1, image_size, image_size, 3)), train=False)
+  variables = encoder.init(key, jnp.zeros((1, image_size, image_size, 3)), train=False,
+                           landmarks=jnp.zeros((1, 68, 2)) + jnp.arange(68.0)[:, None])
   num_vertices = model.num_vertices
   rng = np.random.default_rng(seed)
   directions = rng.normal(size=(num_classes, model.shape_dim))
@@ -130,7 +131,8 @@ def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, im
   def loss_fn(params, model_state, batch, rng):
     del rng
     out, updates = encoder.apply({"params": params["encoder"], **model_state}, batch["images"],
-                                 train=True, mutable=["batch_stats"])
+                                 train=True, landmarks=batch["landmarks"],
+                                 mutable=["batch_stats"])
     s = sphere.shape_codes(out["z"], objective.code_kind, frozen.radius)
     face = frozen.replace(shape_basis=frozen.shape_basis + params["residual"]["shape"],
                           expr_basis=frozen.expr_basis + params["residual"]["expr"])

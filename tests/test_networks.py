@@ -50,3 +50,30 @@ def test_batch_norm_statistics_update_only_in_training():
   np.testing.assert_array_equal(first["z"], second["z"])
   with pytest.raises(ValueError, match="depth must be one of"):
     networks.Encoder(shape_dim=4, expr_dim=2, depth="resnet7").init(jax.random.key(0), images)
+
+
+def test_landmark_descriptor_and_a_landmark_reading_encoder():
+  rng = np.random.default_rng(0)
+  points = rng.uniform(10, 50, size=(2, 68, 2))
+  d = np.asarray(networks.landmark_descriptor(jnp.asarray(points), image_size=64))
+  # Shape part: centred, unit RMS radius; then the centre (fraction around the middle) and the
+  # radius (fraction of the image).
+  shape = d[:, :136].reshape(2, 68, 2)
+  np.testing.assert_allclose(shape.mean(1), 0, atol=1e-6)
+  np.testing.assert_allclose(np.sqrt(np.mean(np.sum(shape ** 2, -1), 1)), 1, rtol=1e-5)
+  np.testing.assert_allclose(d[:, 136:138], points.mean(1) / 64 - 0.5, rtol=1e-5, atol=1e-6)
+  rms = np.sqrt(np.mean(np.sum((points - points.mean(1, keepdims=True)) ** 2, -1), 1))
+  np.testing.assert_allclose(d[:, 138], rms / 64, rtol=1e-5)
+  # Moved and scaled landmarks keep the shape part.
+  moved = np.asarray(networks.landmark_descriptor(jnp.asarray(points * 0.5 + 7), image_size=64))
+  np.testing.assert_allclose(moved[:, :136], d[:, :136], atol=1e-5)
+  # An encoder with landmark_features reads them: different landmarks, different codes.
+  encoder = networks.Encoder(shape_dim=4, expr_dim=2, depth="resnet10", width=8,
+                             landmark_features=8)
+  images = jnp.zeros((2, 32, 32, 3))
+  variables = encoder.init(jax.random.key(0), images, landmarks=jnp.asarray(points))
+  a = encoder.apply(variables, images, landmarks=jnp.asarray(points))["z"]
+  b = encoder.apply(variables, images, landmarks=jnp.asarray(points[::-1]))["z"]
+  assert not np.allclose(a, b) and np.allclose(a[0], b[1], atol=1e-5)
+  with pytest.raises(ValueError, match="reads landmarks"):
+    encoder.apply(variables, images)

@@ -164,14 +164,13 @@ def test_resume_after_kill_gives_identical_parameters(trained, stage1_models, tm
 
 @pytest.fixture(scope="module")
 def reconstruction_set(tmp_path_factory):
-  """Four rendered 12x12-world faces as PNG, the first two with their .pts."""
+  """Four rendered 12x12-world faces as PNG with their .pts (the tiny network reads them)."""
   folder = tmp_path_factory.mktemp("photos")
   images = face_world.make_images(2, 2, seed=5, world=face_world.FaceWorld(resolution=12), image_size=32,
                              occluder_probability=0.0, max_yaw_degrees=30.0)
   for i in range(4):
     write_png(folder / f"face{i}.png", images.images[i])
-    if i < 2:
-      write_pts(folder / f"face{i}.pts", images.landmarks[i])
+    write_pts(folder / f"face{i}.pts", images.landmarks[i])
   return folder, images
 
 
@@ -223,6 +222,7 @@ def test_reconstruct_maps_landmarks_back_to_the_original_resolution(trained, rec
   # A 2x nearest-neighbour enlargement resamples to exactly the 32 px original: the network sees
   # the same input, and the landmarks come back scaled by 2.
   write_png(big / "face2.png", images.images[2].repeat(2, 0).repeat(2, 1))
+  write_pts(big / "face2.pts", 2 * images.landmarks[2])
   small = _run("experiments.reconstruct", f"--workdir={workdir}",
                f"--images={folder / 'face2.png'}", f"--out={tmp_path / 'a'}")
   large = _run("experiments.reconstruct", f"--workdir={workdir}", f"--images={big}/*.png",
@@ -236,10 +236,11 @@ def test_reconstruct_maps_landmarks_back_to_the_original_resolution(trained, rec
 def test_reconstruct_and_stage2_fail_clearly_on_bad_input(trained, reconstruction_set,
                                                           stage1_models, tmp_path):
   workdir, _ = trained
-  folder, _ = reconstruction_set
+  folder, images = reconstruction_set
   bad = tmp_path / "bad"
   bad.mkdir()
   write_png(bad / "good.png", np.full((32, 32, 3), 0.5))
+  write_pts(bad / "good.pts", images.landmarks[0])
   (bad / "broken.png").write_bytes(b"this is not an image")
   failed = _run("experiments.reconstruct", f"--workdir={workdir}", f"--images={bad}",
                 f"--out={tmp_path / 'o'}")
@@ -257,6 +258,12 @@ def test_reconstruct_and_stage2_fail_clearly_on_bad_input(trained, reconstructio
                  f"--workdir={tmp_path / 'w'}", f"--config.data.image_dir={folder}",
                  f"--config.init_model={stage1_models / 'sfm_model.npz'}")
   assert no_meta.returncode == 1 and "meta.csv: missing" in no_meta.stderr
+  unannotated = tmp_path / "unannotated"
+  unannotated.mkdir()
+  write_png(unannotated / "face.png", images.images[0])
+  refused = _run("experiments.reconstruct", f"--workdir={workdir}", f"--images={unannotated}",
+                 f"--out={tmp_path / 'u'}")
+  assert refused.returncode == 1 and "this network reads the 68 landmarks" in refused.stderr
   no_run = _run("experiments.reconstruct", f"--workdir={tmp_path}", f"--images={folder}")
   assert no_run.returncode == 1 and "no trained stage-2 model" in no_run.stderr
 

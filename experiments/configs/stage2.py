@@ -53,6 +53,8 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.model.depth = "resnet10"        # resnet10 | resnet18 | resnet34 | resnet50
   c.model.width = 16                # channels of the first stage (64 in the standard ResNets)
   c.model.albedo_dim = 10
+  c.model.landmark_features = 128   # > 0: the encoder also reads the 68 landmark positions
+                                    # (an MLP beside the image trunk); 0: pixels only
 
   # The SFM objective: every field of sfm_jax.stage2.Objective with its default (written once,
   # there; code_kind is set per model); 0 switches a term off.
@@ -102,7 +104,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.data.image_size, c.data.resolution = 32, 12  # the stage-1 tiny grid
     c.data.train_identities, c.data.test_identities, c.data.images_per_identity = 6, 3, 3
     c.data.occluder_probability = 0.0
-    c.model.width, c.model.albedo_dim = 8, 2
+    c.model.width, c.model.albedo_dim, c.model.landmark_features = 8, 2, 16
     c.train.num_steps, c.train.global_batch_size = 12, 8
     c.train.log_every, c.train.checkpoint_every = 2, 4
     c.eval.batch_size, c.eval.gallery, c.eval.seen_images = 8, 3, 12
