@@ -1,8 +1,9 @@
 """What every command-line entry point shares.
 
 - `run(main)`: `absl.app.run`, where bad input (`sfm_jax.errors.InputError`, raised by the
-  validators with the file, key or line) ends the program with that one message on stderr and
-  exit status 1. Every other exception keeps its traceback.
+  validators with the file, key or line) or a training stopped by non-finite steps
+  (`NonFiniteError`, naming the step and terms) ends the program with that one message on stderr
+  and exit status 1. Every other exception keeps its traceback.
 - `run_stage(train_and_evaluate, ...)`: the `main` of a stage: `--config` and `--workdir` flags,
   multi-host start-up and quiet orbax logs, then `train_and_evaluate(config, workdir)`.
 """
@@ -14,14 +15,14 @@ import sys
 from absl import app, flags, logging
 
 from sfm_jax import parallel
-from sfm_jax.errors import InputError
+from sfm_jax.errors import InputError, NonFiniteError
 
 
 def run(main) -> None:
   def guarded(argv):
     try:
       return main(argv)
-    except InputError as e:
+    except (InputError, NonFiniteError) as e:
       program = sys.argv[0].rsplit("/", 1)[-1]
       print(f"{program}: error: {e}", file=sys.stderr, flush=True)
       sys.exit(1)

@@ -116,7 +116,7 @@ def train(name, model, objective, data, config, workdir, log, mesh) -> TrainStat
     return data.train.batch(index)
 
   def summary(metrics):
-    parts = [f"{key} {metrics[key]:.4f}" for key in ("landmark", "photometric", "margin",
+    parts = [f"{key} {metrics[key]:.4f}" for key in ("landmark", "photometric", "vertex", "margin",
                                                      "center") if key in metrics]
     return "  ".join(parts)
 

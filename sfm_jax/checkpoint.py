@@ -69,6 +69,29 @@ def latest_step(manager: ocp.CheckpointManager) -> int | None:
   return manager.latest_step()
 
 
+def restore_latest_good(manager: ocp.CheckpointManager, template: TrainState,
+                        report=print) -> TrainState | None:
+  """The newest checkpoint that restores (None when there is none).
+
+  A damaged one (truncated files, missing parts) is reported through `report` with its step and
+  error, moved aside to `<step>.damaged` (kept for inspection, invisible to the manager, and out
+  of the way of the run that will save that step again), and the previous step is tried.
+  """
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return restore(manager, template, step)
+    except Exception as e:  # noqa: BLE001 - any failure to read a step means: try the older one
+      path = os.path.join(str(manager.directory), str(step))
+      aside = f"{path}.damaged"
+      if os.path.exists(path) and not os.path.exists(aside):
+        os.rename(path, aside)
+        manager.reload()
+      report(f"checkpoint at step {step} does not restore ({type(e).__name__}: "
+             f"{(str(e).splitlines() or [''])[0][:200]}); moved to {aside}, trying the previous "
+             "one")
+  return None
+
+
 def wait(manager: ocp.CheckpointManager) -> None:
   """Blocks until every started save is on disk."""
   manager.wait_until_finished()

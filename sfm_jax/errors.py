@@ -9,3 +9,8 @@ line and exit 1, while every other exception keeps its traceback.
 
 class InputError(ValueError):
   """Bad user input; the message names the file, key or line."""
+
+
+class NonFiniteError(RuntimeError):
+  """Training met more non-finite steps than allowed (`train.skip_nonfinite`); the message names
+  the step and the loss terms. The last good checkpoint is kept; nothing else was written."""

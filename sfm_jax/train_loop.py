@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from sfm_jax import checkpoint, parallel
+from sfm_jax.errors import NonFiniteError
 from sfm_jax.io import atomic_write
 from sfm_jax.progress import Progress
 from sfm_jax.train_state import TrainState, train_step
@@ -93,8 +94,10 @@ def run(name: str, state: TrainState, batch_for_step: Callable[[int, slice], dic
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints", name),
                                     max_to_keep=train_config.max_to_keep,
                                     save_interval_steps=train_config.checkpoint_every)
-  if checkpoint.latest_step(manager) is not None:
-    state = checkpoint.restore(manager, state)
+  restored = checkpoint.restore_latest_good(
+      manager, state, report=lambda line: print(f"[{name}] {line}", flush=True))
+  if restored is not None:
+    state = restored
     if is_chief():
       print(f"[{name}] resumed from the checkpoint at step {host_step(state)}", flush=True)
   if is_chief():
@@ -113,6 +116,7 @@ def run(name: str, state: TrainState, batch_for_step: Callable[[int, slice], dic
   stop = train_config.num_steps
   if train_config.stop_after_steps > 0:
     stop = min(stop, train_config.stop_after_steps)
+  allowed_nonfinite, skipped = train_config.get("skip_nonfinite", 0), 0
   while step < stop:
     batch = batch_for_step(step, rows)
     if use_pmap:
@@ -120,6 +124,20 @@ def run(name: str, state: TrainState, batch_for_step: Callable[[int, slice], dic
     else:
       state, metrics = step_fn(state, parallel.shard_batch(batch, mesh))
     step += 1
+    if not float(parallel.to_host(metrics["finite"]).reshape(-1)[0]):
+      skipped += 1
+      message = _nonfinite_message(name, step, parallel.to_host(
+          parallel.pmap_unreplicate(metrics) if use_pmap else metrics))
+      if skipped > allowed_nonfinite:
+        checkpoint.wait(manager)
+        last = checkpoint.latest_step(manager)
+        manager.close()
+        raise NonFiniteError(
+            f"{message}; stopped (train.skip_nonfinite={allowed_nonfinite}). The last good "
+            f"checkpoint is step {last}; nothing else was written")
+      if is_chief():
+        print(f"{message}; batch skipped ({skipped} of at most {allowed_nonfinite})",
+              flush=True)
     if train_config.sleep_per_step:
       time.sleep(train_config.sleep_per_step)
     if is_chief() and (step % train_config.log_every == 0 or step == train_config.num_steps):
@@ -134,6 +152,15 @@ def run(name: str, state: TrainState, batch_for_step: Callable[[int, slice], dic
   checkpoint.wait(manager)
   manager.close()
   return parallel.pmap_unreplicate(state) if use_pmap else state
+
+
+def _nonfinite_message(name: str, step: int, metrics: dict) -> str:
+  """`[name] step N: non-finite loss (terms a=nan, b=inf)`: the terms that went bad."""
+  values = {key: float(np.asarray(value).reshape(-1)[0]) for key, value in metrics.items()}
+  bad = [f"{key}={value}" for key, value in values.items()
+         if key not in ("finite",) and not np.isfinite(value)]
+  return (f"[{name}] step {step}: non-finite loss or gradient ("
+          f"{', '.join(bad) if bad else 'every term finite, the gradient is not'})")
 
 
 def report_stop(name: str, state: TrainState, train_config) -> bool:

@@ -80,7 +80,10 @@ def train_step(state: TrainState, batch: Any, *,
       model state are averaged over that axis, and the loss function must have been built for it.
 
   Returns the new state and the metrics of this step (the loss function's metrics plus
-  `loss` and `grad_norm`), computed before the update.
+  `loss`, `grad_norm` and `finite`), computed before the update. A step whose loss or gradient
+  is not finite (`finite` = 0) applies no update: parameters, optimizer and model state stay as
+  they were (only `step` advances), so a bad batch can never poison the state; the training loop
+  decides whether to skip it or stop.
   """
   grad_fn = jax.value_and_grad(state.loss_fn, has_aux=True)
   (loss, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch,
@@ -90,9 +93,14 @@ def train_step(state: TrainState, batch: Any, *,
                                                       axis_name)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                            model_state=model_state)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
+  metrics = {**metrics, "loss": loss, "grad_norm": grad_norm,
+             "finite": finite.astype(jnp.float32)}
+  new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                            opt_state=keep(opt_state, state.opt_state),
+                            model_state=keep(model_state, state.model_state))
   return new_state, metrics
 
 

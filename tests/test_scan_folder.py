@@ -100,3 +100,40 @@ def test_interrupted_write_leaves_no_meta(tmp_path, rng):
   with pytest.raises(ValueError):
     scan_folder.write_scan_folder(tmp_path, bad, ["a", "b", "c"], triangles=triangles)
   assert not (tmp_path / "meta.csv").exists()  # never looks like a complete folder
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_paths_that_leave_the_folder_are_refused(tmp_path, rng, how):
+  """meta.csv may not make a program read files outside its folder (unless allowed)."""
+  folder = tmp_path / "scans_folder"
+  folder.mkdir()
+  vertices = _good_folder(folder, rng)
+  outside = tmp_path / "elsewhere"
+  outside.mkdir()
+  write_ply(outside / "secret.ply", vertices[0])
+  if how == "dotdot":
+    path = "../elsewhere/secret.ply"
+  elif how == "absolute":
+    path = str(outside / "secret.ply")
+  else:
+    os.symlink(outside, folder / "link")
+    path = "link/secret.ply"
+  _write_meta(folder, f"path,identity\nscans/00000.ply,a\n{path},b\n")
+  with pytest.raises(ValueError, match=r"meta\.csv: line 3: path .* leaves the folder"):
+    scan_folder.read_scan_folder(folder)
+  allowed = scan_folder.read_scan_folder(folder, allow_outside=True)
+  np.testing.assert_array_equal(allowed.vertices[1], vertices[0])
+
+
+def test_photo_folder_paths_that_leave_the_folder_are_refused(tmp_path):
+  from sfm_jax.io import write_png, write_pts
+  from sfm_jax.sources.images import photo_folder_entries
+  folder = tmp_path / "photos"
+  folder.mkdir()
+  write_png(tmp_path / "private.png", np.zeros((8, 8, 3)))
+  write_pts(tmp_path / "private.pts", np.zeros((68, 2)))
+  _write_meta(folder, "path,identity\n../private.png,a\n")
+  with pytest.raises(ValueError, match=r"meta\.csv: line 2: path '\.\./private\.png' leaves"):
+    photo_folder_entries(str(folder), test_fraction=0.5)
+  entries = photo_folder_entries(str(folder), test_fraction=0.0, allow_outside=True)
+  assert [e[1] for e in entries.splits["train"]] == ["../private.png"]

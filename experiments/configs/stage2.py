@@ -48,6 +48,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.data.test_fraction = 0.2        # folder: share of identities held out
   c.data.crop_margin = 0.25         # folder: border around the landmarks' box (fraction)
   c.data.skip_bad = False           # folder: skip (and count) unreadable images
+  c.data.allow_outside_paths = False  # folder: accept meta.csv paths that leave the folder
 
   c.model = ml_collections.ConfigDict()
   c.model.depth = "resnet10"        # resnet10 | resnet18 | resnet34 | resnet50
@@ -75,6 +76,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 200
   c.train.max_to_keep = 2
   c.train.stop_after_steps = 0      # > 0: checkpoint and exit at this step (time-sliced jobs)
+  c.train.skip_nonfinite = 0       # non-finite steps to skip (no update) before stopping
   c.train.sleep_per_step = 0.0      # testing only: slows training so a test can kill it mid-run
 
   c.parallel = ml_collections.ConfigDict()

@@ -111,9 +111,16 @@ def _label_order(names: set) -> list:
   return sorted(names)
 
 
-def read_scan_meta(directory: str | os.PathLike) -> tuple[list, list, list | None]:
-  """Reads and checks `meta.csv`: (paths, identity strings, expression strings or None)."""
+def read_scan_meta(directory: str | os.PathLike, *,
+                   allow_outside: bool = False) -> tuple[list, list, list | None]:
+  """Reads and checks `meta.csv`: (paths, identity strings, expression strings or None).
+
+  A path that leaves the folder (absolute, `..`, or a symlink out of it) is refused with the
+  line that names it, unless `allow_outside`: a folder should not make a program read any file
+  its user can read.
+  """
   directory = os.fspath(directory)
+  root = os.path.realpath(directory)
   meta_path = os.path.join(directory, META)
   if not os.path.isfile(meta_path):
     raise InputError(f"{meta_path}: missing (a scan folder needs meta.csv with header "
@@ -142,6 +149,11 @@ def read_scan_meta(directory: str | os.PathLike) -> tuple[list, list, list | Non
       raise InputError(f"{meta_path}: line {line_no}: duplicate path {path!r} (first on line "
                        f"{seen[path]})")
     seen[path] = line_no
+    target = os.path.realpath(os.path.join(directory, path))
+    if not allow_outside and os.path.commonpath([root, target]) != root:
+      raise InputError(f"{meta_path}: line {line_no}: path {path!r} leaves the folder "
+                       f"({target}); keep the files inside it, or allow it explicitly "
+                       "(allow_outside=True, --config.data.allow_outside_paths=True)")
     paths.append(path)
     identities.append(row[1].strip())
     if len(header) == 3:
@@ -166,7 +178,7 @@ def read_landmarks_file(path: str, num_vertices: int) -> np.ndarray:
 
 
 def read_scan_folder(directory: str | os.PathLike, *, dtype=np.float32,
-                     max_scans: int | None = None) -> ScanFolder:
+                     max_scans: int | None = None, allow_outside: bool = False) -> ScanFolder:
   """Reads a scan folder (see the module docstring).
 
   Raises:
@@ -176,7 +188,7 @@ def read_scan_folder(directory: str | os.PathLike, *, dtype=np.float32,
       `template.obj` or `landmarks.txt`.
   """
   directory = os.fspath(directory)
-  paths, identities, expressions = read_scan_meta(directory)
+  paths, identities, expressions = read_scan_meta(directory, allow_outside=allow_outside)
   if max_scans is not None:
     paths, identities = paths[:max_scans], identities[:max_scans]
     expressions = expressions[:max_scans] if expressions is not None else None

@@ -107,12 +107,12 @@ class PhotoFolder:
 
 
 def photo_folder_entries(folder: str, *, test_fraction: float, split_seed: int = 0,
-                         skip_bad: bool = False) -> PhotoFolder:
+                         skip_bad: bool = False, allow_outside: bool = False) -> PhotoFolder:
   """Reads `meta.csv`, checks every photo and its `.pts` (a bad one raises `InputError` naming
   it, or with `skip_bad` is skipped and counted), and splits by identity
   (`splits.identity_in_test`; unlabelled photos train)."""
   folder = os.fspath(folder)
-  paths, identities, _ = read_scan_meta(folder)
+  paths, identities, _ = read_scan_meta(folder, allow_outside=allow_outside)
   names = sorted({n for n in identities if n})
   entries, skipped = [], []
   for index, (relative, name) in enumerate(zip(paths, identities)):
@@ -220,7 +220,8 @@ def _folder(config) -> ImageData:
   # Read in place every run: never stale after the photos change, nothing written into the
   # user's folder.
   folder = photo_folder_entries(config.image_dir, test_fraction=config.test_fraction,
-                                skip_bad=config.skip_bad)
+                                skip_bad=config.skip_bad,
+                                allow_outside=config.get("allow_outside_paths", False))
   if "train" not in folder.splits or "test" not in folder.splits:
     raise InputError(f"{config.image_dir}: needs images of several identities so that some can "
                      f"be held out (got splits {sorted(folder.splits)} at test_fraction "

@@ -152,7 +152,8 @@ def _folder(config) -> ScanData:
                      "with meta.csv; see README)")
   if not os.path.isdir(config.scan_dir):
     raise InputError(f"data.scan_dir: {config.scan_dir} is not a folder")
-  folder = scan_folder.read_scan_folder(config.scan_dir)
+  folder = scan_folder.read_scan_folder(
+      config.scan_dir, allow_outside=config.get("allow_outside_paths", False))
   names = folder.identity_names
   test = np.array([label >= 0 and identity_in_test(names[label], config.test_fraction)
                    for label in folder.identity])
