@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import zipfile
 from typing import Any
 
 import jax
@@ -16,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from sfm_jax.errors import InputError
+from sfm_jax.errors import NPZ_ERRORS, InputError
 from sfm_jax.io.atomic import atomic_write
 
 Array = Any  # jax.Array or np.ndarray
@@ -204,8 +203,8 @@ def load_model(path: str | os.PathLike, *, dtype=np.float32) -> FaceModel:
   try:
     with np.load(path, allow_pickle=False) as npz:
       arrays = {key: npz[key] for key in npz.files}
-  except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-    raise InputError(f"{path}: not a readable .npz model file ({e})") from None
+  except NPZ_ERRORS as e:
+    raise InputError(f"{path}: not a readable .npz model file ({type(e).__name__}: {e})") from None
   validate_model_arrays(arrays, source=path)
   as_float = lambda key: (np.asarray(arrays[key], dtype) if key in arrays else None)
   return FaceModel(

@@ -38,7 +38,8 @@ def safe_norm(x: Array, axis: int = -1, keepdims: bool = False) -> Array:
   """
   scale = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=axis, keepdims=True))
   scale = jnp.where(scale > 0, scale, 1.0)
-  squared = jnp.sum(jnp.square(x / scale), axis=axis, keepdims=True)
+  pre = jnp.where(scale > 1e18, 2.0 ** -64, 1.0).astype(scale.dtype)  # see `project`
+  squared = jnp.sum(jnp.square((x * pre) / (scale * pre)), axis=axis, keepdims=True)
   norm = safe_sqrt(squared) * scale
   return norm if keepdims else jnp.squeeze(norm, axis=axis)
 
@@ -58,9 +59,13 @@ def project(z: Array, radius: Array, *, eps: float = DEFAULT_EPS) -> Array:
   # Work on w = z / max|z_i| (the scale is held constant for differentiation, which keeps every
   # derivative exact): ||w|| lies in [1, sqrt(K)], so neither the value nor the backward pass
   # (which divides by the squared norm) overflows or underflows, even for ||z|| ~ 1e38 in float32.
+  # XLA on CPU flushes subnormals to zero and may divide as `z * (1 / scale)`: for scale above
+  # ~1e38 that reciprocal is subnormal, flushes to 0, and w = 0 / 0. Both sides are first
+  # brought down by 2^-64 for huge scales, so every intermediate stays a normal number.
   scale = jax.lax.stop_gradient(jnp.max(jnp.abs(z), axis=-1, keepdims=True))
   scale = jnp.where(scale > 0, scale, 1.0)
-  w = z / scale
+  pre = jnp.where(scale > 1e18, 2.0 ** -64, 1.0).astype(scale.dtype)
+  w = (z * pre) / (scale * pre)
   norm_w = safe_sqrt(jnp.sum(jnp.square(w), axis=-1, keepdims=True))
   return radius * w / jnp.maximum(norm_w, eps / scale)
 

@@ -42,6 +42,15 @@ def test_decode_bf16_compute_is_close_and_accumulates_in_float32(rng):
   assert low.dtype == jnp.float32
   # bf16 inputs carry ~3 significant digits; errors scale with sqrt(K + E) terms of size ~1.
   assert np.max(np.abs(np.asarray(low) - exact)) < 0.1
+  # Accumulation: with many terms, the bf16 product must equal the exact (float64) product of
+  # the bf16-rounded inputs to float32 accuracy; a bf16 accumulator would be ~1e-2 off.
+  big = _random_model(rng, v=40, k=512, e=0)
+  codes = rng.normal(size=(2, 512)).astype(np.float32)
+  low = np.asarray(fm.decode(big, codes, compute_dtype=jnp.bfloat16), np.float64)
+  to_bf16 = lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32), np.float64)
+  product = np.einsum("bk,kvc->bvc", to_bf16(codes), to_bf16(big.shape_basis))
+  expected = np.asarray(big.mean, np.float64) + product
+  assert np.max(np.abs(low - expected)) < 1e-3 * np.max(np.abs(product))
 
 
 def test_decode_gradient_matches_basis(rng):

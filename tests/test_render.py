@@ -137,19 +137,22 @@ def test_image_gradients_match_finite_differences(rng):
     np.testing.assert_allclose(float(analytic), float(finite), rtol=2e-3, atol=1e-3)
 
 
-def test_shading_matches_the_sh_formula(rng):
+def test_shading_matches_the_published_irradiance_formula(rng):
+  """Ramamoorthi & Hanrahan 2001, eq. 13: irradiance from the 9 lighting coefficients L_lm,
+  with their published constants c1..c5 (not the code's per-band factors)."""
+  c1, c2, c3, c4, c5 = 0.429043, 0.511664, 0.743125, 0.886227, 0.247708
   normals = rng.normal(size=(10, 3))
   normals /= np.linalg.norm(normals, axis=1, keepdims=True)
   albedo = rng.uniform(size=(10, 3))
   light = rng.normal(size=(9, 3))
-  x, y, z = normals.T
-  basis = np.stack([np.full(10, 0.282095 * np.pi), 0.488603 * 2 * np.pi / 3 * y,
-                    0.488603 * 2 * np.pi / 3 * z, 0.488603 * 2 * np.pi / 3 * x,
-                    1.092548 * np.pi / 4 * x * y, 1.092548 * np.pi / 4 * y * z,
-                    0.315392 * np.pi / 4 * (3 * z * z - 1), 1.092548 * np.pi / 4 * x * z,
-                    0.546274 * np.pi / 4 * (x * x - y * y)], -1)
-  np.testing.assert_allclose(render.shade_sh(albedo, normals * 3.0, light),
-                             albedo * (basis @ light), rtol=1e-5, atol=1e-6)
+  # Our coefficient order: L00, L1-1, L10, L11, L2-2, L2-1, L20, L21, L22.
+  l00, l1m1, l10, l11, l2m2, l2m1, l20, l21, l22 = light
+  x, y, z = (normals[:, k:k + 1] for k in range(3))
+  irradiance = (c1 * l22 * (x * x - y * y) + c3 * l20 * z * z + c4 * l00 - c5 * l20
+                + 2 * c1 * (l2m2 * x * y + l21 * x * z + l2m1 * y * z)
+                + 2 * c2 * (l11 * x + l1m1 * y + l10 * z))
+  np.testing.assert_allclose(render.shade_sh(albedo, normals * 3.0, light), albedo * irradiance,
+                             rtol=2e-5, atol=2e-5)
 
 
 def test_jit_equals_eager_and_vmap(rng):

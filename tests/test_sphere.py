@@ -93,23 +93,31 @@ def test_uniform_samples_are_on_sphere_and_centred():
   np.testing.assert_allclose(np.cov(s.T), np.eye(5) * 4.0 / 5.0, atol=0.05)
 
 
-def _vmf_mean_cosine(kappa: float, dim: int) -> float:
-  """E[<x, mu>] by quadrature of the marginal density of w: exp(kappa w) (1 - w^2)^((d-3)/2)."""
+def _vmf_cosine_moments(kappa: float, dim: int) -> tuple[float, float]:
+  """(E[w], Var[w]) of w = <x, mu> by quadrature of its marginal density
+  exp(kappa w) (1 - w^2)^((d-3)/2) on (-1, 1)."""
   w = np.linspace(-1.0, 1.0, 400001)[1:-1]
   log_density = kappa * w + 0.5 * (dim - 3) * np.log1p(-w ** 2)
   density = np.exp(log_density - log_density.max())
-  return float(np.sum(w * density) / np.sum(density))
+  density /= np.sum(density)
+  mean = float(np.sum(w * density))
+  return mean, float(np.sum((w - mean) ** 2 * density))
 
 
 @pytest.mark.parametrize("kappa,dim", [(2.0, 3), (20.0, 10), (200.0, 16)])
-def test_vmf_mean_cosine_matches_quadrature(kappa, dim):
+def test_vmf_cosine_mean_and_spread_match_quadrature(kappa, dim):
   mu = jnp.arange(1.0, dim + 1.0)
   x = np.asarray(sphere.sample_vmf(jax.random.key(1), mu, kappa, 4000, radius=3.0), np.float64)
   np.testing.assert_allclose(np.linalg.norm(x, axis=-1), 3.0, rtol=1e-5)
   mu_unit = np.asarray(mu) / np.linalg.norm(mu)
   cosines = x @ mu_unit / 3.0
-  expected = _vmf_mean_cosine(kappa, dim)
-  assert abs(cosines.mean() - expected) < 4 * cosines.std() / np.sqrt(len(cosines)) + 1e-4
+  expected_mean, expected_variance = _vmf_cosine_moments(kappa, dim)
+  n = len(cosines)
+  assert abs(cosines.mean() - expected_mean) < 4 * cosines.std() / np.sqrt(n) + 1e-4
+  # The spread too: the sample variance's standard error is about sqrt((m4 - var^2) / n).
+  centred = cosines - cosines.mean()
+  variance_error = np.sqrt(max(np.mean(centred ** 4) - np.var(cosines) ** 2, 0.0) / n)
+  assert abs(np.var(cosines) - expected_variance) < 4 * variance_error + 1e-7
   # The part orthogonal to mu has no preferred direction.
   tangent = x / 3.0 - cosines[:, None] * mu_unit
   assert np.linalg.norm(tangent.mean(0)) < 6 * np.sqrt(np.mean(np.sum(tangent ** 2, -1))

@@ -83,6 +83,17 @@ def test_exported_models_are_the_stage1_basis_plus_the_residual(trained, stage1_
     assert 0 < delta < 0.05 * np.abs(before.shape_basis).max()  # trained, small learning rate
     assert after.albedo_basis.shape == (2, before.num_vertices, 3)
     assert after.code_kind == ("sphere" if name == "sfm" else "gaussian")
+    # Exactly: the exported basis is the stage-1 basis plus the residual W_t of the final
+    # checkpoint (read back with orbax, independently of the export code).
+    import orbax.checkpoint as ocp
+    with ocp.CheckpointManager(str(workdir / "checkpoints" / name)) as manager:
+      arrays = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
+    residual = arrays["params"]["residual"]
+    np.testing.assert_array_equal(after.shape_basis,
+                                  (before.shape_basis + residual["shape"]).astype(np.float32))
+    np.testing.assert_array_equal(after.expr_basis,
+                                  (before.expr_basis + residual["expr"]).astype(np.float32))
+    np.testing.assert_array_equal(after.albedo_mean, arrays["params"]["albedo"]["mean"])
 
 
 def test_evaluation_table_and_the_image_mode_of_evaluate_agree(trained):

@@ -50,7 +50,7 @@ def test_every_term_active_and_the_loss_decreases(problem, code_kind):
   assert any(not np.allclose(a, b) for a, b in zip(before, after))
 
 
-def test_projection_of_an_untrained_encoder_is_centred_and_frontal(problem):
+def test_projection_of_frontal_and_turned_heads_matches_the_camera_formula(problem):
   model, _ = problem
   out = {"rotation": jnp.tile(jnp.array([1.0, 0, 0, 0, 1, 0]), (1, 1)),
          "scale": jnp.ones(1), "translation": jnp.zeros((1, 2))}
@@ -60,6 +60,22 @@ def test_projection_of_an_untrained_encoder_is_centred_and_frontal(problem):
   np.testing.assert_allclose(pixels[0, :, 0], s * model.mean[:, 0] + 32, rtol=1e-5)
   np.testing.assert_allclose(pixels[0, :, 1], -s * model.mean[:, 1] + 32, rtol=1e-5)
   np.testing.assert_allclose(pixels[0, :, 2], -model.mean[:, 2], rtol=1e-5)
+  # A head turned by yaw 30 degrees (about y, written here as its matrix), scaled 1.5 and moved
+  # by (0.1, -0.05) of the image: x' = cos a x + sin a z, z' = -sin a x + cos a z.
+  a = np.deg2rad(30.0)
+  yaw = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+  turned = {"rotation": jnp.asarray(np.concatenate([yaw[:, 0], yaw[:, 1]])[None], jnp.float32),
+            "scale": jnp.full(1, 1.5), "translation": jnp.asarray([[0.1, -0.05]])}
+  pixels, camera = stage2.project_faces(vertices, turned, image_size=64)
+  v = np.asarray(model.mean, np.float64)
+  rx = np.cos(a) * v[:, 0] + np.sin(a) * v[:, 2]
+  rz = -np.sin(a) * v[:, 0] + np.cos(a) * v[:, 2]
+  np.testing.assert_allclose(pixels[0, :, 0], 1.5 * s * rx + (0.5 + 0.1) * 64, rtol=1e-5,
+                             atol=1e-3)
+  np.testing.assert_allclose(pixels[0, :, 1], -1.5 * s * v[:, 1] + (0.5 - 0.05) * 64,
+                             rtol=1e-5, atol=1e-3)
+  np.testing.assert_allclose(pixels[0, :, 2], -rz, rtol=1e-5, atol=1e-3)
+  np.testing.assert_allclose(camera[0], np.stack([rx, v[:, 1], rz], -1), rtol=1e-5, atol=1e-3)
 
 
 def test_landmark_fitting_reprojects_rendered_faces(problem):

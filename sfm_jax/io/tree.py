@@ -9,11 +9,10 @@ from __future__ import annotations
 import io
 import json
 import os
-import zipfile
 
 import numpy as np
 
-from sfm_jax.errors import InputError
+from sfm_jax.errors import NPZ_ERRORS, InputError
 from sfm_jax.io.atomic import atomic_write
 
 _METADATA = "__metadata__"
@@ -51,7 +50,7 @@ def load_tree(path: str | os.PathLike) -> tuple[dict, dict]:
   try:
     with np.load(path, allow_pickle=False) as data:
       arrays = {key: data[key] for key in data.files}
-  except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+  except NPZ_ERRORS as e:
     raise InputError(f"{path}: not a readable .npz file ({e})") from None
   if _METADATA not in arrays:
     raise InputError(f"{path}: key '{_METADATA}' missing (not written by save_tree)")
