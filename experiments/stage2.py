@@ -30,7 +30,7 @@ from sfm_jax import evaluation, inference, parallel, stage2, train_loop, viz
 from sfm_jax.errors import InputError
 from sfm_jax.io import atomic_write, write_png
 from sfm_jax.model import FaceModel, load_model, save_model
-from sfm_jax.networks import Encoder
+from sfm_jax.networks import Encoder, Trunk
 from sfm_jax.progress import format_seconds
 from sfm_jax.sources import images as image_sources
 from sfm_jax.sources.splits import batch_indices
@@ -96,12 +96,53 @@ def _encoder(config, model: FaceModel) -> Encoder:
                  width=config.model.width, landmark_features=config.model.landmark_features)
 
 
-def train(name, model, objective, data, config, workdir, log, mesh) -> TrainState:
+def pretrain(config, workdir, log, mesh):
+  """The identity-pretraining phase (`config.pretrain.steps` > 0), shared by both models:
+  returns the trunk's `{"params", "batch_stats"}`, None when off, or "stopped" when
+  `train.stop_after_steps` ended the run in this phase."""
+  p = config.pretrain
+  if p.steps <= 0:
+    return None
+  if train_loop.is_chief():
+    print(f"identity pretraining: rendering {p.identities} identities x "
+          f"{p.images_per_identity} images ...", flush=True)
+  split = image_sources.pretrain_split(config, seed=config.seed)
+  trunk = Trunk(config.model.depth, config.model.width, config.model.landmark_features)
+  params, model_state = stage2.init_pretrain_params(
+      trunk, image_size=config.data.image_size, num_classes=int(split.identity.max()) + 1,
+      seed=config.seed)
+  tx = stage2.make_pretrain_optimizer(lr_trunk=p.lr, lr_prototypes=p.lr_prototypes,
+                                      warmup_steps=p.warmup_steps, total_steps=p.steps)
+  state = TrainState.create(params=params, tx=tx, seed=config.seed, model_state=model_state,
+                            loss_fn=stage2.make_pretrain_loss_fn(
+                                trunk, margin_scale=p.margin_scale, margin=p.margin))
+  train_config = config.train.copy_and_resolve_references()
+  train_config.num_steps, train_config.global_batch_size = p.steps, p.global_batch_size
+  parallel.check_global_batch(p.global_batch_size, mesh)
+
+  def batch_for_step(step, rows):
+    index = batch_indices(step, num_examples=len(split), batch_size=p.global_batch_size,
+                          seed=config.seed + 1)[rows]
+    batch = split.batch(index)
+    return {key: batch[key] for key in ("images", "landmarks", "identity")}
+
+  state = train_loop.run("pretrain", state, batch_for_step, train_config=train_config,
+                         parallel_config=config.parallel, workdir=workdir, log=log, mesh=mesh,
+                         summary=lambda m: f"margin {m['margin']:.3f}  accuracy "
+                                           f"{m['accuracy']:.3f}")
+  if train_loop.report_stop("pretrain", state, train_config):
+    return "stopped"
+  return {"params": parallel.to_host(state.params)["trunk"],
+          "batch_stats": parallel.to_host(state.model_state)["batch_stats"]}
+
+
+def train(name, model, objective, data, config, workdir, log, mesh, trunk=None) -> TrainState:
   encoder = _encoder(config, model)
   size = data.image_size
   params, model_state = stage2.init_params(encoder, model, image_size=size,
                                            num_classes=data.num_classes,
-                                           albedo_dim=config.model.albedo_dim, seed=config.seed)
+                                           albedo_dim=config.model.albedo_dim, seed=config.seed,
+                                           trunk=trunk)
   loss_fn = stage2.make_loss_fn(encoder, model, objective, image_size=size)
   t = config.train
   tx = stage2.make_optimizer(lr_encoder=t.lr_encoder, lr_residual=t.lr_residual,
@@ -129,8 +170,11 @@ def _curves(workdir, log, names):
   panels = [("landmark (face-size units)", {m: log.series(m, "landmark") for m in names}),
             ("photometric", {m: log.series(m, "photometric") for m in names}),
             ("total loss", {m: log.series(m, "loss") for m in names}),
+            ("3D vertex (mm)", {m: log.series(m, "vertex") for m in names}),
             ("SFM identity terms", {k: log.series("sfm", k) for k in ("margin", "center")
-                                    if log.series("sfm", k)[0]})]
+                                    if log.series("sfm", k)[0]}),
+            ("identity pretraining", {k: log.series("pretrain", k)
+                                      for k in ("margin", "accuracy")})]
   write_png(os.path.join(workdir, "loss_curves.png"),
             viz.plot_curves([p for p in panels if any(s[0] for s in p[1].values())],
                             log_y=("total loss",)))
@@ -145,6 +189,10 @@ def _report(workdir, config, data, table, seen_table, models, elapsed):
        f"{config.model.albedo_dim}; {config.train.num_steps} steps of global batch "
        f"{config.train.global_batch_size} per model on {jax.device_count()} device(s); "
        f"{elapsed:.0f} s in all."), "",
+      (f"Identity pretraining of the encoder trunk: {config.pretrain.steps} steps of CosFace "
+       f"over {config.pretrain.identities} rendered identities x "
+       f"{config.pretrain.images_per_identity} images (shared by both models)."
+       if config.pretrain.steps > 0 else "No identity pretraining."), "",
       (f"Started from `{config.init_model}`"
        + (" and its baseline" if "baseline" in models else "") + "."), "",
       "- **sfm**: codes on the sphere, margin + centre terms on labelled images.",
@@ -196,9 +244,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   log = train_loop.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
   objective_of = objectives(config)
+  trunk = pretrain(config, workdir, log, mesh)
+  if trunk == "stopped":
+    return {}
   predictors = {}
   for name, model in models.items():
-    state = train(name, model, objective_of[name], data, config, workdir, log, mesh)
+    state = train(name, model, objective_of[name], data, config, workdir, log, mesh, trunk)
     if train_loop.report_stop(name, state, config.train):
       return {}
     params = parallel.to_host(state.params)

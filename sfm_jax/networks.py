@@ -103,14 +103,12 @@ class Backbone(nn.Module):
     return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
 
-class Encoder(nn.Module):
-  """Backbone plus the face-parameter heads (see the module docstring)."""
-  shape_dim: int
-  expr_dim: int
-  albedo_dim: int = 0
+class Trunk(nn.Module):
+  """The encoder's feature extractor: the ResNet backbone (pooled features) and, with
+  `landmark_features`, the landmark MLP beside it; `[B, F]` features. Identity pretraining
+  (`stage2.make_pretrain_loss_fn`) trains this module alone; `Encoder` holds it as `trunk`."""
   depth: str = "resnet18"
   width: int = 64
-  rotation: str = "6d"
   landmark_features: int = 0
   dtype: jnp.dtype = jnp.float32
 
@@ -127,6 +125,29 @@ class Encoder(nn.Module):
       hidden = nn.relu(nn.Dense(self.landmark_features, name="landmarks_1")(shape))
       hidden = nn.relu(nn.Dense(self.landmark_features, name="landmarks_2")(hidden))
       features = jnp.concatenate([features, hidden], axis=-1)
+    return features
+
+
+class Encoder(nn.Module):
+  """`Trunk` plus the face-parameter heads (see the module docstring)."""
+  shape_dim: int
+  expr_dim: int
+  albedo_dim: int = 0
+  depth: str = "resnet18"
+  width: int = 64
+  rotation: str = "6d"
+  landmark_features: int = 0
+  dtype: jnp.dtype = jnp.float32
+
+  def make_trunk(self) -> Trunk:
+    """A stand-alone `Trunk` with this encoder's settings (its variables are this encoder's
+    `trunk` entries)."""
+    return Trunk(self.depth, self.width, self.landmark_features, self.dtype)
+
+  @nn.compact
+  def __call__(self, images, train: bool = False, landmarks=None):
+    features = Trunk(self.depth, self.width, self.landmark_features, self.dtype,
+                     name="trunk")(images, train, landmarks)
     head = lambda size, name: nn.Dense(size, kernel_init=nn.initializers.zeros, name=name)(
         features)
     # The shape head starts small but not at zero: project() needs a direction.

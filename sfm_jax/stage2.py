@@ -66,12 +66,19 @@ class Objective:
                        f"{self.code_kind!r}")
 
 
+_DUMMY_LANDMARKS = jnp.zeros((1, 68, 2)) + jnp.arange(68.0)[:, None]  # spread: nonzero radius
+
+
 def init_params(encoder: Encoder, model: FaceModel, *, image_size: int, num_classes: int,
-                albedo_dim: int, seed: int) -> tuple[dict, dict]:
-  """(params, model_state) for stage 2 from a stage-1 model."""
+                albedo_dim: int, seed: int, trunk: dict | None = None) -> tuple[dict, dict]:
+  """(params, model_state) for stage 2 from a stage-1 model; `trunk` (the `pretrain` phase's
+  `{"params", "batch_stats"}`) replaces the encoder trunk's initial variables."""
   key = jax.random.key(seed)
   variables = encoder.init(key, jnp.zeros((1, image_size, image_size, 3)), train=False,
-                           landmarks=jnp.zeros((1, 68, 2)) + jnp.arange(68.0)[:, None])
+                           landmarks=_DUMMY_LANDMARKS)
+  if trunk is not None:
+    variables = {"params": {**variables["params"], "trunk": trunk["params"]},
+                 "batch_stats": {**variables["batch_stats"], "trunk": trunk["batch_stats"]}}
   num_vertices = model.num_vertices
   rng = np.random.default_rng(seed)
   directions = rng.normal(size=(num_classes, model.shape_dim))
@@ -175,6 +182,54 @@ def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, im
     return total, (terms, updates)
 
   return loss_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity pretraining of the encoder trunk (the paper's regressor is a face-recognition
+# backbone): CosFace on the trunk's normalised features over many rendered identities, before
+# the reconstruction phase starts from the trained trunk. Same `TrainState`, same loop.
+
+
+def init_pretrain_params(trunk, *, image_size: int, num_classes: int,
+                         seed: int) -> tuple[dict, dict]:
+  """(params `{"trunk", "prototypes" [C, F]}`, model_state `{"batch_stats"}`) of the pretraining
+  phase for a `networks.Trunk`."""
+  variables = trunk.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)),
+                         train=False, landmarks=_DUMMY_LANDMARKS)
+  features = trunk.apply(variables, jnp.zeros((1, image_size, image_size, 3)), train=False,
+                         landmarks=_DUMMY_LANDMARKS).shape[-1]
+  rng = np.random.default_rng(seed)
+  prototypes = rng.normal(size=(num_classes, features))
+  prototypes /= np.linalg.norm(prototypes, axis=1, keepdims=True)
+  return ({"trunk": variables["params"], "prototypes": jnp.asarray(prototypes, jnp.float32)},
+          {"batch_stats": variables["batch_stats"]})
+
+
+def make_pretrain_loss_fn(trunk, *, margin_scale: float = 32.0, margin: float = 0.35):
+  """`loss_fn(params, model_state, batch, rng)`: CosFace of the trunk's unit features over the
+  identity prototypes; `batch`: `images`, `landmarks`, `identity` (as in reconstruction)."""
+  def loss_fn(params, model_state, batch, rng):
+    del rng
+    features, updates = trunk.apply({"params": params["trunk"], **model_state}, batch["images"],
+                                    train=True, landmarks=batch["landmarks"],
+                                    mutable=["batch_stats"])
+    u = sphere.normalize(features)
+    margin_loss = losses.cosface_loss(u, batch["identity"], params["prototypes"],
+                                      scale=margin_scale, margin=margin)
+    cosines = jnp.einsum("bf,cf->bc", u, sphere.normalize(params["prototypes"]))
+    correct = jnp.argmax(cosines, -1) == batch["identity"]
+    return margin_loss, ({"margin": margin_loss,
+                          "accuracy": jnp.mean(correct.astype(jnp.float32))}, updates)
+  return loss_fn
+
+
+def make_pretrain_optimizer(*, lr_trunk: float, lr_prototypes: float, warmup_steps: int = 0,
+                            total_steps: int | None = None) -> optax.GradientTransformation:
+  """Adam for the trunk and the prototypes (warm-up and cosine decay with `total_steps`)."""
+  schedule = dict(warmup_steps=warmup_steps, total_steps=total_steps)
+  return grouped_optimizer({"trunk": adam(lr_trunk, **schedule),
+                            "prototypes": adam(lr_prototypes, **schedule)},
+                           {"trunk": "trunk", "prototypes": "prototypes"})
 
 
 def baseline_objective(objective: Objective, **overrides) -> Objective:

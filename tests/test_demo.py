@@ -3,9 +3,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from sfm_jax import model as fm
 from sfm_jax.io import read_obj, read_png
+
+pytestmark = pytest.mark.slow  # subprocesses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

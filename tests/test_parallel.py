@@ -2,6 +2,7 @@
 counts. Each configuration runs the real stage-1 entry point in a subprocess (the device count
 is fixed when jax starts), on the `tiny` config; results must match 1 device to 1e-5."""
 
+import json
 import os
 import re
 import socket
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 
 from sfm_jax import model as fm
+
+pytestmark = pytest.mark.slow  # subprocesses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = ["--config.train.num_steps=20", "--config.train.checkpoint_every=5",
@@ -109,3 +112,48 @@ def test_two_processes_train_together(tmp_path):
   assert "2 device(s) in 2 process(es)" in outputs[0][0]
   assert "| sfm |" in outputs[0][0] and "| sfm |" not in outputs[1][0]  # only process 0 reports
   _assert_same_models(str(reference), str(workdir))
+
+
+def test_stage2_on_eight_devices_matches_one(tmp_path):
+  """Stage 2 through its command line on 8 fake devices equals 1 device: the logged losses, the
+  exported model, the encoder's weights and its BatchNorm statistics (global under jit: the
+  sharded batch is normalised as one)."""
+  from sfm_jax import face_world, stage1
+  from sfm_jax.io import load_tree
+  scans = face_world.make_scans(16, 3, seed=0, world=face_world.FaceWorld(resolution=12),
+                                noise_mm=0.0)
+  init = stage1.pca_init(scans.vertices, scans.identity, num_shape=4, num_expr=3)
+  model = stage1.pca_model(init, triangles=scans.triangles, landmarks=scans.landmarks)
+  fm.save_model(tmp_path / "sfm_model.npz", model.replace(code_kind="sphere"))
+  runs = {}
+  for devices in (1, 8):
+    workdir = tmp_path / f"d{devices}"
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.stage2", "--config=experiments/configs/stage2.py:tiny",
+         f"--workdir={workdir}", f"--config.init_model={tmp_path / 'sfm_model.npz'}",
+         "--config.baseline_model=none", "--config.train.num_steps=6",
+         "--config.eval.fit_steps=5"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{devices} device(s)" in result.stdout
+    runs[devices] = workdir
+  rows = {d: [json.loads(line) for line in open(runs[d] / "metrics.jsonl")] for d in runs}
+  for a, b in zip(rows[1], rows[8]):
+    for key in ("loss", "landmark", "photometric", "vertex", "margin"):
+      np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=f"step {a['step']} {key}")
+  one, eight = (load_tree(runs[d] / "sfm_encoder.npz")[0] for d in (1, 8))
+  for (path, x), (_, y) in zip(_leaves(one), _leaves(eight)):
+    scale = max(np.max(np.abs(x)), 1e-6)
+    np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5 * scale, err_msg=path)
+  a, b = (fm.load_model(runs[d] / "sfm_model.npz") for d in (1, 8))
+  np.testing.assert_allclose(b.shape_basis, a.shape_basis, rtol=1e-5,
+                             atol=1e-5 * np.max(np.abs(a.shape_basis)))
+
+
+def _leaves(tree, prefix=""):
+  """(path, array) of every leaf of a nested dict, in a fixed order."""
+  if isinstance(tree, dict):
+    return [leaf for key in sorted(tree) for leaf in _leaves(tree[key], f"{prefix}/{key}")]
+  return [(prefix, np.asarray(tree))]

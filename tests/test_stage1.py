@@ -132,7 +132,10 @@ def _run_stage1(workdir, *flags, timeout=240):
                          *flags], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-def test_resume_after_kill_gives_identical_parameters(tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", ["sfm", "baseline"])
+def test_resume_after_kill_gives_identical_parameters(tmp_path, phase):
+  """SIGKILL in either training phase (SFM first, then the baseline), rerun: the same models."""
   common = ["--config.train.num_steps=60", "--config.train.checkpoint_every=10"]
   reference = _run_stage1(tmp_path / "reference", *common)
   assert reference.returncode == 0, reference.stderr[-2000:]
@@ -141,7 +144,7 @@ def test_resume_after_kill_gives_identical_parameters(tmp_path):
       [sys.executable, "-m", "experiments.stage1", "--config=experiments/configs/stage1.py:tiny",
        f"--workdir={workdir}", *common, "--config.train.sleep_per_step=0.05"],
       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  checkpoints = workdir / "checkpoints" / "sfm"
+  checkpoints = workdir / "checkpoints" / phase
   deadline = time.time() + 120
   while time.time() < deadline:
     done = [int(p) for p in os.listdir(checkpoints) if p.isdigit()] if checkpoints.exists() else []
@@ -170,6 +173,7 @@ def test_resume_after_kill_gives_identical_parameters(tmp_path):
     assert (workdir / name).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags,message", [
     (["--config.model.shape_dim=500"], "shape_dim K=500 must be in"),
     (["--config=experiments/configs/stage1.py:folder"], "data.scan_dir is not set"),

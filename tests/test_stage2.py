@@ -16,7 +16,7 @@ from sfm_jax import model as fm
 from sfm_jax.io import read_obj, read_png, write_png, write_pts
 
 # One worker runs this whole file (`--dist loadgroup`), so the trained fixture is built once.
-pytestmark = pytest.mark.xdist_group("stage2")
+pytestmark = [pytest.mark.xdist_group("stage2"), pytest.mark.slow]  # trains networks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "--config=experiments/configs/stage2.py:tiny"
@@ -369,3 +369,30 @@ def test_photo_folder_variant_crops_around_landmarks_and_reconstruct_follows(sta
   refused = _run("experiments.reconstruct", f"--workdir={workdir}",
                  f"--images={tmp_path / 'lone'}", f"--out={tmp_path / 'o'}")
   assert refused.returncode == 1 and "trained on crops around 68 landmarks" in refused.stderr
+
+
+def test_pretraining_then_reconstruction_resume_exactly_and_learn(stage1_models, tmp_path):
+  """Identity pretraining (CosFace on the trunk) then reconstruction, every term on: stopped
+  inside the pretraining phase, then inside reconstruction, and resumed each time, the run ends
+  with exactly the parameters of an uninterrupted one; the pretraining loss falls."""
+  common = {"init_model": str(stage1_models / "sfm_model.npz"), "baseline_model": "none",
+            "pretrain.steps": 12, "train.num_steps": 16, "train.checkpoint_every": 2,
+            "train.log_every": 2, "eval.fit_steps": 5}
+  _train("tiny", tmp_path / "reference", **common)
+  workdir = tmp_path / "stopped"
+  assert _train("tiny", workdir, **common, **{"train.stop_after_steps": 6}) == {}  # pretraining
+  assert not (workdir / "checkpoints" / "sfm").exists()
+  assert _train("tiny", workdir, **common, **{"train.stop_after_steps": 14}) == {}  # in sfm
+  assert not (workdir / "sfm_model.npz").exists()
+  _train("tiny", workdir, **common)
+  for name in ("sfm_model.npz", "sfm_encoder.npz"):
+    a, b = np.load(tmp_path / "reference" / name), np.load(workdir / name)
+    assert sorted(a.files) == sorted(b.files)
+    for key in a.files:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
+  rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  keys = [(r["model"], r["step"]) for r in rows]
+  assert len(keys) == len(set(keys)) == 6 + 8  # each logged step once: pretrain 6, sfm 8
+  pretrain = [r for r in rows if r["model"] == "pretrain"]
+  assert {"margin", "accuracy"} <= set(pretrain[0])
+  assert pretrain[-1]["margin"] < pretrain[0]["margin"]

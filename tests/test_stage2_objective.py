@@ -92,6 +92,7 @@ def test_landmark_fitting_reprojects_rendered_faces(problem):
   np.testing.assert_allclose(np.linalg.norm(fit.shape_codes, axis=1), model.radius, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_fit_command_writes_meshes_parameters_and_overlays(problem, tmp_path):
   import subprocess
   import sys

@@ -79,6 +79,19 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.train.skip_nonfinite = 0       # non-finite steps to skip (no update) before stopping
   c.train.sleep_per_step = 0.0      # testing only: slows training so a test can kill it mid-run
 
+  # Identity pretraining of the encoder trunk (CosFace on its features over many rendered
+  # identities) before reconstruction; shared by both models. 0 steps = off.
+  c.pretrain = ml_collections.ConfigDict()
+  c.pretrain.steps = 0
+  c.pretrain.identities = 1000
+  c.pretrain.images_per_identity = 4
+  c.pretrain.global_batch_size = 64
+  c.pretrain.lr = 2e-3
+  c.pretrain.lr_prototypes = 1e-2
+  c.pretrain.warmup_steps = 50
+  c.pretrain.margin_scale = 32.0
+  c.pretrain.margin = 0.35
+
   c.parallel = ml_collections.ConfigDict()
   c.parallel.mode = "jit"           # stage 2 runs jit only (BatchNorm statistics are global)
   c.parallel.distributed = False
@@ -111,4 +124,6 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.train.log_every, c.train.checkpoint_every = 2, 4
     c.eval.batch_size, c.eval.gallery, c.eval.seen_images = 8, 3, 12
     c.eval.fit_steps = 100
+    c.pretrain.identities, c.pretrain.images_per_identity = 8, 2  # (steps stay 0: tests set them)
+    c.pretrain.global_batch_size, c.pretrain.warmup_steps = 8, 2
   return c

@@ -234,6 +234,16 @@ def _folder(config) -> ImageData:
                                f"{len(test)} held-out images{skipped})")
 
 
+def pretrain_split(config, *, seed: int) -> Split:
+  """Rendered face-world images for identity pretraining: `config.pretrain.identities` fresh
+  identities (their own seed, so none is a training or held-out person) x
+  `config.pretrain.images_per_identity`, every image labelled, at the stage's image size."""
+  data = config.data.copy_and_resolve_references()
+  data.images_per_identity, data.unlabelled_fraction = config.pretrain.images_per_identity, 0.0
+  return _world_split(data, config.pretrain.identities, split_seed(seed, "pretrain"), 0,
+                      test=False)
+
+
 def load(config, *, seed: int) -> ImageData:
   """The config's `data` section -> train and held-out images."""
   if config.source not in SOURCES:
