@@ -6,16 +6,6 @@ offending file, key or line in its message. It subclasses `ValueError`, so calle
 line and exit 1, while every other exception keeps its traceback.
 """
 
-import struct
-import zipfile
-import zlib
-
-# What a damaged `.npz` can raise while numpy reads it (a zip member flagged encrypted or with an
-# unknown compression, a corrupt deflate stream, a bad header): readers turn these into
-# `InputError`s naming the file.
-NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, RuntimeError, NotImplementedError,
-              zipfile.BadZipFile, zlib.error, struct.error)
-
 
 class InputError(ValueError):
   """Bad user input; the message names the file, key or line."""

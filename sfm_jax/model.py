@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from sfm_jax.errors import NPZ_ERRORS, InputError
+from sfm_jax.errors import InputError
+from sfm_jax.io.npz import read_npz
 from sfm_jax.io.atomic import atomic_write
 
 Array = Any  # jax.Array or np.ndarray
@@ -200,11 +201,7 @@ def load_model(path: str | os.PathLike, *, dtype=np.float32) -> FaceModel:
       file when it is not a readable `.npz`.
   """
   path = os.fspath(path)
-  try:
-    with np.load(path, allow_pickle=False) as npz:
-      arrays = {key: npz[key] for key in npz.files}
-  except NPZ_ERRORS as e:
-    raise InputError(f"{path}: not a readable .npz model file ({type(e).__name__}: {e})") from None
+  arrays = read_npz(path, what=".npz model file")
   validate_model_arrays(arrays, source=path)
   as_float = lambda key: (np.asarray(arrays[key], dtype) if key in arrays else None)
   return FaceModel(

@@ -12,7 +12,8 @@ import os
 
 import numpy as np
 
-from sfm_jax.errors import NPZ_ERRORS, InputError
+from sfm_jax.errors import InputError
+from sfm_jax.io.npz import read_npz
 from sfm_jax.io.atomic import atomic_write
 
 _METADATA = "__metadata__"
@@ -47,11 +48,7 @@ def load_tree(path: str | os.PathLike) -> tuple[dict, dict]:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise InputError(f"{path}: no such file")
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      arrays = {key: data[key] for key in data.files}
-  except NPZ_ERRORS as e:
-    raise InputError(f"{path}: not a readable .npz file ({e})") from None
+  arrays = read_npz(path)
   if _METADATA not in arrays:
     raise InputError(f"{path}: key '{_METADATA}' missing (not written by save_tree)")
   try:

@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from sfm_jax.errors import InputError
+from sfm_jax.io.npz import read_npz
 from sfm_jax.io.models.common import (
   NUM_LANDMARKS,
   _columns_to_basis,
@@ -28,11 +29,7 @@ def load_facescape(path: str | os.PathLike, *, num_shape: int | None = None,
   `front_only` keeps the frontal face region (`v_indices_front`, `fv_indices_front`).
   """
   path = os.fspath(path)
-  try:
-    with np.load(path, allow_pickle=False) as npz:
-      data = {key: npz[key] for key in npz.files}
-  except Exception as e:
-    raise InputError(f"{path}: not a readable .npz file ({e})") from None
+  data = read_npz(path)
   _require(data, ("shape_bm_core", "id_mean", "id_var", "fv_indices"), path)
   core = np.asarray(data["shape_bm_core"], np.float64)
   id_mean = np.asarray(data["id_mean"], np.float64).reshape(-1)
