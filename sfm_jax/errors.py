@@ -12,5 +12,5 @@ class InputError(ValueError):
 
 
 class NonFiniteError(RuntimeError):
-  """Training met more non-finite steps than allowed (`train.skip_nonfinite`); the message names
-  the step and the loss terms. The last good checkpoint is kept; nothing else was written."""
+  """Training met a non-finite loss or gradient; the message names the step and the loss terms.
+  The last good checkpoint is kept; nothing of the bad step was written."""

@@ -1,22 +1,26 @@
 """Progress lines with an ETA for long work (training, prediction, fitting, reconstruction).
 
-One helper for every loop that runs long enough for a person to wait on it. It prints plain
-lines (no carriage returns), so logs redirected to files stay readable:
+One helper for every loop that runs long enough for a person to wait on it. The text is tqdm's
+(`tqdm.format_meter`), printed as plain lines (no carriage returns, no bar), so logs redirected
+to files stay readable and every process can decide whether to print:
 
     progress = Progress("predicting (sfm):", total=300, unit="images")
     for ...:
-      progress.update(done)     # "  predicting (sfm): 64/300 images  41.2 images/s  ETA 6s"
+      progress.update(done)     # "predicting (sfm): 64/300 images  41.20images/s  ETA 00:06"
 """
 
 from __future__ import annotations
 
 import time
 
+from tqdm import tqdm
+
+_FORMAT = "{desc} {n_fmt}/{total_fmt} {unit}{postfix}  {rate_fmt}  ETA {remaining}"
+
 
 def format_seconds(seconds: float) -> str:
-  """`75.2 -> "1m15s"`, `9.6 -> "10s"`."""
-  seconds = int(round(seconds))
-  return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+  """`75.2 -> "01:15"` (tqdm's interval format)."""
+  return tqdm.format_interval(seconds)
 
 
 class Progress:
@@ -27,25 +31,20 @@ class Progress:
   keeps the arithmetic and prints nothing (processes other than the chief).
   """
 
-  def __init__(self, label: str, *, total: int, unit: str = "", start: int = 0,
+  def __init__(self, label: str, *, total: int, unit: str = "items", start: int = 0,
                enabled: bool = True):
     self.label, self.total, self.unit, self.enabled = label, total, unit, enabled
-    self._last_done, self._last_time = start, time.perf_counter()
+    self._start_time = time.perf_counter()
+    self._last_done, self._last_time = start, self._start_time
 
-  def measure(self, done: int) -> tuple[float, float]:
-    """(units per second since the previous call, seconds left at that rate); restarts the
-    window."""
+  def update(self, done: int, detail: str = "") -> float:
+    """Prints `label done/total unit, detail  rate  ETA`; returns the rate (units per second)
+    since the previous update."""
     now = time.perf_counter()
     rate = (done - self._last_done) / max(now - self._last_time, 1e-9)
     self._last_done, self._last_time = done, now
-    return rate, max(self.total - done, 0) / max(rate, 1e-9)
-
-  def update(self, done: int, detail: str = "") -> float:
-    """Prints `label done/total unit  detail  rate unit/s  ETA`; returns the rate."""
-    rate, eta = self.measure(done)
     if self.enabled:
-      unit = self.unit or "items"
-      detail = f"  {detail}" if detail else ""
-      print(f"{self.label} {done}/{self.total} {unit}{detail}  {rate:.2f} {unit}/s  "
-            f"ETA {format_seconds(eta)}", flush=True)
+      print(tqdm.format_meter(done, self.total, now - self._start_time, prefix=self.label,
+                              unit=self.unit, rate=rate, postfix=detail or None,
+                              bar_format=_FORMAT), flush=True)
     return rate

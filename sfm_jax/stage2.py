@@ -49,7 +49,7 @@ class Objective:
   margin_scale: float = 32.0
   margin: float = 0.35
   weight_landmark: float = 10.0
-  weight_vertex: float = 0.1    # 3D supervision (mm) on images whose 3D is known
+  weight_vertex: float = 1.0    # 3D supervision (mm) on images whose 3D is known
   weight_photometric: float = 1.0
   weight_margin: float = 0.05
   weight_center: float = 0.5

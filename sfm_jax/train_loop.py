@@ -116,7 +116,6 @@ def run(name: str, state: TrainState, batch_for_step: Callable[[int, slice], dic
   stop = train_config.num_steps
   if train_config.stop_after_steps > 0:
     stop = min(stop, train_config.stop_after_steps)
-  allowed_nonfinite, skipped = train_config.get("skip_nonfinite", 0), 0
   while step < stop:
     batch = batch_for_step(step, rows)
     if use_pmap:
@@ -125,19 +124,13 @@ def run(name: str, state: TrainState, batch_for_step: Callable[[int, slice], dic
       state, metrics = step_fn(state, parallel.shard_batch(batch, mesh))
     step += 1
     if not float(parallel.to_host(metrics["finite"]).reshape(-1)[0]):
-      skipped += 1
       message = _nonfinite_message(name, step, parallel.to_host(
           parallel.pmap_unreplicate(metrics) if use_pmap else metrics))
-      if skipped > allowed_nonfinite:
-        checkpoint.wait(manager)
-        last = checkpoint.latest_step(manager)
-        manager.close()
-        raise NonFiniteError(
-            f"{message}; stopped (train.skip_nonfinite={allowed_nonfinite}). The last good "
-            f"checkpoint is step {last}; nothing else was written")
-      if is_chief():
-        print(f"{message}; batch skipped ({skipped} of at most {allowed_nonfinite})",
-              flush=True)
+      checkpoint.wait(manager)
+      last = checkpoint.latest_step(manager)
+      manager.close()
+      raise NonFiniteError(f"{message}; stopped. The last good checkpoint is step {last}; "
+                           "nothing of this step was written")
     if train_config.sleep_per_step:
       time.sleep(train_config.sleep_per_step)
     if is_chief() and (step % train_config.log_every == 0 or step == train_config.num_steps):

@@ -146,7 +146,11 @@ def test_stage2_on_eight_devices_matches_one(tmp_path):
   one, eight = (load_tree(runs[d] / "sfm_encoder.npz")[0] for d in (1, 8))
   for (path, x), (_, y) in zip(_leaves(one), _leaves(eight)):
     scale = max(np.max(np.abs(x)), 1e-6)
-    np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5 * scale, err_msg=path)
+    # The losses above agree to 1e-5 at every logged step. Weights and BatchNorm running means
+    # are sums reduced in another order over per-device convolutions of other shapes, and Adam's
+    # per-element normalisation turns that rounding in near-zero gradients into differences of up
+    # to ~1e-3 of a kernel's scale (measured: 7e-5 absolute on a 0.1-scale kernel after 6 steps).
+    np.testing.assert_allclose(y, x, rtol=1e-3, atol=1e-3 * scale, err_msg=path)
   a, b = (fm.load_model(runs[d] / "sfm_model.npz") for d in (1, 8))
   np.testing.assert_allclose(b.shape_basis, a.shape_basis, rtol=1e-5,
                              atol=1e-5 * np.max(np.abs(a.shape_basis)))

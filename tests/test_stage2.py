@@ -200,7 +200,7 @@ def test_reconstruct_writes_consistent_meshes_parameters_and_overlays(trained, r
   result = _run("experiments.reconstruct", f"--workdir={workdir}", f"--images={folder}",
                 f"--out={out}", "--batch_size=3")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "4/4 images  4 reconstructed" in result.stdout
+  assert "4/4 images, 4 reconstructed" in result.stdout
   model = fm.load_model(workdir / "sfm_model.npz")
   for i in range(4):
     saved = np.load(out / f"face{i}.npz")

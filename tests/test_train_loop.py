@@ -1,6 +1,5 @@
-"""The shared training loop: a non-finite step applies no update; the loop skips up to
-`train.skip_nonfinite` of them and otherwise stops with the step and the bad terms, keeping the
-last good checkpoint."""
+"""The shared training loop: a non-finite step stops the run with the step and the bad terms,
+keeping the last good checkpoint; a damaged checkpoint falls back to the previous one."""
 
 import ml_collections
 import numpy as np
@@ -28,14 +27,14 @@ def _state():
                            loss_fn=_loss_fn, seed=0)
 
 
-def _config(num_steps, skip):
+def _config(num_steps):
   return ml_collections.ConfigDict(dict(
       num_steps=num_steps, global_batch_size=2, log_every=1, checkpoint_every=2, max_to_keep=5,
-      stop_after_steps=0, sleep_per_step=0.0, skip_nonfinite=skip))
+      stop_after_steps=0, sleep_per_step=0.0))
 
 
-def _train(tmp_path, batches, skip):
-  config = _config(len(batches), skip)
+def _train(tmp_path, batches):
+  config = _config(len(batches))
   parallel_config = ml_collections.ConfigDict(dict(mode="jit"))
   log = train_loop.MetricsLog(str(tmp_path / "metrics.jsonl"))
   return train_loop.run("m", _state(), lambda step, rows: {"x": batches[step][None].repeat(2, 0)},
@@ -49,35 +48,25 @@ def test_a_nan_batch_stops_the_run_naming_the_step_and_term(tmp_path, capsys):
   batches[3, 0] = np.nan  # the fourth step sees a NaN
   with pytest.raises(NonFiniteError, match=r"\[m\] step 4: non-finite .*fit=nan.*last good "
                                            r"checkpoint is step 2"):
-    _train(tmp_path, batches, skip=0)
+    _train(tmp_path, batches)
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints" / "m").iterdir()
                  if p.name.isdigit())
   assert max(steps) == 2  # nothing saved at or after the bad step
 
 
-def test_skipped_nan_batches_leave_the_run_as_if_they_were_absent(tmp_path):
-  batches = TARGETS.copy()
-  batches[3, 1] = np.inf
-  state = _train(tmp_path / "skip", batches, skip=1)
-  reference = _train(tmp_path / "ref", np.delete(TARGETS, 3, axis=0), skip=0)
-  w = np.asarray(parallel.to_host(state.params["w"]))
-  assert np.all(np.isfinite(w))
-  np.testing.assert_allclose(w, np.asarray(parallel.to_host(reference.params["w"])), rtol=1e-6)
-
-
 def test_a_damaged_checkpoint_falls_back_to_the_previous_step(tmp_path, capsys):
   import os
   batches = np.concatenate([TARGETS, TARGETS[::-1]])  # 12 steps
-  _train(tmp_path / "first", batches[:6], skip=0)  # checkpoints at 2, 4, 6
+  _train(tmp_path / "first", batches[:6])  # checkpoints at 2, 4, 6
   step_dir = tmp_path / "first" / "checkpoints" / "m" / "6"
   for root, _, files in os.walk(step_dir):  # truncate every file of the newest checkpoint
     for name in files:
       open(os.path.join(root, name), "wb").close()
-  resumed = _train(tmp_path / "first", batches[:8], skip=0)
+  resumed = _train(tmp_path / "first", batches[:8])
   out = capsys.readouterr().out
   assert "checkpoint at step 6 does not restore" in out
   assert "resumed from the checkpoint at step 4" in out
   assert (tmp_path / "first" / "checkpoints" / "m" / "6.damaged").is_dir()  # kept aside
-  reference = _train(tmp_path / "reference", batches[:8], skip=0)
+  reference = _train(tmp_path / "reference", batches[:8])
   np.testing.assert_array_equal(np.asarray(parallel.to_host(resumed.params["w"])),
                                 np.asarray(parallel.to_host(reference.params["w"])))

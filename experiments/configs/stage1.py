@@ -67,7 +67,6 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 500
   c.train.max_to_keep = 2
   c.train.stop_after_steps = 0     # > 0: checkpoint and exit at this step (time-sliced jobs)
-  c.train.skip_nonfinite = 0       # non-finite steps to skip (no update) before stopping
   c.train.sleep_per_step = 0.0     # testing only: slows training so a test can kill it mid-run
 
   # Data parallelism (sfm_jax.parallel): the same step on 1 or many devices and hosts.
