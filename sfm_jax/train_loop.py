@@ -116,6 +116,7 @@ def run(name: str, state: TrainState, batch_for_step: Callable[[int, slice], dic
   stop = train_config.num_steps
   if train_config.stop_after_steps > 0:
     stop = min(stop, train_config.stop_after_steps)
+  unchecked = []  # (step, metrics) on device since the last finiteness check
   while step < stop:
     batch = batch_for_step(step, rows)
     if use_pmap:
@@ -123,28 +124,43 @@ def run(name: str, state: TrainState, batch_for_step: Callable[[int, slice], dic
     else:
       state, metrics = step_fn(state, parallel.shard_batch(batch, mesh))
     step += 1
-    if not float(parallel.to_host(metrics["finite"]).reshape(-1)[0]):
+    unchecked.append((step, metrics))
+    if train_config.sleep_per_step:
+      time.sleep(train_config.sleep_per_step)
+    final = step == stop
+    logging = step % train_config.log_every == 0 or step == train_config.num_steps
+    saving = final or manager.should_save(step)
+    if logging or saving:
+      # One host sync per log or save (not per step, which would stall the device queue): the
+      # first non-finite step since the last check stops the run before anything is saved.
+      _check_finite(name, unchecked, manager, use_pmap)
+      unchecked = []
+    if is_chief() and logging:
+      metrics = parallel.to_host(parallel.pmap_unreplicate(metrics) if use_pmap else metrics)
+      metrics = {k: float(v) for k, v in metrics.items()}
+      rate = progress.update(step, f"loss {metrics['loss']:.4f}  {summary(metrics)}")
+      log.append({"model": name, "step": step, **metrics, "step_time_s": 1.0 / max(rate, 1e-9)})
+    if saving:
+      checkpoint.save(manager, parallel.pmap_unreplicate(state) if use_pmap else state,
+                      force=final)
+  checkpoint.wait(manager)
+  manager.close()
+  return parallel.pmap_unreplicate(state) if use_pmap else state
+
+
+def _check_finite(name: str, unchecked: list, manager, use_pmap: bool) -> None:
+  """Raises `NonFiniteError` for the first `(step, metrics)` whose `finite` is 0 (after letting
+  pending saves finish: the newest checkpoint is the last good one)."""
+  flags = parallel.to_host([metrics["finite"] for _, metrics in unchecked])
+  for (step, metrics), finite in zip(unchecked, flags):
+    if not float(np.asarray(finite).reshape(-1)[0]):
       message = _nonfinite_message(name, step, parallel.to_host(
           parallel.pmap_unreplicate(metrics) if use_pmap else metrics))
       checkpoint.wait(manager)
       last = checkpoint.latest_step(manager)
       manager.close()
       raise NonFiniteError(f"{message}; stopped. The last good checkpoint is step {last}; "
-                           "nothing of this step was written")
-    if train_config.sleep_per_step:
-      time.sleep(train_config.sleep_per_step)
-    if is_chief() and (step % train_config.log_every == 0 or step == train_config.num_steps):
-      metrics = parallel.to_host(parallel.pmap_unreplicate(metrics) if use_pmap else metrics)
-      metrics = {k: float(v) for k, v in metrics.items()}
-      rate = progress.update(step, f"loss {metrics['loss']:.4f}  {summary(metrics)}")
-      log.append({"model": name, "step": step, **metrics, "step_time_s": 1.0 / max(rate, 1e-9)})
-    final = step == stop
-    if final or manager.should_save(step):
-      checkpoint.save(manager, parallel.pmap_unreplicate(state) if use_pmap else state,
-                      force=final)
-  checkpoint.wait(manager)
-  manager.close()
-  return parallel.pmap_unreplicate(state) if use_pmap else state
+                           "nothing from this step on was written")
 
 
 def _nonfinite_message(name: str, step: int, metrics: dict) -> str:

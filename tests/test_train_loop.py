@@ -27,14 +27,14 @@ def _state():
                            loss_fn=_loss_fn, seed=0)
 
 
-def _config(num_steps):
+def _config(num_steps, log_every=1):
   return ml_collections.ConfigDict(dict(
-      num_steps=num_steps, global_batch_size=2, log_every=1, checkpoint_every=2, max_to_keep=5,
-      stop_after_steps=0, sleep_per_step=0.0))
+      num_steps=num_steps, global_batch_size=2, log_every=log_every, checkpoint_every=2,
+      max_to_keep=5, stop_after_steps=0, sleep_per_step=0.0))
 
 
-def _train(tmp_path, batches):
-  config = _config(len(batches))
+def _train(tmp_path, batches, log_every=1):
+  config = _config(len(batches), log_every)
   parallel_config = ml_collections.ConfigDict(dict(mode="jit"))
   log = train_loop.MetricsLog(str(tmp_path / "metrics.jsonl"))
   return train_loop.run("m", _state(), lambda step, rows: {"x": batches[step][None].repeat(2, 0)},
@@ -43,12 +43,13 @@ def _train(tmp_path, batches):
                         summary=lambda metrics: "")
 
 
-def test_a_nan_batch_stops_the_run_naming_the_step_and_term(tmp_path, capsys):
+@pytest.mark.parametrize("log_every", [1, 3])  # checked at every log and every save
+def test_a_nan_batch_stops_the_run_naming_the_step_and_term(tmp_path, capsys, log_every):
   batches = TARGETS.copy()
   batches[3, 0] = np.nan  # the fourth step sees a NaN
   with pytest.raises(NonFiniteError, match=r"\[m\] step 4: non-finite .*fit=nan.*last good "
                                            r"checkpoint is step 2"):
-    _train(tmp_path, batches)
+    _train(tmp_path, batches, log_every)
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints" / "m").iterdir()
                  if p.name.isdigit())
   assert max(steps) == 2  # nothing saved at or after the bad step
