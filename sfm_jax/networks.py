@@ -139,11 +139,6 @@ class Encoder(nn.Module):
   landmark_features: int = 0
   dtype: jnp.dtype = jnp.float32
 
-  def make_trunk(self) -> Trunk:
-    """A stand-alone `Trunk` with this encoder's settings (its variables are this encoder's
-    `trunk` entries)."""
-    return Trunk(self.depth, self.width, self.landmark_features, self.dtype)
-
   @nn.compact
   def __call__(self, images, train: bool = False, landmarks=None):
     features = Trunk(self.depth, self.width, self.landmark_features, self.dtype,
