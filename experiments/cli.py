@@ -20,6 +20,8 @@ from sfm_jax.errors import InputError, NonFiniteError
 
 def run(main) -> None:
   def guarded(argv):
+    if not flags.FLAGS["verbosity"].present:  # no INFO lines from jax / orbax unless asked
+      logging.set_verbosity(logging.WARNING)
     try:
       return main(argv)
     except (InputError, NonFiniteError) as e:
@@ -39,6 +41,17 @@ def setup(parallel_config) -> None:
                                     process_id=parallel_config.process_id)
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+
+
+def check_train_config(train) -> None:
+  """The `train` fields both stages share: clear errors before anything is built."""
+  if train.num_steps < 1:
+    raise InputError("train.num_steps must be >= 1")
+  if train.global_batch_size < 2:
+    raise InputError("train.global_batch_size must be >= 2 (both stages use batch statistics)")
+  for key in ("stop_after_steps", "skip_nonfinite"):
+    if train[key] < 0:
+      raise InputError(f"train.{key} must be >= 0 (0 = off), got {train[key]}")
 
 
 def run_stage(train_and_evaluate, *, default_config: str, default_workdir: str) -> None:

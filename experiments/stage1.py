@@ -36,8 +36,9 @@ MODELS = ("sfm", "baseline")
 
 
 def train(name: str, objective: stage1.Objective, init: stage1.PCAInit, data, config,
-          workdir: str, log: train_loop.MetricsLog, mesh) -> TrainState:
-  """Trains one model (resuming from its checkpoints) on `mesh`; returns the final state."""
+          workdir: str, log: train_loop.MetricsLog, mesh, steps_before: int = 0) -> TrainState:
+  """Trains one model (resuming from its checkpoints) on `mesh`; returns the final state.
+  `steps_before`: steps of the phases trained before this one (`train.stop_after_steps`)."""
   train_config = config.train
   params = stage1.init_params(init, data.train_identity, data.num_classes, seed=config.seed)
   loss_fn = stage1.make_loss_fn(objective, radius=init.radius, triangles=data.triangles,
@@ -63,8 +64,8 @@ def train(name: str, objective: stage1.Objective, init: stage1.PCAInit, data, co
     return f"rec {metrics['rec']:.3f} mm{identity}  |s| {metrics['code_norm_mean']:.2f}"
 
   return train_loop.run(name, state, batch_for_step, train_config=train_config,
-                      parallel_config=config.parallel, workdir=workdir, log=log, mesh=mesh,
-                      summary=summary)
+                        parallel_config=config.parallel, workdir=workdir, log=log, mesh=mesh,
+                        summary=summary, steps_before=steps_before)
 
 
 def objectives(config) -> dict:
@@ -74,15 +75,11 @@ def objectives(config) -> dict:
 
 
 def _validate(config) -> None:
-  if config.train.global_batch_size < 2:
-    raise InputError("train.global_batch_size must be >= 2 (the isotropy term uses batch "
-                     "statistics)")
+  cli.check_train_config(config.train)
   if config.parallel.mode not in ("jit", "pmap"):
     raise InputError(f"parallel.mode must be 'jit' or 'pmap', got {config.parallel.mode!r}")
   if config.parallel.mode == "pmap" and jax.process_count() > 1:
     raise InputError("parallel.mode='pmap' is single-process; use 'jit' on several hosts")
-  if config.train.num_steps < 1:
-    raise InputError("train.num_steps must be >= 1")
   if config.model.shape_dim < 1 or config.model.expr_dim < 0:
     raise InputError("model.shape_dim must be >= 1 and model.expr_dim >= 0")
 
@@ -163,8 +160,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   models: dict[str, FaceModel] = {}
   codes = {}
   pca = stage1.pca_model(init, triangles=data.triangles, landmarks=data.landmarks)
-  for name, objective in objectives(config).items():
-    state = train(name, objective, init, data, config, workdir, log, mesh)
+  for phase, (name, objective) in enumerate(objectives(config).items()):
+    state = train(name, objective, init, data, config, workdir, log, mesh,
+                  steps_before=phase * config.train.num_steps)
     if train_loop.report_stop(name, state, config.train):
       return {}
     params = parallel.to_host(state.params)

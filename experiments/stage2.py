@@ -23,6 +23,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from experiments import cli, image_eval
@@ -41,10 +42,7 @@ def _validate(config) -> None:
   if config.parallel.mode != "jit":
     raise InputError("stage 2 runs with parallel.mode='jit' only (its BatchNorm statistics are "
                      "global under jit sharding; pmap would make them per device)")
-  if config.train.global_batch_size < 2:
-    raise InputError("train.global_batch_size must be >= 2")
-  if config.train.num_steps < 1:
-    raise InputError("train.num_steps must be >= 1")
+  cli.check_train_config(config.train)
   stage2.Objective(**config.objective.to_dict())  # checks its fields
 
 
@@ -93,7 +91,19 @@ def objectives(config) -> dict:
 def _encoder(config, model: FaceModel) -> Encoder:
   return Encoder(shape_dim=model.shape_dim, expr_dim=model.expr_dim,
                  albedo_dim=config.model.albedo_dim, depth=config.model.depth,
-                 width=config.model.width, landmark_features=config.model.landmark_features)
+                 width=config.model.width, landmark_features=config.model.landmark_features,
+                 dtype=_float_dtype(config))
+
+
+def _float_dtype(config):
+  """float64 with `train.float64` (numerical checks; `jax_enable_x64` is then on), else float32."""
+  return jnp.float64 if config.train.float64 else jnp.float32
+
+
+def _as_dtype(tree, dtype):
+  """Every floating array of `tree` in `dtype` (integers, e.g. triangles, stay as they are)."""
+  return jax.tree_util.tree_map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 def pretrain(config, workdir, log, mesh):
@@ -107,10 +117,11 @@ def pretrain(config, workdir, log, mesh):
     print(f"identity pretraining: rendering {p.identities} identities x "
           f"{p.images_per_identity} images ...", flush=True)
   split = image_sources.pretrain_split(config, seed=config.seed)
-  trunk = Trunk(config.model.depth, config.model.width, config.model.landmark_features)
-  params, model_state = stage2.init_pretrain_params(
+  trunk = Trunk(config.model.depth, config.model.width, config.model.landmark_features,
+                dtype=_float_dtype(config))
+  params, model_state = _as_dtype(stage2.init_pretrain_params(
       trunk, image_size=config.data.image_size, num_classes=int(split.identity.max()) + 1,
-      seed=config.seed)
+      seed=config.seed), _float_dtype(config))
   tx = stage2.make_pretrain_optimizer(lr_trunk=p.lr, lr_prototypes=p.lr_prototypes,
                                       warmup_steps=p.warmup_steps, total_steps=p.steps)
   state = TrainState.create(params=params, tx=tx, seed=config.seed, model_state=model_state,
@@ -136,13 +147,16 @@ def pretrain(config, workdir, log, mesh):
           "batch_stats": parallel.to_host(state.model_state)["batch_stats"]}
 
 
-def train(name, model, objective, data, config, workdir, log, mesh, trunk=None) -> TrainState:
+def train(name, model, objective, data, config, workdir, log, mesh, trunk=None,
+          steps_before=0) -> TrainState:
+  """Trains one reconstruction model (resuming from its checkpoints); `steps_before`: steps of
+  the phases trained before this one (`train.stop_after_steps`)."""
   encoder = _encoder(config, model)
   size = data.image_size
-  params, model_state = stage2.init_params(encoder, model, image_size=size,
-                                           num_classes=data.num_classes,
-                                           albedo_dim=config.model.albedo_dim, seed=config.seed,
-                                           trunk=trunk)
+  params, model_state = _as_dtype(
+      stage2.init_params(encoder, model, image_size=size, num_classes=data.num_classes,
+                         albedo_dim=config.model.albedo_dim, seed=config.seed, trunk=trunk),
+      _float_dtype(config))
   loss_fn = stage2.make_loss_fn(encoder, model, objective, image_size=size)
   t = config.train
   tx = stage2.make_optimizer(lr_encoder=t.lr_encoder, lr_residual=t.lr_residual,
@@ -162,8 +176,8 @@ def train(name, model, objective, data, config, workdir, log, mesh, trunk=None) 
     return "  ".join(parts)
 
   return train_loop.run(name, state, batch_for_step, train_config=t,
-                      parallel_config=config.parallel, workdir=workdir, log=log, mesh=mesh,
-                      summary=summary)
+                        parallel_config=config.parallel, workdir=workdir, log=log, mesh=mesh,
+                        summary=summary, steps_before=steps_before)
 
 
 def _curves(workdir, log, names):
@@ -229,7 +243,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   `train.stop_after_steps` stopped the run early).
   """
   _validate(config)
-  models = _load_models(config)
+  if config.train.float64:
+    jax.config.update("jax_enable_x64", True)
+  models = {name: _as_dtype(model, _float_dtype(config))
+            for name, model in _load_models(config).items()}
   mesh = parallel.make_mesh()
   parallel.check_global_batch(config.train.global_batch_size, mesh)
   chief = train_loop.is_chief()
@@ -248,8 +265,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if trunk == "stopped":
     return {}
   predictors = {}
+  steps_before = max(config.pretrain.steps, 0)
   for name, model in models.items():
-    state = train(name, model, objective_of[name], data, config, workdir, log, mesh, trunk)
+    state = train(name, model, objective_of[name], data, config, workdir, log, mesh, trunk,
+                  steps_before=steps_before)
+    steps_before += config.train.num_steps
     if train_loop.report_stop(name, state, config.train):
       return {}
     params = parallel.to_host(state.params)

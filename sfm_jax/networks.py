@@ -100,7 +100,7 @@ class Backbone(nn.Module):
       for index in range(count):
         strides = 2 if stage > 0 and index == 0 else 1
         x = block(self.width * 2 ** stage, strides, norm)(x)
-    return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+    return jnp.mean(x, axis=(1, 2)).astype(jnp.promote_types(self.dtype, jnp.float32))
 
 
 class Trunk(nn.Module):

@@ -6,6 +6,17 @@ the shared `train_step` on every device of `mesh` (jit with sharded batches, or 
 `train.num_steps` (or `train.stop_after_steps`), printing progress with an ETA, appending logged
 metrics, and checkpointing every `train.checkpoint_every` steps and at the end.
 
+Non-finite steps: every log and checkpoint looks at the `finite` flag of each step since the
+previous look (one host sync). By default the first non-finite step stops the run before
+anything is saved (`NonFiniteError`, naming the step and the terms). With
+`train.skip_nonfinite = N > 0` such a step changes nothing (`train_step(skip_nonfinite=True)`),
+is reported, and the run goes on; the (N+1)-th in one invocation stops it as above.
+
+`train.stop_after_steps = N > 0` stops a run (after a checkpoint) once it has taken N steps
+counted over its phases in order: `steps_before` is the number of steps of the phases that come
+before this one (e.g. stage 1's baseline runs after `num_steps` SFM steps), so a time-sliced job
+reaches any phase and a rerun with the same N does nothing new.
+
 `batch_for_step(step, rows)` returns this process's rows of the global batch of `step` as numpy
 arrays; it must depend on `step` only, so a resumed run sees exactly the batches an uninterrupted
 one would.
@@ -13,6 +24,7 @@ one would.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -83,10 +95,11 @@ def host_step(state: TrainState) -> int:
 
 def run(name: str, state: TrainState, batch_for_step: Callable[[int, slice], dict], *,
         train_config, parallel_config, workdir: str, log: MetricsLog, mesh,
-        summary: Callable[[dict], str]) -> TrainState:
+        summary: Callable[[dict], str], steps_before: int = 0) -> TrainState:
   """Trains `state` (fresh, on host) as model `name`; returns the final state (on devices).
 
-  `summary(metrics)` formats the stage-specific part of a progress line.
+  `summary(metrics)` formats the stage-specific part of a progress line; `steps_before` is the
+  number of steps of the run's earlier phases (for `train.stop_after_steps`).
   """
   use_pmap = parallel_config.mode == "pmap"
   if not use_pmap:
@@ -103,20 +116,21 @@ def run(name: str, state: TrainState, batch_for_step: Callable[[int, slice], dic
   if is_chief():
     log.truncate(name, host_step(state))
   num_devices = mesh.devices.size
+  allowed_bad = train_config.get("skip_nonfinite", 0)
+  step_function = functools.partial(train_step, skip_nonfinite=allowed_bad > 0)
   if use_pmap:
-    step_fn = parallel.pmap_step(train_step, devices=list(mesh.devices.flat))
+    step_fn = parallel.pmap_step(step_function, devices=list(mesh.devices.flat))
     state = parallel.pmap_replicate(state, num_devices)
     rows = slice(None)
   else:
-    step_fn = parallel.data_parallel_step(train_step, mesh)
+    step_fn = parallel.data_parallel_step(step_function, mesh)
     rows = parallel.process_slice(train_config.global_batch_size, mesh)
   step = host_step(state)
   progress = Progress(f"[{name}]", total=train_config.num_steps, unit="steps", start=step,
                       enabled=is_chief())
-  stop = train_config.num_steps
-  if train_config.stop_after_steps > 0:
-    stop = min(stop, train_config.stop_after_steps)
+  stop = _stop_step(train_config, steps_before)
   unchecked = []  # (step, metrics) on device since the last finiteness check
+  skipped = []  # non-finite steps skipped in this invocation (train.skip_nonfinite)
   while step < stop:
     batch = batch_for_step(step, rows)
     if use_pmap:
@@ -133,7 +147,7 @@ def run(name: str, state: TrainState, batch_for_step: Callable[[int, slice], dic
     if logging or saving:
       # One host sync per log or save (not per step, which would stall the device queue): the
       # first non-finite step since the last check stops the run before anything is saved.
-      _check_finite(name, unchecked, manager, use_pmap)
+      _check_finite(name, unchecked, manager, use_pmap, skipped=skipped, allowed=allowed_bad)
       unchecked = []
     if is_chief() and logging:
       metrics = parallel.to_host(parallel.pmap_unreplicate(metrics) if use_pmap else metrics)
@@ -148,14 +162,32 @@ def run(name: str, state: TrainState, batch_for_step: Callable[[int, slice], dic
   return parallel.pmap_unreplicate(state) if use_pmap else state
 
 
-def _check_finite(name: str, unchecked: list, manager, use_pmap: bool) -> None:
-  """Raises `NonFiniteError` for the first `(step, metrics)` whose `finite` is 0 (after letting
-  pending saves finish: the newest checkpoint is the last good one)."""
+def _stop_step(train_config, steps_before: int) -> int:
+  """The step of this phase at which the run stops (`train.stop_after_steps`, see above)."""
+  stop = train_config.num_steps
+  if train_config.stop_after_steps > 0:
+    stop = min(stop, max(train_config.stop_after_steps - steps_before, 0))
+  return stop
+
+
+def _check_finite(name: str, unchecked: list, manager, use_pmap: bool, *, skipped: list,
+                  allowed: int) -> None:
+  """Looks at the `finite` flag of each `(step, metrics)`: a non-finite step is reported and
+  appended to `skipped` while fewer than `allowed` were; otherwise raises `NonFiniteError`
+  (after letting pending saves finish: the newest checkpoint is the last good one)."""
   flags = parallel.to_host([metrics["finite"] for _, metrics in unchecked])
   for (step, metrics), finite in zip(unchecked, flags):
     if not float(np.asarray(finite).reshape(-1)[0]):
       message = _nonfinite_message(name, step, parallel.to_host(
           parallel.pmap_unreplicate(metrics) if use_pmap else metrics))
+      if len(skipped) < allowed:
+        skipped.append(step)
+        if is_chief():
+          print(f"{message}; skipped, its update not applied ({len(skipped)} of "
+                f"train.skip_nonfinite={allowed})", flush=True)
+        continue
+      if allowed:
+        message += f"; {allowed} non-finite step(s) already skipped (train.skip_nonfinite)"
       checkpoint.wait(manager)
       last = checkpoint.latest_step(manager)
       manager.close()
@@ -174,12 +206,14 @@ def _nonfinite_message(name: str, step: int, metrics: dict) -> str:
 
 def report_stop(name: str, state: TrainState, train_config) -> bool:
   """Prints the parameter checksum (every process); True when `stop_after_steps` ended the run
-  early (the caller then exits without exporting)."""
+  in this phase (the caller then exits without exporting)."""
   params = parallel.to_host(state.params)
+  step = host_step(state)
   print(f"[{name}] process {jax.process_index()}: parameter checksum {checksum(params)} at step "
-        f"{host_step(state)}", flush=True)
-  stopped = 0 < train_config.stop_after_steps < train_config.num_steps
+        f"{step}", flush=True)
+  stopped = step < train_config.num_steps
   if stopped and is_chief():
-    print(f"[{name}] stopped at step {train_config.stop_after_steps} (train.stop_after_steps); "
-          "rerun without it to continue", flush=True)
+    print(f"[{name}] stopped at step {step} of {train_config.num_steps} (train.stop_after_steps="
+          f"{train_config.stop_after_steps}, counted over the phases); rerun without it to "
+          "continue", flush=True)
   return stopped

@@ -35,3 +35,22 @@ def test_only_input_errors_are_shortened(error, one_line):
 def test_input_error_is_a_value_error():
   from sfm_jax.errors import InputError
   assert issubclass(InputError, ValueError)
+
+
+@pytest.mark.parametrize("variant", ["stage1", "stage2"])
+@pytest.mark.parametrize("key,value,message", [
+    ("num_steps", 0, "train.num_steps must be >= 1"),
+    ("global_batch_size", 1, "train.global_batch_size must be >= 2"),
+    ("stop_after_steps", -1, "train.stop_after_steps must be >= 0"),
+    ("skip_nonfinite", -2, "train.skip_nonfinite must be >= 0 (0 = off), got -2"),
+])
+def test_shared_train_fields_are_checked_for_both_stages(variant, key, value, message):
+  import importlib
+
+  from experiments import cli
+  from sfm_jax.errors import InputError
+  config = importlib.import_module(f"experiments.configs.{variant}").get_config("tiny")
+  cli.check_train_config(config.train)  # the defaults pass
+  config.train[key] = value
+  with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    cli.check_train_config(config.train)

@@ -25,18 +25,35 @@ def test_images_are_deterministic_and_well_formed(images):
 
 
 def test_landmarks_are_the_projected_landmark_vertices(images):
-  from sfm_jax import geometry
+  """Each image's landmarks are its landmark vertices (expression applied, centred) rotated by
+  scipy's extrinsic x-y-z Euler rotation (pitch, then yaw, then roll about the fixed axes) and
+  projected by the weak-perspective formula written here: x = s X + tx, y = -s Y + ty."""
+  from scipy.spatial.transform import Rotation
   world = face_world.FaceWorld(resolution=24)
   template = world.template
   faces = face_world.apply_expressions(template, images.neutral.astype(np.float64),
-                                  images.expression.astype(np.float64))
-  rotations = np.asarray(geometry.euler_to_matrix(images.rotation), np.float64)
-  camera = np.einsum("nij,nvj->nvi", rotations, faces - faces.mean(1, keepdims=True))
-  expected_x = images.scale[:, None] * camera[:, template.landmarks, 0] + images.translation[:, :1]
-  expected_y = -images.scale[:, None] * camera[:, template.landmarks, 1] + images.translation[:,
-                                                                                                1:]
-  np.testing.assert_allclose(images.landmarks[..., 0], expected_x, atol=1e-3)
-  np.testing.assert_allclose(images.landmarks[..., 1], expected_y, atol=1e-3)
+                                       images.expression.astype(np.float64))
+  assert np.abs(images.rotation).max() > np.deg2rad(5)  # the heads really are turned
+  for n in range(len(faces)):
+    rotation = Rotation.from_euler("xyz", images.rotation[n].astype(np.float64)).as_matrix()
+    points = (faces[n] - faces[n].mean(0))[template.landmarks] @ rotation.T
+    expected = np.stack([images.scale[n] * points[:, 0] + images.translation[n, 0],
+                         -images.scale[n] * points[:, 1] + images.translation[n, 1]], -1)
+    np.testing.assert_allclose(images.landmarks[n], expected, atol=1e-3, err_msg=f"image {n}")
+
+
+def test_turning_the_head_moves_the_nose_tip_towards_the_turn(images):
+  """Geometry no formula restates: with positive yaw (the face turns to the subject's left, the
+  image's right) the nose tip (iBUG 30) lies right of the midpoint of the outer eye corners
+  (36, 45) along the eye line (measured along that line, so in-plane roll does not matter)."""
+  lm = images.landmarks
+  eye_line = lm[:, 45] - lm[:, 36]
+  eye_line /= np.linalg.norm(eye_line, axis=-1, keepdims=True)
+  offset = np.sum((lm[:, 30] - 0.5 * (lm[:, 36] + lm[:, 45])) * eye_line, -1)
+  yaw = images.rotation[:, 1]
+  turned = np.abs(yaw) > np.deg2rad(8)
+  assert turned.sum() >= 3
+  assert np.all(np.sign(offset[turned]) == np.sign(yaw[turned]))
 
 
 def test_profile_views_hide_the_far_side():

@@ -1,5 +1,6 @@
 """The shared training loop: a non-finite step stops the run with the step and the bad terms,
-keeping the last good checkpoint; a damaged checkpoint falls back to the previous one."""
+keeping the last good checkpoint, or is skipped (`skip_nonfinite`); a damaged checkpoint falls
+back to the previous one."""
 
 import ml_collections
 import numpy as np
@@ -27,14 +28,14 @@ def _state():
                            loss_fn=_loss_fn, seed=0)
 
 
-def _config(num_steps, log_every=1):
+def _config(num_steps, log_every=1, skip_nonfinite=0):
   return ml_collections.ConfigDict(dict(
       num_steps=num_steps, global_batch_size=2, log_every=log_every, checkpoint_every=2,
-      max_to_keep=5, stop_after_steps=0, sleep_per_step=0.0))
+      max_to_keep=5, stop_after_steps=0, sleep_per_step=0.0, skip_nonfinite=skip_nonfinite))
 
 
-def _train(tmp_path, batches, log_every=1):
-  config = _config(len(batches), log_every)
+def _train(tmp_path, batches, log_every=1, skip_nonfinite=0):
+  config = _config(len(batches), log_every, skip_nonfinite)
   parallel_config = ml_collections.ConfigDict(dict(mode="jit"))
   log = train_loop.MetricsLog(str(tmp_path / "metrics.jsonl"))
   return train_loop.run("m", _state(), lambda step, rows: {"x": batches[step][None].repeat(2, 0)},
@@ -71,3 +72,33 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_step(tmp_path, capsys):
   reference = _train(tmp_path / "reference", batches[:8])
   np.testing.assert_array_equal(np.asarray(parallel.to_host(resumed.params["w"])),
                                 np.asarray(parallel.to_host(reference.params["w"])))
+
+
+def _numpy_adam(targets, learning_rate=0.1, b1=0.9, b2=0.999, eps=1e-8):
+  """Adam (Kingma & Ba, Algorithm 1) on mean((w - x)^2) over a [2, 2] w, one target per step."""
+  w, m, v = np.zeros((2, 2)), np.zeros((2, 2)), np.zeros((2, 2))
+  for t, x in enumerate(targets, start=1):
+    g = 2.0 * (w - x) / 4.0
+    m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+    w = w - learning_rate * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+  return w
+
+
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_skip_nonfinite_drops_the_bad_updates_and_goes_on(tmp_path, capsys, log_every):
+  batches = TARGETS.copy()
+  batches[3, 1] = np.inf  # step 4 sees an infinite target: its update must not be applied
+  state = _train(tmp_path, batches, log_every, skip_nonfinite=1)
+  assert "[m] step 4: non-finite" in capsys.readouterr().out
+  assert int(np.asarray(parallel.to_host(state.step))) == 6
+  expected = _numpy_adam([batches[i][None].repeat(2, 0) for i in (0, 1, 2, 4, 5)])
+  np.testing.assert_allclose(np.asarray(parallel.to_host(state.params["w"])), expected,
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_more_nonfinite_steps_than_allowed_stop_the_run(tmp_path):
+  batches = TARGETS.copy()
+  batches[1, 0] = batches[4, 0] = np.nan
+  with pytest.raises(NonFiniteError, match=r"step 5: non-finite .*1 non-finite step\(s\) already "
+                                           r"skipped .*last good checkpoint is step 4"):
+    _train(tmp_path, batches, skip_nonfinite=1)

@@ -66,7 +66,10 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.train.log_every = 100
   c.train.checkpoint_every = 500
   c.train.max_to_keep = 2
-  c.train.stop_after_steps = 0     # > 0: checkpoint and exit at this step (time-sliced jobs)
+  c.train.stop_after_steps = 0     # > 0: checkpoint and exit once the run has taken this
+                                   # many steps, counted over its phases in order (time-sliced jobs)
+  c.train.skip_nonfinite = 0       # > 0: skip up to this many non-finite steps (their update
+                                   # is not applied) before stopping; 0: the first one stops
   c.train.sleep_per_step = 0.0     # testing only: slows training so a test can kill it mid-run
 
   # Data parallelism (sfm_jax.parallel): the same step on 1 or many devices and hosts.

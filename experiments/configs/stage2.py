@@ -75,7 +75,11 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.train.log_every = 50
   c.train.checkpoint_every = 200
   c.train.max_to_keep = 2
-  c.train.stop_after_steps = 0      # > 0: checkpoint and exit at this step (time-sliced jobs)
+  c.train.stop_after_steps = 0      # > 0: checkpoint and exit once the run has taken this
+                                    # many steps, counted over its phases in order (time-sliced jobs)
+  c.train.skip_nonfinite = 0        # > 0: skip up to this many non-finite steps (their update
+                                    # is not applied) before stopping; 0: the first one stops
+  c.train.float64 = False           # numerical checks: train in float64 (jax_enable_x64)
   c.train.sleep_per_step = 0.0      # testing only: slows training so a test can kill it mid-run
 
   # Identity pretraining of the encoder trunk (CosFace on its features over many rendered
