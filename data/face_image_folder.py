@@ -5,7 +5,9 @@ The folder (`manual_dir`):
     meta.csv            header `path,identity`; `path` relative to the folder; `identity` a
                         subject name, or empty for images without an identity label
     <images>            PNG or JPEG (read with Pillow, extra `data`)
-    <image>.pts         beside each image, same name with `.pts`: 68 points (iBUG format)
+    <image>.pts         beside each image, same name with `.pts`: 68 points (iBUG format);
+                        where it is missing, dlib's landmarks of the largest face (the
+                        `photos` extra); a photo without a face is skipped and counted
 
 Splits by identity with a stable hash of the subject name (`test_fraction`); unlabelled images go
 to `train`. A corrupt or unreadable image or a bad `.pts` raises `ValueError` naming the file,

@@ -2,17 +2,23 @@ r"""Reconstruct faces from images with a trained stage-2 network.
 
   python -m experiments.reconstruct --workdir=runs/stage2 --images='photos/*.jpg' --out=runs/rec
 
-`--images` is a file, a folder (its .png/.jpg/.jpeg files) or a glob. Each image is framed as the
-network's training images were (recorded in its encoder file): the largest centred square for
-face-world networks, a square around the 68 landmarks of the `.pts` beside it for photo-folder
-networks; then resampled to the network's input size. A `.pts` beside an image is also the
-reference for the landmark NME. Per image, into `--out`:
+`--images` is a file, a folder (its photos: JPEG, PNG, PPM, ...; any size, grey or RGBA, EXIF
+orientation applied) or a glob. Each image is framed as the network's training images were
+(recorded in its encoder file): the largest centred square for face-world networks, a square
+around the 68 landmarks for photo-folder networks; then resampled to the network's input size.
+Networks that need landmarks (photo-folder crops, or an encoder that reads them) take them from
+the `.pts` beside the photo, else `<stem>_face1.pts`, ..., else dlib finds the faces (the
+`photos` extra): one result per face (`<name>_face1`, ...; only the largest with
+`--largest_face`); a photo without a face is reported, skipped and counted. A `.pts` is also the
+reference for the landmark NME. Per face, into `--out`:
 
   <name>_neutral.obj   the identity's neutral shape (mm, model space, albedo as vertex colours)
   <name>_posed.obj     with the predicted expression and head rotation (mm)
   <name>.npz           shape_codes, expression, albedo, rotation (3x3), translation, scale,
                        light (9x3 SH), landmarks (68x2, pixels of the original image), crop_box
-                       (x0, y0, side), image_size; nme when a .pts was given
+                       (x0, y0, side), image_size; nme (inter-ocular) and nme_box (sqrt of the
+                       annotation box's area) over the landmarks the model places, when
+                       landmarks were given or detected
   <name>_overlay.png   the crop with the rendered reconstruction over it (predicted landmarks
                        red, given ones green)
 
@@ -32,7 +38,7 @@ from sfm_jax.errors import InputError
 from sfm_jax.io import read_pts, write_png
 from sfm_jax.io.reconstruction import write_reconstruction
 from sfm_jax.progress import Progress
-from sfm_jax.sources.images import read_image
+from sfm_jax.sources.images import PHOTO_EXTENSIONS, faces_in_photo, read_image
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/stage2", "A trained stage-2 workdir.")
 _IMAGES = flags.DEFINE_string("images", None, "An image, a folder of images, or a glob.")
@@ -40,8 +46,11 @@ _OUT = flags.DEFINE_string("out", "runs/reconstruct", "Output folder.")
 _MODEL = flags.DEFINE_enum("model", "sfm", list(inference.MODELS), "Which trained network.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Images per forward pass.")
 _SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Skip unreadable images instead of stopping.")
+_LARGEST = flags.DEFINE_boolean("largest_face", False, "Only the largest face of each photo.")
+_DETECT = flags.DEFINE_boolean("detect", True, "Find landmarks with dlib where a photo has no "
+                               ".pts (networks that need landmarks; --nodetect: skip it).")
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".ppm")
+IMAGE_EXTENSIONS = PHOTO_EXTENSIONS
 
 
 def image_paths(spec: str) -> list:
@@ -70,24 +79,27 @@ def _output_names(paths: list) -> list:
   return names
 
 
-def _prepare(path: str, predictor: inference.Predictor):
-  """(crop [S, S, 3] float, CropBox, given landmarks or None) of one image, framed as the
-  network's training images were: whole (centred square), or around the `.pts` landmarks."""
+def _prepare(path: str, predictor: inference.Predictor) -> list:
+  """`[(name suffix, crop [S, S, 3] float, CropBox, given landmarks or None)]`: the faces of one
+  image, framed as the network's training images were: whole (centred square), or around each
+  face's landmarks. Empty when the network needs landmarks and the photo shows no face."""
   image = read_image(path)
   pts_path = os.path.splitext(path)[0] + ".pts"
-  given = None
-  if os.path.isfile(pts_path):
-    given = read_pts(pts_path)
-    if given.shape != (68, 2):
-      raise InputError(f"{pts_path}: expected 68 points, got {len(given)}")
-  if given is None and (predictor.crop_margin is not None
-                        or predictor.encoder.landmark_features):
-    why = ("was trained on crops around 68 landmarks" if predictor.crop_margin is not None
-           else "reads the 68 landmarks")
-    raise InputError(f"{path}: this network {why}; put them beside the image ({pts_path})")
-  box = (imaging.full_box(*image.shape[:2]) if predictor.crop_margin is None
-         else imaging.landmark_box(given, margin=predictor.crop_margin))
-  return imaging.crop(image, box, predictor.image_size), box, given
+  if predictor.crop_margin is None and not predictor.encoder.landmark_features:
+    given = None
+    if os.path.isfile(pts_path):
+      given = read_pts(pts_path)
+      if given.shape != (68, 2):
+        raise InputError(f"{pts_path}: expected 68 points, got {len(given)}")
+    box = imaging.full_box(*image.shape[:2])
+    return [("", imaging.crop(image, box, predictor.image_size), box, given)]
+  faces = faces_in_photo(path, image, largest_face=_LARGEST.value, detect=_DETECT.value)
+  prepared = []
+  for suffix, given in faces:
+    box = (imaging.full_box(*image.shape[:2]) if predictor.crop_margin is None
+           else imaging.landmark_box(given, margin=predictor.crop_margin))
+    prepared.append((suffix, imaging.crop(image, box, predictor.image_size), box, given))
+  return prepared
 
 
 def _write(out_dir, name, predictor, out, i, crop, box, given):
@@ -101,8 +113,10 @@ def _write(out_dir, name, predictor, out, i, crop, box, given):
   landmarks = box.to_image(out["landmarks"][i], size)
   extra = {}
   if given is not None:
-    extra["nme"] = metrics.landmark_nme(np.nan_to_num(landmarks)[None], given[None],
-                                        np.isfinite(landmarks[:, 0])[None])
+    placed = np.isfinite(landmarks[:, 0])[None]  # the landmarks the model places
+    extra["nme"] = metrics.landmark_nme(np.nan_to_num(landmarks)[None], given[None], placed)
+    extra["nme_box"] = metrics.landmark_nme(np.nan_to_num(landmarks)[None], given[None], placed,
+                                            normalizer="box")
   write_reconstruction(
       stem, neutral=out["neutral"][i], posed=out["posed"][i], triangles=model.triangles,
       colors=colors, shape_codes=out["shape_codes"][i], expression=out["expression"][i],
@@ -126,17 +140,23 @@ def main(argv):
   size, batch_size = predictor.image_size, _BATCH.value
 
   progress = Progress("reconstructing:", total=len(paths), unit="images")
-  done, skipped, errors = 0, [], []
+  done, skipped, faceless, errors = 0, [], [], []
   for first in range(0, len(paths), batch_size):
     items = []
     for path, name in zip(paths[first:first + batch_size], names[first:first + batch_size]):
       try:
-        items.append((path, name, *_prepare(path, predictor)))
+        faces = _prepare(path, predictor)
       except ValueError as e:
         if not _SKIP_BAD.value:
           raise
         skipped.append(path)
         print(f"  skipping: {e}", flush=True)
+        continue
+      if not faces:
+        faceless.append(path)
+        print(f"  skipping: {path}: no face found" if _DETECT.value else
+              f"  skipping: {path}: no .pts beside it (and --nodetect)", flush=True)
+      items.extend((path, name + suffix, *rest) for suffix, *rest in faces)
     if not items:
       continue
     crops = np.stack([item[2] for item in items])
@@ -158,6 +178,8 @@ def main(argv):
     summary += f"; landmark NME vs the .pts files: mean {np.mean(errors):.4f}"
   if skipped:
     summary += f"; skipped {len(skipped)} unreadable: {', '.join(skipped)}"
+  if faceless:
+    summary += f"; skipped {len(faceless)} without a face: {', '.join(faceless)}"
   print(summary, flush=True)
 
 

@@ -14,3 +14,8 @@ class InputError(ValueError):
 class NonFiniteError(RuntimeError):
   """Training met a non-finite loss or gradient; the message names the step and the loss terms.
   The last good checkpoint is kept; nothing of the bad step was written."""
+
+
+class NoFaceError(InputError):
+  """A photo without landmarks in which detection found no face: the photo is skipped and
+  counted (never fatal)."""

@@ -154,14 +154,29 @@ def error_summary(errors: np.ndarray) -> dict:
           "std_mm": float(errors.std())}
 
 
-def landmark_nme(predicted: np.ndarray, target: np.ndarray,
-                 visible: np.ndarray | None = None) -> float:
-  """Normalised mean error of 2D landmarks `[N, 68, 2]`: the mean over visible landmarks of
-  `||p - t||`, divided per image by the outer-eye-corner (iBUG 36-45) distance of `t`."""
+def landmark_nme(predicted: np.ndarray, target: np.ndarray, visible: np.ndarray | None = None,
+                 *, normalizer: str = "interocular", per_image: bool = False):
+  """Normalised mean error of 2D landmarks `[N, 68, 2]`.
+
+  The mean of `||p - t||` over the counted landmarks (`visible`: `[N, 68]` or `[68]` weights,
+  e.g. the visible ones and those a model defines; default all), divided per image by
+  `normalizer`: "interocular", the outer-eye-corner (iBUG 36-45) distance of `t`, or "box",
+  the square root of the area of the bounding box of all 68 annotated points `t`.
+  Returns the mean over the images that count a landmark (a float; NaN if none does), or `[N]`
+  with `per_image` (NaN for an image that counts none).
+  """
   predicted, target = np.asarray(predicted, np.float64), np.asarray(target, np.float64)
-  visible = (np.ones(predicted.shape[:2], bool) if visible is None
-             else np.asarray(visible, bool))
-  interocular = np.linalg.norm(target[:, 36] - target[:, 45], axis=-1)
-  distance = np.linalg.norm(predicted - target, axis=-1) / interocular[:, None]
-  per_image = (distance * visible).sum(1) / np.maximum(visible.sum(1), 1)
-  return float(per_image.mean())
+  counted = np.broadcast_to(np.ones(predicted.shape[:2]) if visible is None
+                            else np.asarray(visible, np.float64), predicted.shape[:2])
+  if normalizer == "interocular":
+    scale = np.linalg.norm(target[:, 36] - target[:, 45], axis=-1)
+  elif normalizer == "box":
+    scale = np.sqrt(np.prod(target.max(1) - target.min(1), axis=-1))
+  else:
+    raise ValueError(f"normalizer must be 'interocular' or 'box', got {normalizer!r}")
+  distance = np.linalg.norm(predicted - target, axis=-1) / scale[:, None]
+  total = counted.sum(1)
+  errors = np.where(total > 0, (distance * counted).sum(1) / np.maximum(total, 1e-12), np.nan)
+  if per_image:
+    return errors
+  return float(np.mean(errors[~np.isnan(errors)])) if np.any(~np.isnan(errors)) else float("nan")

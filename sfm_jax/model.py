@@ -16,8 +16,8 @@ import numpy as np
 from flax import struct
 
 from sfm_jax.errors import InputError
-from sfm_jax.io.npz import read_npz
 from sfm_jax.io.atomic import atomic_write
+from sfm_jax.io.npz import read_npz
 
 Array = Any  # jax.Array or np.ndarray
 
@@ -40,6 +40,12 @@ class FaceModel:
     triangles: `[T, 3]` int, 0-based, counter-clockwise seen from outside. A pytree leaf so
       the model can cross `jit`; it is topology and carries no gradient.
     landmarks: `[L]` int vertex index of each iBUG-68 landmark, -1 where undefined.
+    contour: optional `[2, C, W]` int, -1 padded: the jaw contour for landmark fitting. Side 0
+      is the subject's right jaw line (iBUG points 1-8), side 1 the left (10-17); each side has
+      C ordered contour positions, each a row of W candidate vertices from the frontal outline
+      backwards (W = 1: the outline vertex alone). The fitter takes, per row, the candidate on
+      the silhouette under the current pose and matches each image contour landmark to the
+      nearest of those (`fitting.contour_points`).
     code_kind: "sphere" or "gaussian" (static).
   """
   mean: Array
@@ -50,6 +56,7 @@ class FaceModel:
   landmarks: Array
   albedo_mean: Array | None = None
   albedo_basis: Array | None = None
+  contour: Array | None = None
   code_kind: str = struct.field(pytree_node=False, default="sphere")
 
   @property
@@ -63,6 +70,16 @@ class FaceModel:
   @property
   def expr_dim(self) -> int:
     return self.expr_basis.shape[0]
+
+  @property
+  def fitted_landmarks(self) -> np.ndarray:
+    """`[L]` bool: the landmarks a landmark fit places (a vertex in `landmarks`, or the jaw
+    contour landmarks when the model has a `contour`); NME counts these."""
+    defined = np.asarray(self.landmarks) >= 0
+    if self.contour is not None:
+      defined = defined.copy()
+      defined[CONTOUR_LANDMARKS] = True
+    return defined
 
 
 def _contract(codes: Array, basis: Array, compute_dtype, precision) -> Array:
@@ -109,7 +126,8 @@ def decode(model: FaceModel, shape_codes: Array, expr_codes: Array | None = None
 # The model file.
 
 _REQUIRED = ("mean", "shape_basis", "expr_basis", "radius", "triangles", "landmarks")
-_OPTIONAL = ("albedo_mean", "albedo_basis")
+_OPTIONAL = ("albedo_mean", "albedo_basis", "contour")
+CONTOUR_LANDMARKS = np.array([*range(8), *range(9, 17)])  # iBUG 1-8 and 10-17, 0-based
 
 
 def save_model(path: str | os.PathLike, model: FaceModel) -> None:
@@ -186,6 +204,16 @@ def validate_model_arrays(arrays: dict, *, source: str) -> None:
   if landmarks.size and (landmarks.min() < -1 or landmarks.max() >= num_vertices):
     fail("landmarks", f"indices must lie in [-1, {num_vertices}), got "
                       f"[{landmarks.min()}, {landmarks.max()}]")
+  if "contour" in arrays:
+    contour = arrays["contour"]
+    if (contour.ndim != 3 or contour.shape[0] != 2 or not np.issubdtype(contour.dtype, np.integer)
+        or contour.size == 0):
+      fail("contour", f"expected an integer [2, C, W] array, got {contour.dtype} {contour.shape}")
+    if contour.min() < -1 or contour.max() >= num_vertices:
+      fail("contour", f"indices must lie in [-1, {num_vertices}), got "
+                      f"[{contour.min()}, {contour.max()}]")
+    if np.any(contour[..., 0] < 0):
+      fail("contour", "the first candidate of every row (the outline vertex) must be a vertex")
 
 
 def load_model(path: str | os.PathLike, *, dtype=np.float32) -> FaceModel:
@@ -213,6 +241,7 @@ def load_model(path: str | os.PathLike, *, dtype=np.float32) -> FaceModel:
       landmarks=np.asarray(arrays["landmarks"], np.int32),
       albedo_mean=as_float("albedo_mean"),
       albedo_basis=as_float("albedo_basis"),
+      contour=np.asarray(arrays["contour"], np.int32) if "contour" in arrays else None,
       code_kind=str(arrays["code_kind"]),
   )
 

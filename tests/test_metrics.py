@@ -48,6 +48,24 @@ def test_verification_is_perfect_for_separated_and_chance_for_random(rng):
   assert abs(metrics.verification_accuracy(random_codes, random_labels) - 0.5) < 0.08
 
 
+def test_verification_of_twins_scores_the_known_best_threshold(rng):
+  """20 identities in 10 pairs of twins (a pair shares one code exactly; pairs point in
+  well-separated directions), every image at its identity's code: same-identity pairs have
+  cosine 1, different-identity pairs cosine 1 for twins and below 0.2 otherwise. The best
+  threshold lies in (0.2, 1) and misjudges exactly the twin pairs, so the accuracy is
+  1 - (twin pairs) / (all pairs); with a threshold chosen per fold it is that to within the
+  fold-size rounding."""
+  directions = np.linalg.qr(rng.normal(size=(16, 10)))[0].T  # 10 orthonormal directions
+  codes_of_identity = np.repeat(directions, 2, axis=0)  # identities 2k and 2k+1 are twins
+  labels = np.repeat(np.arange(20), 4)
+  codes = codes_of_identity[labels] * rng.uniform(0.5, 3.0, (80, 1))  # norms do not matter
+  pairs, same = metrics.verification_pairs(labels, seed=0)
+  twins = (labels[pairs[:, 0]] // 2 == labels[pairs[:, 1]] // 2) & ~same
+  assert 0.02 < twins.mean() < 0.2  # the case is not degenerate
+  expected = 1.0 - twins.mean()
+  assert metrics.verification_accuracy(codes, labels) == pytest.approx(expected, abs=0.005)
+
+
 def test_nmi_and_kmeans(rng):
   labels = np.repeat(np.arange(5), 6)
   assert metrics.normalized_mutual_information(labels, labels) == pytest.approx(1.0)
@@ -103,3 +121,26 @@ def test_landmark_nme_hand_example():
   assert metrics.landmark_nme(predicted, target, visible) == pytest.approx(5 / 50 / 68)
   visible[0, 10] = False
   assert metrics.landmark_nme(predicted, target, visible) == 0.0
+
+
+def test_landmark_nme_counts_only_the_defined_landmarks_and_both_normalisers():
+  """A model defining 50 of the 68 landmarks (no jaw 0-16, no inner mouth corner 60): the
+  undefined ones sit wherever (here 1000 px off) and must not count."""
+  target = np.zeros((1, 68, 2))
+  target[0, :, 0] = np.linspace(0.0, 80.0, 68)  # box 80 x 60
+  target[0, :, 1] = np.linspace(0.0, 60.0, 68) ** 2 / 60.0
+  target[0, 36], target[0, 45] = [10.0, 5.0], [50.0, 35.0]  # inter-ocular distance 50
+  defined = np.ones(68, bool)
+  defined[list(range(17)) + [60]] = False
+  predicted = target.copy()
+  predicted[0, ~defined] += 1000.0
+  predicted[0, 30] += [6.0, 8.0]  # one defined landmark 10 px off
+  assert metrics.landmark_nme(predicted, target, defined) == pytest.approx(10 / 50 / 50)
+  box = np.sqrt(80.0 * 60.0)
+  assert metrics.landmark_nme(predicted, target, defined, normalizer="box") == pytest.approx(
+      10 / box / 50)
+  per_image = metrics.landmark_nme(np.concatenate([predicted, target]),
+                                   np.concatenate([target, target]), defined, per_image=True)
+  np.testing.assert_allclose(per_image, [10 / 50 / 50, 0.0])
+  nothing = metrics.landmark_nme(predicted, target, np.zeros(68, bool), per_image=True)
+  assert np.isnan(nothing).all()

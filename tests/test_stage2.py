@@ -266,8 +266,9 @@ def test_reconstruct_and_stage2_fail_clearly_on_bad_input(trained, reconstructio
   unannotated.mkdir()
   write_png(unannotated / "face.png", images.images[0])
   refused = _run("experiments.reconstruct", f"--workdir={workdir}", f"--images={unannotated}",
-                 f"--out={tmp_path / 'u'}")
-  assert refused.returncode == 1 and "this network reads the 68 landmarks" in refused.stderr
+                 f"--out={tmp_path / 'u'}", "--nodetect")  # the network reads landmarks
+  assert refused.returncode == 0 and "face.png: no .pts beside it" in refused.stdout
+  assert "wrote 0 reconstructions" in refused.stdout
   no_run = _run("experiments.reconstruct", f"--workdir={tmp_path}", f"--images={folder}")
   assert no_run.returncode == 1 and "no trained stage-2 model" in no_run.stderr
 
@@ -359,9 +360,15 @@ def test_photo_folder_variant_crops_around_landmarks_and_reconstruct_follows(sta
   assert predictor.crop_margin == 0.25 and predictor.image_size == 32
   (tmp_path / "lone").mkdir()
   write_png(tmp_path / "lone" / "x.png", images.images[0])
-  refused = _run("experiments.reconstruct", f"--workdir={workdir}",
-                 f"--images={tmp_path / 'lone'}", f"--out={tmp_path / 'o'}")
-  assert refused.returncode == 1 and "trained on crops around 68 landmarks" in refused.stderr
+  # A photo without landmarks (and detection off): reported, skipped and counted, not fatal.
+  write_png(tmp_path / "lone" / "y.png", images.images[1])
+  write_pts(tmp_path / "lone" / "y_face1.pts", images.landmarks[1])  # a numbered face file
+  done = _run("experiments.reconstruct", f"--workdir={workdir}", "--nodetect",
+              f"--images={tmp_path / 'lone'}", f"--out={tmp_path / 'o'}")
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "x.png: no .pts beside it" in done.stdout
+  assert "wrote 1 reconstructions" in done.stdout and "skipped 1 without a face" in done.stdout
+  assert (tmp_path / "o" / "y_face1.npz").exists()
 
 
 def test_pretraining_then_reconstruction_resume_exactly_and_learn(stage1_models, tmp_path):

@@ -92,6 +92,27 @@ def test_landmark_fitting_reprojects_rendered_faces(problem):
   np.testing.assert_allclose(np.linalg.norm(fit.shape_codes, axis=1), model.radius, rtol=1e-4)
 
 
+def test_batched_landmark_fit_equals_one_photo_at_a_time(problem):
+  """Photos of different sizes fitted together (padded groups, one program) give what fitting
+  each alone gives, to 1e-4 of the image size; undefined landmarks come back NaN."""
+  from sfm_jax import fitting
+  model, batch = problem
+  sizes = np.array([32.0, 64.0, 20.0, 32.0, 48.0])
+  base = np.asarray(batch["landmarks"][:5])
+  landmarks = base / 32.0 * sizes[:, None, None]  # the same faces in photos of other sizes
+  model = model.replace(landmarks=np.asarray(model.landmarks).copy())
+  model.landmarks[[0, 16]] = -1  # two landmarks this model does not define
+  together = fitting.fit_landmarks(model, landmarks, image_size=sizes, steps=60, batch_size=4)
+  assert np.isnan(together.landmarks[:, [0, 16]]).all()
+  for n in (0, 1, 4):
+    alone = fitting.fit_landmarks(model, landmarks[n:n + 1], image_size=int(sizes[n]), steps=60)
+    defined = np.asarray(model.landmarks) >= 0
+    np.testing.assert_allclose(together.landmarks[n][defined] / sizes[n],
+                               alone.landmarks[0][defined] / sizes[n], atol=1e-4)
+    np.testing.assert_allclose(together.shape_codes[n], alone.shape_codes[0], atol=1e-4)
+    np.testing.assert_allclose(together.translation[n], alone.translation[0], atol=1e-4)
+
+
 @pytest.mark.slow
 def test_fit_command_writes_meshes_parameters_and_overlays(problem, tmp_path):
   import subprocess
@@ -124,3 +145,41 @@ def test_fit_command_writes_meshes_parameters_and_overlays(problem, tmp_path):
                         f"--out={tmp_path / 'out'}"], cwd=root, capture_output=True, text=True,
                        timeout=300)
   assert bad.returncode != 0 and "bad.pts: n_points is 68 but 1 points" in bad.stderr
+
+
+@pytest.mark.slow
+def test_fit_command_skips_bad_photos_in_one_line_each_and_fits_the_rest(problem, tmp_path):
+  """--images on a folder: a photo with its .pts is fitted; a corrupt JPEG, a 1x1 image and a
+  photo without a face (no .pts, detection finds none) are each reported in one line, counted,
+  and the others go on."""
+  import subprocess
+  import sys
+
+  from sfm_jax import landmarks
+  from sfm_jax import model as fm
+  from sfm_jax.io import write_png, write_pts
+  if not landmarks.available():
+    pytest.skip("the photos extra (dlib) is not installed")
+  model, batch = problem
+  fm.save_model(tmp_path / "model.npz", model)
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  write_png(photos / "face0.png", np.asarray(batch["images"][0]))
+  write_pts(photos / "face0.pts", np.asarray(batch["landmarks"][0]))
+  write_png(photos / "tiny.png", np.full((1, 1, 3), 0.5))
+  write_png(photos / "plain.png", np.full((64, 48, 3), 0.7))
+  (photos / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 40)
+  root = __file__.rsplit("/tests/", 1)[0]
+  result = subprocess.run([sys.executable, "-m", "experiments.fit",
+                           f"--model={tmp_path / 'model.npz'}", f"--images={photos}",
+                           f"--out={tmp_path / 'out'}", "--steps=50"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  skipped = [line for line in result.stdout.splitlines() if line.startswith("skipped: ")]
+  assert len(skipped) == 3, result.stdout
+  assert any("corrupt.jpg: unreadable image" in line for line in skipped)
+  assert any("tiny.png: no face found" in line for line in skipped)
+  assert any("plain.png: no face found" in line for line in skipped)
+  assert "fitted 1 face(s)" in result.stdout and "3 photo(s) skipped" in result.stdout
+  saved = np.load(tmp_path / "out" / "face0.npz")
+  assert float(saved["nme_box"]) < float(saved["nme"])  # the box is larger than the eye span

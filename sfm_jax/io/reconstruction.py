@@ -8,7 +8,7 @@ and `experiments.reconstruct`):
                          (fraction of the image around its centre), scale (relative to the
                          nominal scale), landmarks [68, 2] (pixels of the original image, NaN
                          where the model defines none), image_size; plus what the command knows
-                         besides (albedo, light, crop_box, nme)
+                         besides (albedo, light, crop_box, nme, nme_box)
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ KEYS = ("shape_codes", "expression", "rotation", "translation", "scale", "landma
 
 def write_reconstruction(stem: str, *, neutral: np.ndarray, posed: np.ndarray,
                          triangles: np.ndarray, colors: np.ndarray | None = None,
-                         **arrays) -> None:
-  """Writes the two meshes and the `.npz` (every key of `KEYS` required in `arrays`, extra keys
-  kept), each file atomically."""
+                         meshes: bool = True, **arrays) -> None:
+  """Writes the two meshes (unless `meshes` is False) and the `.npz` (every key of `KEYS`
+  required in `arrays`, extra keys kept), each file atomically."""
   missing = [key for key in KEYS if key not in arrays]
   if missing:
     raise TypeError(f"write_reconstruction: missing {missing}")
-  write_obj(f"{stem}_neutral.obj", neutral, triangles, colors=colors)
-  write_obj(f"{stem}_posed.obj", posed, triangles, colors=colors)
+  if meshes:
+    write_obj(f"{stem}_neutral.obj", neutral, triangles, colors=colors)
+    write_obj(f"{stem}_posed.obj", posed, triangles, colors=colors)
   with atomic_write(f"{stem}.npz", "wb") as f:
     np.savez(f, **arrays)

@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from sfm_jax import face_world, imaging
-from sfm_jax.errors import InputError
+from sfm_jax.errors import InputError, NoFaceError
 from sfm_jax.io import read_pts
 from sfm_jax.io.scan_folder import read_scan_meta
 from sfm_jax.sources.splits import (
@@ -82,18 +82,92 @@ def read_image(path: str) -> np.ndarray:
     raise InputError(f"{path}: unreadable image ({e})") from None
 
 
-def load_annotated(folder: str, relative: str) -> tuple[np.ndarray, np.ndarray]:
-  """(image, `[68, 2]` landmarks) of one photo-folder entry; `InputError` naming the bad file."""
+PHOTO_EXTENSIONS = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_files(spec: str, extensions: tuple = PHOTO_EXTENSIONS) -> list[str]:
+  """The files `spec` names: a file, a folder (its files with one of `extensions`, sorted) or a
+  glob; `InputError` when it names none."""
+  import glob
+  if os.path.isdir(spec):
+    paths = sorted(p for p in glob.glob(os.path.join(spec, "*"))
+                   if os.path.splitext(p)[1].lower() in extensions)
+  elif any(c in spec for c in "*?["):
+    paths = sorted(glob.glob(spec))
+  else:
+    paths = [spec] if os.path.exists(spec) else []
+  if not paths:
+    raise InputError(f"{spec}: no {'/'.join(extensions)} files found")
+  return paths
+
+
+def faces_in_photo(path: str, image: np.ndarray, *, largest_face: bool = False,
+                   detect: bool = True) -> list[tuple[str, np.ndarray]]:
+  """The faces of one photo as `[(suffix, [68, 2] landmarks)]`, largest first.
+
+  The `.pts` beside the photo (`<stem>.pts`) wins: one face, suffix "". Else `<stem>_face1.pts`,
+  `<stem>_face2.pts`, ... (what `experiments.detect` writes for several faces), suffixes
+  "_face1", ... Else, with `detect`, dlib finds them (`sfm_jax.landmarks.detect`): one face gets
+  suffix "", several "_face1", ... `largest_face` keeps only the first. An empty list means no
+  face was found; a bad `.pts` raises `InputError` naming it.
+  """
+  stem = os.path.splitext(path)[0]
+
+  def read(pts_path):
+    points = read_pts(pts_path)
+    if points.shape != (68, 2):
+      raise InputError(f"{pts_path}: expected 68 points, got {len(points)}")
+    return points
+
+  if os.path.isfile(stem + ".pts"):
+    return [("", read(stem + ".pts"))]
+  numbered = []
+  while os.path.isfile(f"{stem}_face{len(numbered) + 1}.pts"):
+    numbered.append((f"_face{len(numbered) + 1}", read(f"{stem}_face{len(numbered) + 1}.pts")))
+  if not numbered and detect:
+    from sfm_jax import landmarks as landmark_detection
+    found = landmark_detection.detect(image)
+    numbered = [("" if len(found) == 1 else f"_face{i + 1}", points)
+                for i, points in enumerate(found)]
+  if largest_face and numbered:
+    numbered = [("", numbered[0][1])]
+  return numbered
+
+
+def load_annotated(folder: str, relative: str, *, detect: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """(image, `[68, 2]` landmarks) of one photo-folder entry: the `.pts` beside the photo, else
+  (with `detect`) the largest face dlib finds (remembered per file for this process).
+  `InputError` naming the bad file; `NoFaceError` when detection finds no face."""
   path = os.path.join(folder, relative)
   if not os.path.isfile(path):
     raise InputError(f"{path}: missing image")
   pts_path = os.path.splitext(path)[0] + ".pts"
-  if not os.path.isfile(pts_path):
-    raise InputError(f"{pts_path}: missing landmark file for {relative}")
-  landmarks = read_pts(pts_path)
-  if landmarks.shape != (68, 2):
-    raise InputError(f"{pts_path}: expected 68 points, got {len(landmarks)}")
-  return read_image(path), landmarks
+  image = read_image(path)
+  if os.path.isfile(pts_path) or not detect:
+    if not os.path.isfile(pts_path):
+      raise InputError(f"{pts_path}: missing landmark file for {relative}")
+    landmarks = read_pts(pts_path)
+    if landmarks.shape != (68, 2):
+      raise InputError(f"{pts_path}: expected 68 points, got {len(landmarks)}")
+    return image, landmarks
+  faces = _detected(os.path.abspath(path), os.path.getmtime(path), image)
+  if len(faces) == 0:
+    raise NoFaceError(f"{path}: no face found (no .pts beside it, and dlib found none)")
+  return image, faces[0]
+
+
+_DETECTIONS: dict = {}
+
+
+def _detected(path: str, mtime: float, image: np.ndarray) -> np.ndarray:
+  """`landmarks.detect(image)`, computed once per (file, modification time) in this process
+  (photo folders are checked, then read)."""
+  key = (path, mtime)
+  if key not in _DETECTIONS:
+    from sfm_jax import landmarks as landmark_detection
+    _DETECTIONS[key] = landmark_detection.detect(image)
+  return _DETECTIONS[key]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +183,9 @@ class PhotoFolder:
 def photo_folder_entries(folder: str, *, test_fraction: float, split_seed: int = 0,
                          skip_bad: bool = False, allow_outside: bool = False) -> PhotoFolder:
   """Reads `meta.csv`, checks every photo and its `.pts` (a bad one raises `InputError` naming
-  it, or with `skip_bad` is skipped and counted), and splits by identity
-  (`splits.identity_in_test`; unlabelled photos train)."""
+  it, or with `skip_bad` is skipped and counted; a photo without `.pts` gets dlib's landmarks
+  of its largest face, or when none is found is always skipped and counted), and splits by
+  identity (`splits.identity_in_test`; unlabelled photos train)."""
   folder = os.fspath(folder)
   paths, identities, _ = read_scan_meta(folder, allow_outside=allow_outside)
   names = sorted({n for n in identities if n})
@@ -119,7 +194,7 @@ def photo_folder_entries(folder: str, *, test_fraction: float, split_seed: int =
     try:
       load_annotated(folder, relative)  # validate everything before using anything
     except ValueError as e:
-      if not skip_bad:
+      if not skip_bad and not isinstance(e, NoFaceError):
         raise
       skipped.append(str(e))
       logging.warning("photo folder: skipping %s", e)

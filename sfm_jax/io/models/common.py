@@ -12,7 +12,7 @@ NUM_LANDMARKS = 68
 
 
 def _gaussian_model(path: str, mean, shape_basis, expr_basis, triangles, landmarks=None,
-                    albedo_mean=None, albedo_basis=None) -> FaceModel:
+                    albedo_mean=None, albedo_basis=None, contour=None) -> FaceModel:
   """Assembles and validates a Gaussian `FaceModel` (arrays already in mm, `[K, V, 3]` bases)."""
   num_vertices = mean.shape[0]
   if expr_basis is None:
@@ -27,12 +27,14 @@ def _gaussian_model(path: str, mean, shape_basis, expr_basis, triangles, landmar
   if albedo_mean is not None:
     arrays.update(albedo_mean=np.asarray(albedo_mean, np.float32),
                   albedo_basis=np.asarray(albedo_basis, np.float32))
+  if contour is not None:
+    arrays["contour"] = np.asarray(contour, np.int32)
   validate_model_arrays(arrays, source=path)
   return FaceModel(mean=arrays["mean"], shape_basis=arrays["shape_basis"],
                    expr_basis=arrays["expr_basis"], radius=arrays["radius"],
                    triangles=arrays["triangles"], landmarks=arrays["landmarks"],
                    albedo_mean=arrays.get("albedo_mean"), albedo_basis=arrays.get("albedo_basis"),
-                   code_kind="gaussian")
+                   contour=arrays.get("contour"), code_kind="gaussian")
 
 
 def _columns_to_basis(columns: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -110,8 +110,34 @@ def read_surrey_landmarks(path: str | os.PathLike, num_vertices: int) -> np.ndar
   return landmarks
 
 
+def read_surrey_contours(path: str | os.PathLike, num_vertices: int) -> np.ndarray:
+  """`sfm_model_contours.json` (`{"model_contour": {"right_contour": [...], "left_contour":
+  [...]}}`, vertex indices along each jaw line) -> the `[2, C, 1]` `FaceModel.contour` (one
+  candidate per position: the fitter slides each image contour landmark along the line)."""
+  import json
+  path = os.fspath(path)
+  try:
+    with open(path, encoding="utf-8") as f:
+      contours = json.load(f)["model_contour"]
+    sides = [np.asarray(contours[key], np.int64) for key in ("right_contour", "left_contour")]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise InputError(f"{path}: not a Surrey contour file ({type(e).__name__}: {e}); expected "
+                     "model_contour.right_contour / left_contour vertex lists") from None
+  for key, side in zip(("right_contour", "left_contour"), sides):
+    if side.ndim != 1 or side.size == 0 or side.min() < 0 or side.max() >= num_vertices:
+      raise InputError(f"{path}: model_contour.{key}: expected a non-empty list of vertex indices "
+                       f"below {num_vertices}")
+  width = max(len(side) for side in sides)
+  contour = -np.ones((2, width, 1), np.int32)
+  for k, side in enumerate(sides):
+    contour[k, :len(side), 0] = side
+    contour[k, len(side):, 0] = side[-1]  # repeat the last: every row names a vertex
+  return contour
+
+
 def load_surrey(path: str | os.PathLike, *, blendshapes: str | os.PathLike | None = "auto",
                 landmarks: str | os.PathLike | None = "auto",
+                contours: str | os.PathLike | None = "auto",
                 num_shape: int | None = None) -> FaceModel:
   """The Surrey Face Model (`sfm_shape_3448.bin`) with its expression blendshapes and iBUG map.
 
@@ -119,6 +145,8 @@ def load_surrey(path: str | os.PathLike, *, blendshapes: str | os.PathLike | Non
     path: the shape model `.bin` (or the folder holding it).
     blendshapes: `expression_blendshapes_<V>.bin`; "auto" looks beside the model, None skips.
     landmarks: `ibug_to_sfm.txt`; "auto" looks beside the model, None skips.
+    contours: `sfm_model_contours.json` (the jaw lines, `FaceModel.contour`); "auto" looks
+      beside the model, None skips.
     num_shape: keep the first K components.
   """
   path = os.fspath(path)
@@ -147,5 +175,9 @@ def load_surrey(path: str | os.PathLike, *, blendshapes: str | os.PathLike | Non
     auto = os.path.join(folder, "ibug_to_sfm.txt")
     landmarks = auto if os.path.isfile(auto) else None
   landmark_map = read_surrey_landmarks(landmarks, num_vertices) if landmarks else None
+  if contours == "auto":
+    auto = os.path.join(folder, "sfm_model_contours.json")
+    contours = auto if os.path.isfile(auto) else None
+  contour = read_surrey_contours(contours, num_vertices) if contours else None
   return _gaussian_model(path, mean.reshape(-1, 3), shape_basis, expr_basis, triangles,
-                         landmark_map)
+                         landmark_map, contour=contour)
