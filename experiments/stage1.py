@@ -40,7 +40,8 @@ def train(name: str, objective: stage1.Objective, init: stage1.PCAInit, data, co
   """Trains one model (resuming from its checkpoints) on `mesh`; returns the final state.
   `steps_before`: steps of the phases trained before this one (`train.stop_after_steps`)."""
   train_config = config.train
-  params = stage1.init_params(init, data.train_identity, data.num_classes, seed=config.seed)
+  params = stage1.init_params(init, data.train_identity, data.num_classes, seed=config.seed,
+                              shared_identity_codes=objective.shared_identity_codes)
   loss_fn = stage1.make_loss_fn(objective, radius=init.radius, triangles=data.triangles,
                                 mirror=data.mirror,
                                 axis_name=parallel.DATA_AXIS if config.parallel.mode == "pmap"
@@ -167,7 +168,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       return {}
     params = parallel.to_host(state.params)
     models[name] = stage1.export_model(params, pca.replace(code_kind=objective.code_kind))
-    codes[name], codes[f"{name}_expr"] = stage1.training_codes(params, objective, init.radius)
+    codes[name], codes[f"{name}_expr"] = stage1.training_codes(params, objective, init.radius,
+                                                               identity=data.train_identity)
   if not chief:
     return {}  # only process 0 writes models, evaluations and pictures
   models["pca"] = pca

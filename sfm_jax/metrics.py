@@ -83,13 +83,15 @@ def verification_accuracy(codes: np.ndarray, labels: np.ndarray, *, folds: int =
   accuracies = []
   for k in range(folds):
     train, test = fold != k, fold == k
+    if not test.any() or not train.any():  # fewer pairs than folds (tiny held-out sets)
+      continue
     candidates = np.unique(similarity[train])
     thresholds = np.concatenate([[candidates[0] - 1e-9], (candidates[:-1] + candidates[1:]) / 2,
                                  [candidates[-1] + 1e-9]])
     train_acc = [np.mean((similarity[train] > t) == same[train]) for t in thresholds]
     best = thresholds[int(np.argmax(train_acc))]
     accuracies.append(np.mean((similarity[test] > best) == same[test]))
-  return float(np.mean(accuracies))
+  return float(np.mean(accuracies)) if accuracies else float("nan")
 
 
 def kmeans(points: np.ndarray, k: int, *, seed: int = 0, restarts: int = 5) -> np.ndarray:
@@ -180,3 +182,20 @@ def landmark_nme(predicted: np.ndarray, target: np.ndarray, visible: np.ndarray 
   if per_image:
     return errors
   return float(np.mean(errors[~np.isnan(errors)])) if np.any(~np.isnan(errors)) else float("nan")
+
+
+def expression_share(codes: np.ndarray, identity: np.ndarray, expression: np.ndarray) -> float:
+  """How much expression leaks into identity codes: the R^2 of a least-squares regression of
+  each code's offset from its identity's mean code `[N, K]` on its expression code's offset from
+  that identity's mean expression code `[N, E]`. 0: the within-identity spread of the codes has
+  nothing to do with expression; 1: it is all expression."""
+  offsets, inputs = np.array(codes, np.float64), np.array(expression, np.float64)
+  for label in np.unique(identity):
+    rows = np.asarray(identity) == label
+    offsets[rows] -= offsets[rows].mean(0)
+    inputs[rows] -= inputs[rows].mean(0)
+  total = np.sum(offsets ** 2)
+  if not inputs.size or not np.any(inputs) or total == 0:
+    return 0.0
+  coefficients, *_ = np.linalg.lstsq(inputs, offsets, rcond=None)
+  return float(1.0 - np.sum((offsets - inputs @ coefficients) ** 2) / total)

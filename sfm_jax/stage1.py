@@ -150,6 +150,9 @@ class Objective:
   weight_orthogonality: float = 0.0
   weight_smoothness: float = 0.0
   weight_symmetry: float = 0.0
+  # One shape code per training identity (its scans differ only in expression codes) instead of
+  # one per scan; unlabelled scans keep their own. Stops expression leaking into identity codes.
+  shared_identity_codes: bool = False
 
   def __post_init__(self):
     for name, value, options in (("code_kind", self.code_kind, ("sphere", "gaussian")),
@@ -172,9 +175,12 @@ def baseline_objective(objective: Objective, **overrides) -> Objective:
                              **overrides)
 
 
-def init_params(init: PCAInit, identity: np.ndarray, num_classes: int, *, seed: int) -> dict:
+def init_params(init: PCAInit, identity: np.ndarray, num_classes: int, *, seed: int,
+                shared_identity_codes: bool = False) -> dict:
   """Parameters from a PCA initialisation; prototypes and centres start at each identity's mean
-  code direction (a random unit vector, from `seed`, for classes without training scans)."""
+  code direction (a random unit vector, from `seed`, for classes without training scans). With
+  `shared_identity_codes`, also `identity_codes` `[C, K]`: each identity's mean PCA code (zero
+  for classes without training scans)."""
   codes = init.shape_codes
   directions = codes / np.linalg.norm(codes, axis=1, keepdims=True)
   rng = np.random.default_rng(seed)
@@ -185,10 +191,28 @@ def init_params(init: PCAInit, identity: np.ndarray, num_classes: int, *, seed: 
       class_means[c] = directions[members].mean(0)
   class_means /= np.linalg.norm(class_means, axis=1, keepdims=True)
   as32 = lambda x: jnp.asarray(x, jnp.float32)
-  return {"model": {"mean": as32(init.mean), "shape_basis": as32(init.shape_basis),
-                    "expr_basis": as32(init.expr_basis)},
-          "codes": {"z": as32(codes), "e": as32(init.expr_codes)},
-          "prototypes": as32(class_means), "centers": as32(class_means)}
+  params = {"model": {"mean": as32(init.mean), "shape_basis": as32(init.shape_basis),
+                      "expr_basis": as32(init.expr_basis)},
+            "codes": {"z": as32(codes), "e": as32(init.expr_codes)},
+            "prototypes": as32(class_means), "centers": as32(class_means)}
+  if shared_identity_codes:
+    identity_codes = np.zeros((num_classes, codes.shape[1]))
+    for c in range(num_classes):
+      members = identity == c
+      if members.any():
+        identity_codes[c] = codes[members].mean(0)
+    params["identity_codes"] = as32(identity_codes)
+  return params
+
+
+def scan_shape_codes(params: dict, index, identity) -> jax.Array:
+  """The free shape code `z` of each scan `[B, K]`: its identity's shared code when the params
+  have `identity_codes` and the scan is labelled, else its own row `index` of `codes.z`."""
+  own = params["codes"]["z"][index]
+  if "identity_codes" not in params:
+    return own
+  shared = params["identity_codes"][jnp.maximum(identity, 0)]
+  return jnp.where((identity >= 0)[:, None], shared, own)
 
 
 def make_loss_fn(objective: Objective, *, radius: float, triangles: np.ndarray,
@@ -208,7 +232,7 @@ def make_loss_fn(objective: Objective, *, radius: float, triangles: np.ndarray,
   def loss_fn(params, model_state, batch, rng):
     del rng
     model = params["model"]
-    z = params["codes"]["z"][batch["index"]]
+    z = scan_shape_codes(params, batch["index"], batch["identity"])
     e = params["codes"]["e"][batch["index"]]
     s = sphere.shape_codes(z, objective.code_kind, radius, hard=objective.hard_sphere)
     face = FaceModel(mean=model["mean"], shape_basis=model["shape_basis"],
@@ -264,14 +288,18 @@ def make_optimizer(*, lr_basis: float, lr_codes: float, lr_prototypes: float,
   return grouped_optimizer(
       {"basis": adam(lr_basis, **schedule), "codes": adam(lr_codes, **schedule),
        "prototypes": adam(lr_prototypes, **schedule), "centers": adam(lr_centers, **schedule)},
-      {"model": "basis", "codes": "codes", "prototypes": "prototypes", "centers": "centers"})
+      {"model": "basis", "codes": "codes", "prototypes": "prototypes", "centers": "centers",
+       "identity_codes": "codes"})
 
 
-def training_codes(params: dict, objective: Objective, radius: float) -> tuple[np.ndarray,
-                                                                               np.ndarray]:
-  """(shape codes `[N, K]`, expression codes `[N, E]`) of the training scans, numpy."""
+def training_codes(params: dict, objective: Objective, radius: float, *,
+                   identity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(shape codes `[N, K]`, expression codes `[N, E]`) of the training scans, numpy (`identity`
+  `[N]` is needed when the codes are shared per identity)."""
   params = jax.device_get(params)
   z = jnp.asarray(params["codes"]["z"])
+  if "identity_codes" in params:
+    z = scan_shape_codes(params, jnp.arange(z.shape[0]), jnp.asarray(identity))
   shape = sphere.shape_codes(z, objective.code_kind, radius, hard=objective.hard_sphere)
   return np.asarray(shape), np.asarray(params["codes"]["e"])
 
@@ -282,8 +310,8 @@ def export_model(params: dict, base: FaceModel) -> FaceModel:
   the mean norm of their training codes (their typical norm)."""
   params = jax.device_get(params)
   model = params["model"]
-  radius = base.radius if base.code_kind == "sphere" else np.mean(
-      np.linalg.norm(np.asarray(params["codes"]["z"]), axis=1))
+  codes = np.asarray(params.get("identity_codes", params["codes"]["z"]))
+  radius = base.radius if base.code_kind == "sphere" else np.mean(np.linalg.norm(codes, axis=1))
   return base.replace(mean=np.asarray(model["mean"], np.float32),
                       shape_basis=np.asarray(model["shape_basis"], np.float32),
                       expr_basis=np.asarray(model["expr_basis"], np.float32),

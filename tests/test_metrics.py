@@ -144,3 +144,23 @@ def test_landmark_nme_counts_only_the_defined_landmarks_and_both_normalisers():
   np.testing.assert_allclose(per_image, [10 / 50 / 50, 0.0])
   nothing = metrics.landmark_nme(predicted, target, np.zeros(68, bool), per_image=True)
   assert np.isnan(nothing).all()
+
+
+def test_expression_share_on_hand_made_codes(rng):
+  """Codes = identity centre + 0.5 * expression (+ noise): all of the within-identity spread
+  without noise, the variance share with it, about none for unrelated codes."""
+  identity = np.repeat(np.arange(10), 6)
+  expression = rng.normal(size=(60, 2))
+  centres = rng.normal(size=(10, 3)) * 10.0
+  mixing = np.array([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]])
+  clean = centres[identity] + expression @ mixing
+  assert metrics.expression_share(clean, identity, expression) == pytest.approx(1.0)
+  noise = rng.normal(size=(600, 3)) * 0.5
+  identity = np.repeat(np.arange(100), 6)
+  expression = rng.normal(size=(600, 2))
+  centres = rng.normal(size=(100, 3)) * 10.0
+  noisy = centres[identity] + expression @ mixing + noise
+  # Within an identity: expression variance 0.25 in two dimensions, noise 0.25 in all three;
+  # expression explains 0.5 of 1.25.
+  assert metrics.expression_share(noisy, identity, expression) == pytest.approx(0.4, abs=0.05)
+  assert metrics.expression_share(noise, identity, expression) < 0.15  # unrelated: near 0

@@ -206,3 +206,84 @@ def test_model_source_samples_scans_from_any_model_file(tmp_path):
   config.data.model_path = str(tmp_path / "missing.npz")
   with pytest.raises(ValueError, match="data.model_path.*does not exist"):
     scan_sources.load(config.data, seed=0)
+
+
+def test_heavy_tailed_identity_codes_are_the_gaussian_ones_rescaled_by_a_chi_square():
+  """identity_codes with df: the Gaussian draw of the same generator divided row-wise by
+  sqrt(chi2_df / (df - 2)), the chi-square from default_rng([seed, 1]) (computed here by
+  hand); unit variance per component, and heavier tails than the Gaussian (excess kurtosis of a
+  Student t with df 6: 6 / (df - 4) = 3)."""
+  gaussian = scan_sources.identity_codes(np.random.default_rng(7), 20000, 3, seed=7)
+  heavy = scan_sources.identity_codes(np.random.default_rng(7), 20000, 3, seed=7, tail_df=6.0)
+  chi2 = np.random.default_rng([7, 1]).chisquare(6.0, size=(20000, 1))
+  np.testing.assert_allclose(heavy, gaussian / np.sqrt(chi2 / 4.0), rtol=1e-12)
+  np.testing.assert_allclose(heavy.var(0), 1.0, atol=0.06)
+  excess = lambda x: np.mean(x ** 4, 0) / np.mean(x ** 2, 0) ** 2 - 3
+  assert np.all(np.abs(excess(gaussian)) < 0.2) and np.all(excess(heavy) > 1.5)
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(os.path.dirname(__file__), "..", "..",
+                                                   "shared", "data", "surrey")),
+                    reason="../shared/data/surrey is absent")
+def test_the_hard_variant_at_tiny_size_trains_and_evaluates(tmp_path):
+  """`:hard` (heavy-tailed Surrey identities, strong expressions, 1 mm noise) shrunk to seconds:
+  both models train and the evaluation table has the three models and the references."""
+  from experiments import stage1 as stage1_entry
+  config = stage1_configs.get_config("hard")
+  config.data.surrey_dir = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                                        "surrey")
+  config.data.train_identities, config.data.test_identities = 12, 4
+  config.data.scans_per_identity = 3
+  config.model.shape_dim, config.model.expr_dim = 6, 3
+  config.train.num_steps, config.train.global_batch_size, config.train.warmup_steps = 30, 8, 5
+  config.train.log_every, config.train.checkpoint_every = 10, 30
+  config.eval.fit_steps, config.eval.fit_rounds = 20, 1
+  results = stage1_entry.train_and_evaluate(config, str(tmp_path))
+  assert set(results["models"]) == {"sfm", "baseline", "pca"}
+  data = scan_sources.load(config.data, seed=config.seed)
+  assert "Student-t identities (df 3.0)" in data.description and "x1.5" in data.description
+  for scores in results["models"].values():
+    assert np.isfinite(scores["mean_mm"]) and scores["mean_mm"] > 1.0  # 1 mm noise at least
+
+
+def test_shared_identity_codes_replace_each_labelled_scans_code_by_its_identitys():
+  """Hand-made parameters: labelled scans read their identity's row of `identity_codes`,
+  unlabelled ones their own row of `codes.z`; init puts each identity's mean PCA code there."""
+  params = {"codes": {"z": jnp.asarray([[9.0, 9.0], [8.0, 8.0], [7.0, 7.0]])},
+            "identity_codes": jnp.asarray([[1.0, 2.0], [3.0, 4.0]])}
+  codes = stage1.scan_shape_codes(params, jnp.asarray([0, 1, 2]), jnp.asarray([1, -1, 0]))
+  np.testing.assert_array_equal(np.asarray(codes), [[3.0, 4.0], [8.0, 8.0], [1.0, 2.0]])
+  del params["identity_codes"]
+  own = stage1.scan_shape_codes(params, jnp.asarray([2, 0]), jnp.asarray([1, 0]))
+  np.testing.assert_array_equal(np.asarray(own), [[7.0, 7.0], [9.0, 9.0]])
+  scans = face_world.make_scans(5, 3, seed=0, world=face_world.FaceWorld(resolution=12),
+                                noise_mm=0.3)
+  init = stage1.pca_init(scans.vertices, scans.identity, num_shape=3, num_expr=2)
+  params = stage1.init_params(init, scans.identity, 5, seed=0, shared_identity_codes=True)
+  expected = np.stack([init.shape_codes[scans.identity == c].mean(0) for c in range(5)])
+  np.testing.assert_allclose(np.asarray(params["identity_codes"]), expected, rtol=1e-5)
+
+
+def test_training_with_shared_identity_codes_gives_one_code_per_identity():
+  config = stage1_configs.get_config("tiny")
+  data = scan_sources.load(config.data, seed=0)
+  init = stage1.pca_init(data.train_scans, data.train_identity, num_shape=4, num_expr=3)
+  objective = stage1.Objective(shared_identity_codes=True)
+  params = stage1.init_params(init, data.train_identity, data.num_classes, seed=0,
+                              shared_identity_codes=True)
+  initial = np.asarray(params["identity_codes"])  # the step donates the state
+  loss_fn = stage1.make_loss_fn(objective, radius=init.radius, triangles=data.triangles)
+  tx = stage1.make_optimizer(lr_basis=1e-3, lr_codes=1e-2, lr_prototypes=1e-2, lr_centers=1e-2)
+  state = TrainState.create(params=params, tx=tx, loss_fn=loss_fn, seed=0)
+  for step in range(5):
+    index = batch_indices(step, num_examples=len(data.train_scans), batch_size=8, seed=0)
+    state, _ = jit_train_step(state, {"scans": data.train_scans[index],
+                                      "identity": data.train_identity[index],
+                                      "index": index.astype(np.int32)})
+  assert not np.allclose(np.asarray(state.params["identity_codes"]), initial)  # trained
+  shape, _ = stage1.training_codes(state.params, objective, init.radius,
+                                   identity=data.train_identity)
+  for label in np.unique(data.train_identity):
+    rows = shape[data.train_identity == label]
+    np.testing.assert_allclose(rows, np.broadcast_to(rows[0], rows.shape), rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(rows[0]), init.radius, rtol=1e-5)  # on the sphere

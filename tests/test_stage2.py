@@ -332,6 +332,7 @@ def test_reconstruct_landmark_error_of_a_trained_network_is_below_the_bound(trai
   assert errors["long"] < 0.6 * errors["short"]
 
 
+@pytest.mark.xdist_group("stage2_untrained")  # no shared fixture: the other worker
 def test_photo_folder_variant_crops_around_landmarks_and_reconstruct_follows(stage1_models,
                                                                              tmp_path):
   photos = tmp_path / "photos"
@@ -371,6 +372,7 @@ def test_photo_folder_variant_crops_around_landmarks_and_reconstruct_follows(sta
   assert (tmp_path / "o" / "y_face1.npz").exists()
 
 
+@pytest.mark.xdist_group("stage2_untrained")  # no shared fixture: the other worker
 def test_pretraining_then_reconstruction_resume_exactly_and_learn(stage1_models, tmp_path):
   """Identity pretraining (CosFace on the trunk) then reconstruction, every term on: stopped
   inside the pretraining phase, then inside reconstruction, and resumed each time, the run ends

@@ -4,6 +4,8 @@
   surrey  scans sampled from the real Surrey model (../shared/data/surrey), K=40, E=6; with
           --config.data.source=model --config.data.model_path=PATH from any Basel, FLAME,
           FaceScape or Surrey file instead
+  hard    Surrey samples that are hard for identity codes: heavy-tailed identities (Student t,
+          df 3), expressions at 1.5x, 1 mm noise, 150 + 60 identities x 4 scans, K=20
   folder  a user's scan folder: --config.data.scan_dir=DIR
   paper   K=199, E=100 on a 230x230 face-world grid (52900 vertices): sized for a GPU
   tiny    a few seconds, for tests
@@ -18,7 +20,7 @@ import ml_collections
 from sfm_jax import stage1
 from sfm_jax.errors import InputError
 
-VARIANTS = ("demo", "surrey", "folder", "paper", "tiny")
+VARIANTS = ("demo", "surrey", "hard", "folder", "paper", "tiny")
 
 
 def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
@@ -38,6 +40,9 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.data.tfds_config = "demo"      # tfds: SyntheticFaceScans config
   c.data.tfds_data_dir = "runs/tfds"
   c.data.surrey_dir = "../shared/data/surrey"
+  c.data.expression_scale = 1.0    # surrey / model: expression weights times this
+  c.data.identity_tail_df = 0.0    # surrey / model: > 2 draws Student-t identities (unit
+                                   # variance, heavier tails); 0 Gaussian
   c.data.model_path = ""           # model: any Basel .mat/.h5, FLAME .pkl, FaceScape .npz,
                                    # Surrey .bin or baseline.npz to sample scans from
   c.data.scan_dir = ""             # folder: the scan folder
@@ -89,6 +94,11 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.data.source = "surrey"
     c.data.train_identities, c.data.test_identities = 150, 50
     c.model.shape_dim, c.model.expr_dim = 40, 6
+  elif variant == "hard":
+    c.data.source = "surrey"
+    c.data.train_identities, c.data.test_identities = 150, 60
+    c.data.noise_mm, c.data.expression_scale, c.data.identity_tail_df = 1.0, 1.5, 3.0
+    c.model.shape_dim, c.model.expr_dim = 20, 6
   elif variant == "folder":
     c.data.source = "folder"
   elif variant == "paper":

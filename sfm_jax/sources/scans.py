@@ -105,20 +105,39 @@ def _builder(module: str, name: str):
                      f"folder and the `data` extra; run from the repository root ({e})") from None
 
 
+def identity_codes(rng: np.random.Generator, count: int, dim: int, *, seed: int,
+                   tail_df: float = 0.0) -> np.ndarray:
+  """`[count, dim]` identity codes: `N(0, I)` from `rng`; with `tail_df > 2`, each row divided by
+  `sqrt(chi2_df / (df - 2))` (a chi-square draw per identity from `default_rng([seed, 1])`): a
+  multivariate Student t with unit variance per component."""
+  z = rng.normal(size=(count, dim))
+  if tail_df:
+    chi2 = np.random.default_rng([seed, 1]).chisquare(tail_df, size=(count, 1))
+    z = z * np.sqrt((tail_df - 2) / chi2)
+  return z
+
+
 def sample_scans(model, num_identities: int, scans_per_identity: int, seed: int, *,
-                 noise_mm: float, identity_offset: int = 0, neutral_fraction: float = 0.2):
+                 noise_mm: float, identity_offset: int = 0, neutral_fraction: float = 0.2,
+                 expression_scale: float = 1.0, identity_tail_df: float = 0.0):
   """Scans sampled from a Gaussian model (e.g. the Surrey model with its blendshapes):
   identities `z ~ N(0, I)`, 1-2 expression components per scan with weights in [0.2, 1]
-  (blendshapes at partial strength; for Gaussian expression bases, up to one sd), then the
-  scanner."""
+  (blendshapes at partial strength; for Gaussian expression bases, up to one sd) times
+  `expression_scale`, then the scanner.
+
+  `identity_tail_df > 2` draws identities from a multivariate Student t with that many degrees
+  of freedom instead, scaled to unit variance per component: the same spread, heavier tails
+  (a few people far from the mean). Its extra draws come from their own stream, so the other
+  numbers are those of the Gaussian case.
+  """
   rng = np.random.default_rng(seed)
-  z = rng.normal(size=(num_identities, model.shape_dim))
+  z = identity_codes(rng, num_identities, model.shape_dim, seed=seed, tail_df=identity_tail_df)
   neutral = np.asarray(model.mean, np.float64) + np.einsum(
       "ik,kvc->ivc", z, np.asarray(model.shape_basis, np.float64))
   identity = np.repeat(np.arange(num_identities), scans_per_identity)
   weights = face_world.sample_expression_weights(rng, len(identity), model.expr_dim,
                                                  neutral_fraction=neutral_fraction, max_active=2)
-  faces = neutral[identity] + np.einsum("nx,xvc->nvc", weights,
+  faces = neutral[identity] + np.einsum("nx,xvc->nvc", expression_scale * weights,
                                         np.asarray(model.expr_basis, np.float64))
   faces = face_world.apply_scanner(rng, faces, noise_mm=noise_mm, misalignment_degrees=1.0,
                               misalignment_mm=1.0)
@@ -133,17 +152,24 @@ def _sampled(config, seed: int, path: str, key: str) -> ScanData:
   if model.code_kind != "gaussian":
     raise InputError(f"data.{key}: {path} is a {model.code_kind} model; scans are sampled from "
                      "Gaussian models (published 3DMMs, or a baseline.npz)")
+  scale, df = config.get("expression_scale", 1.0), config.get("identity_tail_df", 0.0)
+  if not scale > 0 or not (df == 0 or df > 2):
+    raise InputError(f"data.expression_scale must be > 0 (got {scale}) and data.identity_tail_df "
+                     f"0 (Gaussian) or > 2 (got {df})")
+  options = {"noise_mm": config.noise_mm, "expression_scale": scale, "identity_tail_df": df}
   train, train_id = sample_scans(model, config.train_identities, config.scans_per_identity,
-                                 split_seed(seed, "train"), noise_mm=config.noise_mm)
+                                 split_seed(seed, "train"), **options)
   test, test_id = sample_scans(model, config.test_identities, config.scans_per_identity,
-                               split_seed(seed, "test"), noise_mm=config.noise_mm,
-                               identity_offset=config.train_identities)
+                               split_seed(seed, "test"), identity_offset=config.train_identities,
+                               **options)
   return ScanData(train, train_id, test, test_id, np.asarray(model.triangles),
                   np.asarray(model.landmarks), None,
                   f"samples of {path} ({model.num_vertices} vertices, {model.shape_dim} "
                   f"Gaussian components, {model.expr_dim} expression components), "
                   f"{config.train_identities} + {config.test_identities} identities x "
-                  f"{config.scans_per_identity} scans, noise {config.noise_mm} mm")
+                  f"{config.scans_per_identity} scans, noise {config.noise_mm} mm"
+                  + (f", expressions x{scale}" if scale != 1 else "")
+                  + (f", Student-t identities (df {df})" if df else ""))
 
 
 def _folder(config) -> ScanData:
