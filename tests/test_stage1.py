@@ -132,13 +132,24 @@ def _run_stage1(workdir, *flags, timeout=240):
                          *flags], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+KILL_FLAGS = ["--config.train.num_steps=60", "--config.train.checkpoint_every=10"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """One uninterrupted run both kill tests compare with (`--dist loadfile` keeps this file on one
+  worker, so it is made once)."""
+  workdir = tmp_path_factory.mktemp("reference")
+  result = _run_stage1(workdir, *KILL_FLAGS)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return workdir
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("phase", ["sfm", "baseline"])
-def test_resume_after_kill_gives_identical_parameters(tmp_path, phase):
+def test_resume_after_kill_gives_identical_parameters(uninterrupted, tmp_path, phase):
   """SIGKILL in either training phase (SFM first, then the baseline), rerun: the same models."""
-  common = ["--config.train.num_steps=60", "--config.train.checkpoint_every=10"]
-  reference = _run_stage1(tmp_path / "reference", *common)
-  assert reference.returncode == 0, reference.stderr[-2000:]
+  common = KILL_FLAGS
   workdir = tmp_path / "killed"
   process = subprocess.Popen(
       [sys.executable, "-m", "experiments.stage1", "--config=experiments/configs/stage1.py:tiny",
@@ -158,10 +169,10 @@ def test_resume_after_kill_gives_identical_parameters(tmp_path, phase):
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert "resumed from the checkpoint at step" in resumed.stdout
   for name in ("sfm_model.npz", "baseline_model.npz"):
-    a, b = fm.load_model(tmp_path / "reference" / name), fm.load_model(workdir / name)
+    a, b = fm.load_model(uninterrupted / name), fm.load_model(workdir / name)
     for field in ("mean", "shape_basis", "expr_basis", "radius"):
       np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=name + field)
-  codes_a, codes_b = np.load(tmp_path / "reference" / "codes.npz"), np.load(workdir / "codes.npz")
+  codes_a, codes_b = np.load(uninterrupted / "codes.npz"), np.load(workdir / "codes.npz")
   np.testing.assert_array_equal(codes_a["sfm_shape"], codes_b["sfm_shape"])
   # The metrics log holds each logged step once per model, with no duplicates from the resume.
   rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]

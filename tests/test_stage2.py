@@ -13,8 +13,8 @@ from sfm_jax import evaluation, face_world, inference, metrics, stage1
 from sfm_jax import model as fm
 from sfm_jax.io import read_obj, read_png, write_png, write_pts
 
-# One worker runs this whole file (`--dist loadgroup`), so the trained fixture is built once.
-pytestmark = [pytest.mark.xdist_group("stage2"), pytest.mark.slow]  # trains networks
+# One worker runs this whole file (`--dist loadfile`), so the trained fixture is built once.
+pytestmark = pytest.mark.slow  # trains networks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "--config=experiments/configs/stage2.py:tiny"
@@ -144,7 +144,7 @@ def test_stopped_in_each_phase_and_resumed_gives_identical_parameters(trained, s
   real SIGKILL in both phases is tested in stage 1; both stages share the loop.)"""
   reference, _ = trained
   workdir = tmp_path / "stopped"
-  common = {"init_model": str(stage1_models / "sfm_model.npz")}
+  common = {"init_model": str(stage1_models / "sfm_model.npz"), "eval.fit_steps": 5}
   assert _train("tiny", workdir, **common, **{"train.stop_after_steps": 4}) == {}
   assert not (workdir / "checkpoints" / "baseline").exists()
   assert _train("tiny", workdir, **common, **{"train.stop_after_steps": 16}) == {}
@@ -332,7 +332,6 @@ def test_reconstruct_landmark_error_of_a_trained_network_is_below_the_bound(trai
   assert errors["long"] < 0.6 * errors["short"]
 
 
-@pytest.mark.xdist_group("stage2_untrained")  # no shared fixture: the other worker
 def test_photo_folder_variant_crops_around_landmarks_and_reconstruct_follows(stage1_models,
                                                                              tmp_path):
   photos = tmp_path / "photos"
@@ -372,7 +371,6 @@ def test_photo_folder_variant_crops_around_landmarks_and_reconstruct_follows(sta
   assert (tmp_path / "o" / "y_face1.npz").exists()
 
 
-@pytest.mark.xdist_group("stage2_untrained")  # no shared fixture: the other worker
 def test_pretraining_then_reconstruction_resume_exactly_and_learn(stage1_models, tmp_path):
   """Identity pretraining (CosFace on the trunk) then reconstruction, every term on: stopped
   inside the pretraining phase, then inside reconstruction, and resumed each time, the run ends
