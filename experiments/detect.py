@@ -21,7 +21,7 @@ from sfm_jax import viz
 from sfm_jax.errors import InputError
 from sfm_jax.io import write_png, write_pts
 from sfm_jax.progress import Progress
-from sfm_jax.sources.images import list_files, read_image
+from sfm_jax.sources.images import face_suffixes, list_files, read_image
 
 _IMAGES = flags.DEFINE_string("images", None, "A photo, a folder of photos, or a glob.",
                               required=True)
@@ -57,8 +57,7 @@ def main(argv):
       continue
     if _LARGEST.value:
       faces = faces[:1]
-    targets = ([stem + ".pts"] if len(faces) == 1
-               else [f"{stem}_face{i + 1}.pts" for i in range(len(faces))])
+    targets = [f"{stem}{suffix}.pts" for suffix in face_suffixes(len(faces))]
     for target, points in zip(targets, faces):
       if os.path.exists(target) and not _OVERWRITE.value:
         counts["kept"] += 1

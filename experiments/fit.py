@@ -33,7 +33,7 @@ from absl import app, flags
 from experiments import cli
 from sfm_jax import fitting, geometry, metrics, viz
 from sfm_jax.errors import InputError
-from sfm_jax.io import read_pts, write_png
+from sfm_jax.io import write_png
 from sfm_jax.io.models import load_face_model
 from sfm_jax.io.reconstruction import write_reconstruction
 from sfm_jax.progress import Progress, format_seconds
@@ -41,6 +41,7 @@ from sfm_jax.sources.images import (
   PHOTO_EXTENSIONS,
   faces_in_photo,
   list_files,
+  read_face_pts,
   read_image,
 )
 
@@ -75,9 +76,7 @@ def _faces(skipped: list) -> list:
   faces = []
   if _PTS.value:
     for path in list_files(_PTS.value, (".pts",)):
-      landmarks = read_pts(path)
-      if landmarks.shape != (68, 2):
-        raise InputError(f"{path}: expected 68 points, got {len(landmarks)}")
+      landmarks = read_face_pts(path)
       image = _image_beside(path)
       size = max(image.shape[:2]) if image is not None else _IMAGE_SIZE.value
       faces.append((os.path.splitext(os.path.basename(path))[0], landmarks, image, size))

@@ -26,7 +26,6 @@ An unreadable image stops the run with its path (files written so far are comple
 `--skip_bad` it is reported, skipped and counted instead.
 """
 
-import glob
 import os
 
 import numpy as np
@@ -34,11 +33,10 @@ from absl import app, flags
 
 from experiments import cli
 from sfm_jax import imaging, inference, metrics, viz
-from sfm_jax.errors import InputError
-from sfm_jax.io import read_pts, write_png
+from sfm_jax.io import write_png
 from sfm_jax.io.reconstruction import write_reconstruction
 from sfm_jax.progress import Progress
-from sfm_jax.sources.images import PHOTO_EXTENSIONS, faces_in_photo, read_image
+from sfm_jax.sources.images import faces_in_photo, list_files, read_face_pts, read_image
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/stage2", "A trained stage-2 workdir.")
 _IMAGES = flags.DEFINE_string("images", None, "An image, a folder of images, or a glob.")
@@ -49,24 +47,6 @@ _SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Skip unreadable images instead
 _LARGEST = flags.DEFINE_boolean("largest_face", False, "Only the largest face of each photo.")
 _DETECT = flags.DEFINE_boolean("detect", True, "Find landmarks with dlib where a photo has no "
                                ".pts (networks that need landmarks; --nodetect: skip it).")
-
-IMAGE_EXTENSIONS = PHOTO_EXTENSIONS
-
-
-def image_paths(spec: str) -> list:
-  if os.path.isdir(spec):
-    paths = sorted(p for p in glob.glob(os.path.join(spec, "*"))
-                   if p.lower().endswith(IMAGE_EXTENSIONS))
-  elif any(c in spec for c in "*?["):
-    paths = sorted(glob.glob(spec))
-  else:
-    if not os.path.exists(spec):
-      raise app.UsageError(f"--images={spec}: no such file or folder")
-    paths = [spec]
-  if not paths:
-    raise app.UsageError(f"--images={spec}: no images found ({', '.join(IMAGE_EXTENSIONS)})")
-  return paths
-
 
 def _output_names(paths: list) -> list:
   """A distinct output stem per image (`name`, then `name_2`, ... for repeated file names)."""
@@ -86,11 +66,7 @@ def _prepare(path: str, predictor: inference.Predictor) -> list:
   image = read_image(path)
   pts_path = os.path.splitext(path)[0] + ".pts"
   if predictor.crop_margin is None and not predictor.encoder.landmark_features:
-    given = None
-    if os.path.isfile(pts_path):
-      given = read_pts(pts_path)
-      if given.shape != (68, 2):
-        raise InputError(f"{pts_path}: expected 68 points, got {len(given)}")
+    given = read_face_pts(pts_path) if os.path.isfile(pts_path) else None
     box = imaging.full_box(*image.shape[:2])
     return [("", imaging.crop(image, box, predictor.image_size), box, given)]
   faces = faces_in_photo(path, image, largest_face=_LARGEST.value, detect=_DETECT.value)
@@ -134,7 +110,7 @@ def main(argv):
   if not _IMAGES.value:
     raise app.UsageError("--images is required")
   predictor = inference.load_predictors(_WORKDIR.value, (_MODEL.value,))[_MODEL.value]
-  paths = image_paths(_IMAGES.value)
+  paths = list_files(_IMAGES.value)
   names = _output_names(paths)
   os.makedirs(_OUT.value, exist_ok=True)
   size, batch_size = predictor.image_size, _BATCH.value

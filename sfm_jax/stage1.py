@@ -185,10 +185,12 @@ def init_params(init: PCAInit, identity: np.ndarray, num_classes: int, *, seed: 
   directions = codes / np.linalg.norm(codes, axis=1, keepdims=True)
   rng = np.random.default_rng(seed)
   class_means = rng.normal(size=(num_classes, codes.shape[1]))
+  identity_codes = np.zeros((num_classes, codes.shape[1]))
   for c in range(num_classes):
     members = identity == c
     if members.any():
       class_means[c] = directions[members].mean(0)
+      identity_codes[c] = codes[members].mean(0)
   class_means /= np.linalg.norm(class_means, axis=1, keepdims=True)
   as32 = lambda x: jnp.asarray(x, jnp.float32)
   params = {"model": {"mean": as32(init.mean), "shape_basis": as32(init.shape_basis),
@@ -196,11 +198,6 @@ def init_params(init: PCAInit, identity: np.ndarray, num_classes: int, *, seed: 
             "codes": {"z": as32(codes), "e": as32(init.expr_codes)},
             "prototypes": as32(class_means), "centers": as32(class_means)}
   if shared_identity_codes:
-    identity_codes = np.zeros((num_classes, codes.shape[1]))
-    for c in range(num_classes):
-      members = identity == c
-      if members.any():
-        identity_codes[c] = codes[members].mean(0)
     params["identity_codes"] = as32(identity_codes)
   return params
 

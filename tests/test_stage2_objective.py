@@ -113,11 +113,18 @@ def test_batched_landmark_fit_equals_one_photo_at_a_time(problem):
     np.testing.assert_allclose(together.translation[n], alone.translation[0], atol=1e-4)
 
 
-@pytest.mark.slow
-def test_fit_command_writes_meshes_parameters_and_overlays(problem, tmp_path):
+def _run_fit(model_path, out, *flags):
+  """`experiments.fit` in a subprocess, its compilation cache beside `out` (not in ~/.cache)."""
   import subprocess
   import sys
+  root = __file__.rsplit("/tests/", 1)[0]
+  return subprocess.run([sys.executable, "-m", "experiments.fit", f"--model={model_path}",
+                         f"--out={out}", f"--compilation_cache={out}_cache", *flags],
+                        cwd=root, capture_output=True, text=True, timeout=300)
 
+
+@pytest.mark.slow
+def test_fit_command_writes_meshes_parameters_and_overlays(problem, tmp_path):
   from sfm_jax import model as fm
   from sfm_jax.io import read_obj, read_png, write_png, write_pts
   model, batch = problem
@@ -126,11 +133,7 @@ def test_fit_command_writes_meshes_parameters_and_overlays(problem, tmp_path):
   for n in range(2):
     write_png(tmp_path / f"face{n}.png", images[n])
     write_pts(tmp_path / f"face{n}.pts", np.asarray(batch["landmarks"][n]))
-  root = __file__.rsplit("/tests/", 1)[0]
-  result = subprocess.run([sys.executable, "-m", "experiments.fit",
-                           f"--model={tmp_path / 'model.npz'}", f"--pts={tmp_path}",
-                           f"--out={tmp_path / 'out'}", "--steps=300"],
-                          cwd=root, capture_output=True, text=True, timeout=300)
+  result = _run_fit(tmp_path / "model.npz", tmp_path / "out", f"--pts={tmp_path}", "--steps=300")
   assert result.returncode == 0, result.stderr[-2000:]
   for n in range(2):
     fitted = np.load(tmp_path / "out" / f"face{n}.npz")
@@ -140,10 +143,7 @@ def test_fit_command_writes_meshes_parameters_and_overlays(problem, tmp_path):
     assert mesh.vertices.shape == (model.num_vertices, 3)
     assert read_png(tmp_path / "out" / f"face{n}_overlay.png").shape == (32, 32, 3)
   (tmp_path / "bad.pts").write_text("n_points: 68\n{\n1 2\n}\n")
-  bad = subprocess.run([sys.executable, "-m", "experiments.fit",
-                        f"--model={tmp_path / 'model.npz'}", f"--pts={tmp_path / 'bad.pts'}",
-                        f"--out={tmp_path / 'out'}"], cwd=root, capture_output=True, text=True,
-                       timeout=300)
+  bad = _run_fit(tmp_path / "model.npz", tmp_path / "out", f"--pts={tmp_path / 'bad.pts'}")
   assert bad.returncode != 0 and "bad.pts: n_points is 68 but 1 points" in bad.stderr
 
 
@@ -152,9 +152,6 @@ def test_fit_command_skips_bad_photos_in_one_line_each_and_fits_the_rest(problem
   """--images on a folder: a photo with its .pts is fitted; a corrupt JPEG, a 1x1 image and a
   photo without a face (no .pts, detection finds none) are each reported in one line, counted,
   and the others go on."""
-  import subprocess
-  import sys
-
   from sfm_jax import landmarks
   from sfm_jax import model as fm
   from sfm_jax.io import write_png, write_pts
@@ -169,11 +166,8 @@ def test_fit_command_skips_bad_photos_in_one_line_each_and_fits_the_rest(problem
   write_png(photos / "tiny.png", np.full((1, 1, 3), 0.5))
   write_png(photos / "plain.png", np.full((64, 48, 3), 0.7))
   (photos / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 40)
-  root = __file__.rsplit("/tests/", 1)[0]
-  result = subprocess.run([sys.executable, "-m", "experiments.fit",
-                           f"--model={tmp_path / 'model.npz'}", f"--images={photos}",
-                           f"--out={tmp_path / 'out'}", "--steps=50"],
-                          cwd=root, capture_output=True, text=True, timeout=300)
+  result = _run_fit(tmp_path / "model.npz", tmp_path / "out", f"--images={photos}",
+                    "--steps=50")
   assert result.returncode == 0, result.stderr[-2000:]
   skipped = [line for line in result.stdout.splitlines() if line.startswith("skipped: ")]
   assert len(skipped) == 3, result.stdout

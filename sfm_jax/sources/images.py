@@ -101,6 +101,20 @@ def list_files(spec: str, extensions: tuple = PHOTO_EXTENSIONS) -> list[str]:
   return paths
 
 
+def read_face_pts(pts_path: str) -> np.ndarray:
+  """`[68, 2]` landmarks of a `.pts`; `InputError` naming the file for any other count."""
+  points = read_pts(pts_path)
+  if points.shape != (68, 2):
+    raise InputError(f"{pts_path}: expected 68 points, got {len(points)}")
+  return points
+
+
+def face_suffixes(count: int) -> list[str]:
+  """Output-name suffixes of a photo's faces, largest first: "" for a lone face, else
+  "_face1", "_face2", ... (the names `experiments.detect` gives its `.pts`)."""
+  return [""] if count == 1 else [f"_face{i + 1}" for i in range(count)]
+
+
 def faces_in_photo(path: str, image: np.ndarray, *, largest_face: bool = False,
                    detect: bool = True) -> list[tuple[str, np.ndarray]]:
   """The faces of one photo as `[(suffix, [68, 2] landmarks)]`, largest first.
@@ -112,23 +126,16 @@ def faces_in_photo(path: str, image: np.ndarray, *, largest_face: bool = False,
   face was found; a bad `.pts` raises `InputError` naming it.
   """
   stem = os.path.splitext(path)[0]
-
-  def read(pts_path):
-    points = read_pts(pts_path)
-    if points.shape != (68, 2):
-      raise InputError(f"{pts_path}: expected 68 points, got {len(points)}")
-    return points
-
   if os.path.isfile(stem + ".pts"):
-    return [("", read(stem + ".pts"))]
+    return [("", read_face_pts(stem + ".pts"))]
   numbered = []
   while os.path.isfile(f"{stem}_face{len(numbered) + 1}.pts"):
-    numbered.append((f"_face{len(numbered) + 1}", read(f"{stem}_face{len(numbered) + 1}.pts")))
+    suffix = f"_face{len(numbered) + 1}"
+    numbered.append((suffix, read_face_pts(stem + suffix + ".pts")))
   if not numbered and detect:
     from sfm_jax import landmarks as landmark_detection
     found = landmark_detection.detect(image)
-    numbered = [("" if len(found) == 1 else f"_face{i + 1}", points)
-                for i, points in enumerate(found)]
+    numbered = list(zip(face_suffixes(len(found)), found))
   if largest_face and numbered:
     numbered = [("", numbered[0][1])]
   return numbered
@@ -147,10 +154,7 @@ def load_annotated(folder: str, relative: str, *, detect: bool = True
   if os.path.isfile(pts_path) or not detect:
     if not os.path.isfile(pts_path):
       raise InputError(f"{pts_path}: missing landmark file for {relative}")
-    landmarks = read_pts(pts_path)
-    if landmarks.shape != (68, 2):
-      raise InputError(f"{pts_path}: expected 68 points, got {len(landmarks)}")
-    return image, landmarks
+    return image, read_face_pts(pts_path)
   faces = _detected(os.path.abspath(path), os.path.getmtime(path), image)
   if len(faces) == 0:
     raise NoFaceError(f"{path}: no face found (no .pts beside it, and dlib found none)")
