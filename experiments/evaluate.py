@@ -88,16 +88,18 @@ def image_mode() -> None:
   if data_config.image_size != size:
     print(f"data.image_size {data_config.image_size} -> {size} (the network's input size)")
     data_config.image_size = size
-  data = image_sources.load(data_config, seed=_SEED.value)
-  landmark_vertices = np.asarray(next(iter(predictors.values())).model.landmarks)
+  first_model = next(iter(predictors.values())).model
+  data = image_sources.load(data_config, seed=_SEED.value, model=first_model)
+  landmark_vertices = np.asarray(first_model.landmarks)
   print(f"evaluating {', '.join(predictors)} from {_STAGE2.value} on {len(data.test)} held-out "
         f"images: {data.description}", flush=True)
   rows, predictions = inference.evaluate_split(predictors, data.test,
                                                 landmark_vertices=landmark_vertices,
                                                 batch_size=_BATCH.value, seed=_SEED.value)
   models = {name: predictor.model for name, predictor in predictors.items()}
-  mean_face = (data.train.neutral.mean(0) if data.train.neutral is not None
-               else np.asarray(next(iter(models.values())).mean))
+  mean_face = data.training_neutral_mean()
+  if mean_face is None:
+    mean_face = np.asarray(first_model.mean)
   rows.update(inference.reference_rows(models, data.test, mean_face=mean_face,
                                        image_size=data.test.images.shape[1],
                                        fit_steps=_CONFIG.value.eval.fit_steps, seed=_SEED.value))

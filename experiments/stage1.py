@@ -160,7 +160,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   log = train_loop.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
   models: dict[str, FaceModel] = {}
   codes = {}
-  pca = stage1.pca_model(init, triangles=data.triangles, landmarks=data.landmarks)
+  pca = stage1.pca_model(init, triangles=data.triangles, landmarks=data.landmarks,
+                         contour=data.contour)
   for phase, (name, objective) in enumerate(objectives(config).items()):
     state = train(name, objective, init, data, config, workdir, log, mesh,
                   steps_before=phase * config.train.num_steps)

@@ -76,10 +76,11 @@ def _load_models(config) -> dict:
 
 
 def _check_data(data: image_sources.ImageData, model: FaceModel) -> None:
-  if data.test.neutral is not None and data.test.neutral.shape[1] != model.num_vertices:
-    raise InputError(f"the images' meshes have {data.test.neutral.shape[1]} vertices but the "
-                     f"stage-1 model has {model.num_vertices}: set data.resolution to the "
-                     "stage-1 grid (V = resolution^2)")
+  for split in (data.train, data.test):
+    if split.has_truth and split.posed.shape[1] != model.num_vertices:
+      raise InputError(f"the images' meshes have {split.posed.shape[1]} vertices but the "
+                       f"stage-1 model has {model.num_vertices}: set data.resolution to the "
+                       "stage-1 grid (V = resolution^2), or give meshes in the model's topology")
 
 
 def objectives(config) -> dict:
@@ -163,12 +164,9 @@ def train(name, model, objective, data, config, workdir, log, mesh, trunk=None,
                              lr_albedo=t.lr_albedo, lr_identity=t.lr_identity)
   state = TrainState.create(params=params, tx=tx, loss_fn=loss_fn, seed=config.seed,
                             model_state=model_state)
-  num_images = len(data.train)
 
   def batch_for_step(step, rows):
-    index = batch_indices(step, num_examples=num_images, batch_size=t.global_batch_size,
-                          seed=config.seed)[rows]
-    return data.train.batch(index)
+    return data.training_batch(step, rows, batch_size=t.global_batch_size, seed=config.seed)
 
   def summary(metrics):
     parts = [f"{key} {metrics[key]:.4f}" for key in ("landmark", "photometric", "vertex", "margin",
@@ -253,7 +251,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   start = time.perf_counter()
   if chief:
     print(f"stage 2 ({config.variant}): preparing images ...", flush=True)
-  data = image_sources.load(config.data, seed=config.seed)
+  data = image_sources.load(config.data, seed=config.seed, model=models["sfm"])
   _check_data(data, models["sfm"])
   if chief:
     print(f"{data.description}; {jax.device_count()} device(s) in {jax.process_count()} "
@@ -288,8 +286,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   rows, predictions = inference.evaluate_split(
       predictors, data.test, landmark_vertices=np.asarray(models["sfm"].landmarks),
       batch_size=config.eval.batch_size, seed=config.seed)
-  mean_face = (data.train.neutral.mean(0) if data.train.neutral is not None
-               else np.asarray(models["sfm"].mean))
+  mean_face = data.training_neutral_mean()
+  if mean_face is None:
+    mean_face = np.asarray(models["sfm"].mean)
   print("references: the mean face and per-image landmark fits of each exported model ...",
         flush=True)
   exported = {name: predictor.model for name, predictor in predictors.items()}

@@ -170,19 +170,25 @@ def face_size(landmarks: Array, visible: Array | None = None) -> Array:
   return safe_sqrt(extent[..., 0] * extent[..., 1])
 
 
-def centred_vertex_loss(predicted: Array, target: Array) -> Array:
-  """`vertex_loss` after moving each shape's centroid to the origin (mm): the 3D supervision of
-  stage 2, blind to the translation a weak-perspective camera cannot see.
+def centred_vertex_errors(predicted: Array, target: Array) -> Array:
+  """`[B]` per-shape mean per-vertex distance (mm) after moving each shape's centroid to the
+  origin: the 3D supervision of stage 2, blind to the translation a weak-perspective camera
+  cannot see.
 
   Args:
     predicted: `[B, V, 3]`.
     target: `[B, V, 3]`.
 
   Returns:
-    Scalar: the mean over vertices and faces of `||(p - mean p) - (t - mean t)||`.
+    `[B]`: per shape, the mean over vertices of `||(p - mean p) - (t - mean t)||`.
   """
   centre = lambda x: x - jnp.mean(x, axis=-2, keepdims=True)
-  return vertex_loss(centre(predicted), centre(target))
+  return jnp.mean(safe_norm(centre(predicted) - centre(target)), axis=-1)
+
+
+def centred_vertex_loss(predicted: Array, target: Array) -> Array:
+  """Scalar: the batch mean of `centred_vertex_errors` (mm)."""
+  return jnp.mean(centred_vertex_errors(predicted, target))
 
 
 def landmark_loss(predicted: Array, target: Array, *, visible: Array | None = None,

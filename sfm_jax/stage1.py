@@ -316,12 +316,14 @@ def export_model(params: dict, base: FaceModel) -> FaceModel:
 
 
 def pca_model(init: PCAInit, *, triangles: np.ndarray, landmarks: np.ndarray,
-              code_kind: str = "gaussian") -> FaceModel:
+              code_kind: str = "gaussian", contour: np.ndarray | None = None) -> FaceModel:
   """The untrained PCA model of an initialisation (Gaussian codes; radius R = the mean norm of
-  its codes). With `code_kind="sphere"` it is the base `export_model` fills for SFM."""
+  its codes), with the data's topology, landmarks and jaw `contour` (if any). With
+  `code_kind="sphere"` it is the base `export_model` fills for SFM."""
   return FaceModel(mean=init.mean.astype(np.float32),
                    shape_basis=init.shape_basis.astype(np.float32),
                    expr_basis=init.expr_basis.astype(np.float32),
                    radius=np.asarray(init.radius, np.float32),
                    triangles=np.asarray(triangles, np.int32),
-                   landmarks=np.asarray(landmarks, np.int32), code_kind=code_kind)
+                   landmarks=np.asarray(landmarks, np.int32), code_kind=code_kind,
+                   contour=None if contour is None else np.asarray(contour, np.int32))

@@ -12,8 +12,10 @@ identity labels (-1 unlabelled), the objective is
                  by face size)
     photometric  masked per-pixel colour error between the rendered face and the image
     vertex       3D supervision where the batch carries `neutral` and `posed` ground truth
-                 (face-world images): mean per-vertex distance (mm) of the decoded neutral and
-                 posed shapes, each centred (`losses.centred_vertex_loss`)
+                 (face-world images, rendered scans, photo folders with meshes): mean
+                 per-vertex distance (mm) of the decoded neutral and posed shapes, each centred
+                 (`losses.centred_vertex_errors`), averaged over the shapes whose
+                 `neutral_weight` / `posed_weight` is 1
     margin, center   identity terms on the predicted shape directions (labelled images; SFM)
     shape_prior  Tikhonov on Gaussian shape codes (baseline)
     expr_prior, albedo_prior   Tikhonov on the predicted codes
@@ -125,7 +127,8 @@ def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, im
 
   `batch`: `images [B, S, S, 3]` in [0, 1], `landmarks [B, 68, 2]`, `visible [B, 68]`,
   `identity [B]` (-1 unlabelled); optionally `neutral [B, V, 3]` and `posed [B, V, 3]` (mm,
-  model space), the 3D ground truth of the `vertex` term.
+  model space), the 3D ground truth of the `vertex` term, with `neutral_weight [B]` and
+  `posed_weight [B]` (1 known, 0 a placeholder row).
   """
   frozen = jax.tree_util.tree_map(jnp.asarray, model)
   landmark_index = np.asarray(model.landmarks)
@@ -152,8 +155,11 @@ def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, im
                                                visible=visible)
     if objective.weight_vertex and "neutral" in batch:
       neutral = decode(face, s, jnp.zeros_like(out["expression"]))
-      terms["vertex"] = 0.5 * (losses.centred_vertex_loss(neutral, batch["neutral"])
-                               + losses.centred_vertex_loss(vertices, batch["posed"]))
+      known = batch["neutral_weight"], batch["posed_weight"]
+      errors = (losses.centred_vertex_errors(neutral, batch["neutral"]),
+                losses.centred_vertex_errors(vertices, batch["posed"]))
+      terms["vertex"] = (sum(jnp.sum(w * e) for w, e in zip(known, errors))
+                         / jnp.maximum(known[0].sum() + known[1].sum(), 1.0))
     if objective.weight_photometric:
       albedo = params["albedo"]["mean"] + jnp.einsum(
           "ba,avc->bvc", out["albedo"], params["albedo"]["basis"])

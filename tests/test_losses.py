@@ -204,3 +204,7 @@ def test_centred_vertex_loss_hand_values():
   moved[0, 0, 2] = 3.0
   assert float(losses.centred_vertex_loss(jnp.asarray(moved), jnp.asarray(triangle))) == (
       pytest.approx(4.0 / 3.0, rel=1e-6))
+  # Per shape: the shifted triangle scores 0, the moved one 4/3; the loss is their mean.
+  both = jnp.asarray(np.concatenate([shifted, moved]))
+  np.testing.assert_allclose(losses.centred_vertex_errors(both, jnp.asarray(np.concatenate(
+      [triangle, triangle]))), [0.0, 4.0 / 3.0], atol=1e-6)

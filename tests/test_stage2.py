@@ -273,6 +273,32 @@ def test_reconstruct_and_stage2_fail_clearly_on_bad_input(trained, reconstructio
   assert no_run.returncode == 1 and "no trained stage-2 model" in no_run.stderr
 
 
+def test_encoder_model_and_config_mismatches_fail_with_one_clear_error(trained, stage1_models,
+                                                                       tmp_path):
+  from sfm_jax.errors import InputError
+  workdir, _ = trained
+  model = fm.load_model(workdir / "sfm_model.npz")
+  fewer = model.replace(shape_basis=model.shape_basis[:2])
+  with pytest.raises(InputError, match=r"sfm_encoder\.npz: the encoder predicts K=4"):
+    inference.load_predictor(workdir / "sfm_encoder.npz", fewer)
+  with pytest.raises(InputError, match=r"sfm_model\.npz: key '__metadata__' missing"):
+    inference.load_predictor(stage1_models / "sfm_model.npz", model)
+  with pytest.raises(InputError, match="an SFM model has code_kind 'sphere'"):
+    _train("tiny", tmp_path / "a", init_model=str(stage1_models / "baseline_model.npz"))
+  with pytest.raises(InputError, match="the baseline has Gaussian codes"):
+    _train("tiny", tmp_path / "b", init_model=str(stage1_models / "sfm_model.npz"),
+           baseline_model=str(stage1_models / "sfm_model.npz"))
+  with pytest.raises(InputError, match="set data.resolution to the stage-1 grid"):
+    _train("tiny", tmp_path / "c", init_model=str(stage1_models / "sfm_model.npz"),
+           **{"data.resolution": 10})
+  with pytest.raises(InputError, match="parallel.mode='jit' only"):
+    _train("tiny", tmp_path / "d", init_model=str(stage1_models / "sfm_model.npz"),
+           **{"parallel.mode": "pmap"})
+  with pytest.raises(InputError, match=r"data.scan_fraction must be in \(0, 1\)"):
+    _train("tiny", tmp_path / "e", init_model=str(stage1_models / "sfm_model.npz"),
+           **{"data.scan_dir": str(tmp_path), "data.scan_fraction": 1.0})
+
+
 def test_image_metrics_on_known_answers():
   rng = np.random.default_rng(0)
   template = face_world.face_template(12)
@@ -369,6 +395,44 @@ def test_photo_folder_variant_crops_around_landmarks_and_reconstruct_follows(sta
   assert "x.png: no .pts beside it" in done.stdout
   assert "wrote 1 reconstructions" in done.stdout and "skipped 1 without a face" in done.stdout
   assert (tmp_path / "o" / "y_face1.npz").exists()
+
+
+def test_rendered_scans_join_every_batch_with_3d_truth_and_the_loss_falls(stage1_models,
+                                                                          tmp_path):
+  """`data.scan_dir`: a scan folder in the stage-1 topology is rendered and mixed into the
+  photo-folder variant's batches (2D-only photos), so the vertex term is on and learns."""
+  from sfm_jax.io.scan_folder import write_scan_folder
+  world = face_world.FaceWorld(resolution=12)
+  scans = face_world.make_scans(8, 3, seed=11, world=world, noise_mm=0.0)
+  expression = ["neutral" if i % 3 == 0 else "smile" for i in range(len(scans.identity))]
+  write_scan_folder(tmp_path / "scans", scans.vertices, [f"s{i}" for i in scans.identity],
+                    triangles=scans.triangles, landmarks=scans.landmarks, expression=expression)
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  images = face_world.make_images(10, 2, seed=7, world=world, image_size=48,
+                                  occluder_probability=0.0)
+  lines = ["path,identity"]
+  for i in range(20):
+    write_png(photos / f"p{i:02d}.png", images.images[i])
+    write_pts(photos / f"p{i:02d}.pts", images.landmarks[i])
+    lines.append(f"p{i:02d}.png,person{images.true_identity[i]}")
+  (photos / "meta.csv").write_text("\n".join(lines) + "\n")
+  workdir = tmp_path / "run"
+  _train("folder", workdir, init_model=str(stage1_models / "sfm_model.npz"),
+         **{"data.image_dir": str(photos), "data.image_size": 32, "data.test_fraction": 0.5,
+            "data.scan_dir": str(tmp_path / "scans"), "data.scan_test_fraction": 0.2,
+            "data.scan_views": 2, "model.width": 8, "model.albedo_dim": 2,
+            "model.landmark_features": 16, "train.num_steps": 30,
+            "train.global_batch_size": 16, "train.log_every": 5, "eval.fit_steps": 20})
+  rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  table = json.loads(open(workdir / "eval.json").read())
+  assert "renders of scans" in table["data"] and table["ground_truth_3d"] is False
+  for model in ("sfm", "baseline"):
+    series = [r for r in rows if r["model"] == model]
+    assert len(series) == 6 and all(np.isfinite(r["vertex"]) and r["vertex"] > 0 for r in series)
+    losses = [r["loss"] for r in series]
+    assert np.mean(losses[-2:]) < np.mean(losses[:2])
+    assert np.mean([r["vertex"] for r in series[-2:]]) < np.mean([r["vertex"] for r in series[:2]])
 
 
 def test_pretraining_then_reconstruction_resume_exactly_and_learn(stage1_models, tmp_path):

@@ -3,8 +3,14 @@
   demo    rendered face-world images at 96 px (48x48 mesh, 1000 + 100 identities x 2), a
           ResNet-10 of width 16 reading the landmarks too; both models in about 14 minutes on
           2 CPU cores. Needs the stage-1 demo run (`runs/stage1/sfm_model.npz` and `baseline_model.npz`).
-  folder  a user's photo folder: --config.data.image_dir=DIR (meta.csv + images + .pts), with
+  folder  a user's photo folder: --config.data.image_dir=DIR (meta.csv + images, a .pts beside
+          each or dlib's landmarks; optional meta.csv columns `mesh` and `neutral`, registered
+          meshes of the face as photographed and of its person's neutral face), with
           --config.init_model=PATH a stage-1 model in correspondence with nothing else needed
+
+Any variant: --config.data.scan_dir=DIR (a scan folder in the stage-1 model's topology) renders
+those scans under random pose, light and albedo and mixes them into every batch
+(data.scan_fraction, default 0.5) for the 3D vertex term.
   paper   224 px, ResNet-50, K = 199, a 230x230 mesh (the stage-1 `paper` model in
           runs/stage1_paper), 2000 + 200 identities x 8; sized for GPUs
   tiny    seconds, for tests
@@ -49,6 +55,16 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.data.crop_margin = 0.25         # folder: border around the landmarks' box (fraction)
   c.data.skip_bad = False           # folder: skip (and count) unreadable images
   c.data.allow_outside_paths = False  # folder: accept meta.csv paths that leave the folder
+  c.data.photo_meshes = "all"       # folder: meshes of meta.csv supervise training photos and
+                                    # score held-out ones ("all") or only score ("held_out")
+  # Rendered scans (any variant): a scan folder in the stage-1 model's topology (e.g. the one
+  # stage 1 trained on) rendered under random pose, light, skin albedo and background, with
+  # their landmarks and 3D truth, mixed into every training batch for the vertex term.
+  c.data.scan_dir = ""
+  c.data.scan_fraction = 0.5        # share of each training batch from the rendered scans
+  c.data.scan_views = 2             # images rendered per scan
+  c.data.scan_test_fraction = 0.2   # identities of scan_dir stage 1 held out (its data.test_fraction):
+                                    # never rendered for training
 
   c.model = ml_collections.ConfigDict()
   c.model.depth = "resnet10"        # resnet10 | resnet18 | resnet34 | resnet50

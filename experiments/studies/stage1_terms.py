@@ -101,7 +101,8 @@ def _run(variant: str, seed: int, name: str, root: str) -> dict:
   if gaussian:
     objective = stage1.baseline_objective(objective, **config.baseline.to_dict())
   os.makedirs(workdir, exist_ok=True)
-  pca = stage1.pca_model(init, triangles=data.triangles, landmarks=data.landmarks)
+  pca = stage1.pca_model(init, triangles=data.triangles, landmarks=data.landmarks,
+                         contour=data.contour)
   if name == "pca_sphere":  # no training: the PCA model fitted with codes on its sphere
     models = {name: pca.replace(code_kind="sphere")}
   else:

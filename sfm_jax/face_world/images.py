@@ -97,30 +97,47 @@ def _render_batch(vertices_px, triangles, albedo, normals, light, size):
   return image, mask, visible
 
 
-def make_images(num_identities: int, images_per_identity: int, seed: int, *,
-                world: FaceWorld = FaceWorld(resolution=48), image_size: int = 96,
-                unlabelled_fraction: float = 0.1, occluder_probability: float = 0.2,
-                max_yaw_degrees: float = 70.0, max_pitch_roll_degrees: float = 25.0,
-                identity_offset: int = 0, batch_size: int = 32) -> Images:
-  """Renders `images_per_identity` images of each of `num_identities` random identities.
+@dataclasses.dataclass(frozen=True)
+class Views:
+  """Rendered views of given meshes (`render_views`); fields as in `Images`."""
+  images: np.ndarray
+  landmarks: np.ndarray
+  visible: np.ndarray
+  rotation: np.ndarray
+  scale: np.ndarray
+  translation: np.ndarray
+  light: np.ndarray
+  mask: np.ndarray
 
-  Every image: a random expression (as in `make_scans`), a pose with yaw up to
-  `max_yaw_degrees` and pitch/roll up to `max_pitch_roll_degrees`, random SH lighting and
-  identity albedo, a weak-perspective camera with scale and translation jitter, a cluttered
-  background and, with `occluder_probability`, an occluding patch. A fraction
-  `unlabelled_fraction` of images get identity -1 (like a landmark-only data set).
+
+def render_views(faces: np.ndarray, albedo: np.ndarray, rng: np.random.Generator, *,
+                 triangles: np.ndarray, landmark_vertices: np.ndarray,
+                 landmark_weights: np.ndarray | None = None, image_size: int,
+                 occluder_probability: float, max_yaw_degrees: float = 70.0,
+                 max_pitch_roll_degrees: float = 25.0, batch_size: int = 32) -> Views:
+  """Photographs model-space faces: a random pose, SH light, weak-perspective camera with scale
+  and translation jitter, cluttered background and optional occluder per face.
+
+  Args:
+    faces: `[N, V, 3]` meshes (mm, model space), one image each.
+    albedo: `[N, V, 3]` per-vertex albedo in [0, 1].
+    rng: the random stream (pose, light, background, occluders, in that order).
+    triangles: `[T, 3]`.
+    landmark_vertices: `[68]` the vertex of each landmark, or `[68, P]` vertices whose
+      `landmark_weights` `[68, P]` blend gives it (e.g. a point along the jaw line); a
+      landmark's visibility is that of its most weighted vertex.
+    image_size: S (square images).
+    occluder_probability: chance of a random rectangle over the face.
+
+  Returns:
+    `Views`: images `[N, S, S, 3]` float32, landmarks `[N, 68, 2]` (pixels, x right, y down),
+    visible `[N, 68]`, rotation `[N, 3]` (pitch, yaw, roll), scale `[N]`, translation `[N, 2]`,
+    light `[N, 9, 3]`, mask `[N, S, S]`.
   """
-  rng = np.random.default_rng(seed)
-  template = world.template
-  directions = world.sample_identities(rng, num_identities)
-  neutral_ids = world.neutral_shapes(directions)
-  albedo_ids = identity_albedo(template, rng, num_identities)
-  true_identity = np.repeat(np.arange(num_identities), images_per_identity)
-  count = len(true_identity)
-  weights = sample_expression_weights(rng, count, len(EXPRESSIONS), neutral_fraction=0.3,
-                                      max_active=2)
-  neutral = neutral_ids[true_identity]
-  faces = apply_expressions(template, neutral, weights)
+  count = len(faces)
+  index = np.asarray(landmark_vertices).reshape(68, -1)
+  blend = (np.ones(index.shape) if landmark_weights is None
+           else np.asarray(landmark_weights, np.float64).reshape(index.shape))
   rotation = np.deg2rad(np.stack([rng.uniform(-max_pitch_roll_degrees, max_pitch_roll_degrees,
                                               count),
                                   rng.uniform(-max_yaw_degrees, max_yaw_degrees, count),
@@ -139,20 +156,19 @@ def make_images(num_identities: int, images_per_identity: int, seed: int, *,
       jnp.asarray(centred, jnp.float32), rotations, jnp.asarray(scale, jnp.float32),
       jnp.asarray(translation, jnp.float32))
   vertices_px = np.asarray(vertices_px, np.float64)
-  normals = np.asarray(geometry.vertex_normals(camera, jnp.asarray(template.triangles)))
-  albedo = albedo_ids[true_identity]
+  normals = np.asarray(geometry.vertex_normals(camera, jnp.asarray(triangles)))
   images = np.zeros((count, image_size, image_size, 3), np.float32)
   masks = np.zeros((count, image_size, image_size), np.float32)
-  vertex_visible = np.zeros((count, template.vertices.shape[0]), bool)
+  vertex_visible = np.zeros((count, faces.shape[1]), bool)
   for start in range(0, count, batch_size):
     sl = slice(start, start + batch_size)
     rendered, mask, visible = _render_batch(
-        jnp.asarray(vertices_px[sl], jnp.float32), jnp.asarray(template.triangles),
+        jnp.asarray(vertices_px[sl], jnp.float32), jnp.asarray(triangles),
         jnp.asarray(albedo[sl], jnp.float32), jnp.asarray(normals[sl]),
         jnp.asarray(light[sl], jnp.float32), image_size)
     images[sl], masks[sl], vertex_visible[sl] = rendered, mask, visible
-  landmarks = vertices_px[:, template.landmarks, :2]
-  visible = vertex_visible[:, template.landmarks]
+  landmarks = np.einsum("nlpc,lp->nlc", vertices_px[:, index, :2], blend)
+  visible = vertex_visible[:, index[np.arange(68), np.argmax(blend, axis=1)]]
   for n in range(count):
     background = _background(rng, image_size)
     mask = masks[n][..., None]
@@ -165,13 +181,47 @@ def make_images(num_identities: int, images_per_identity: int, seed: int, *,
       inside = ((landmarks[n, :, 0] >= x0) & (landmarks[n, :, 0] < x0 + w)
                 & (landmarks[n, :, 1] >= y0) & (landmarks[n, :, 1] < y0 + h))
       visible[n] &= ~inside
+  return Views(images=images, landmarks=landmarks.astype(np.float32), visible=visible,
+               rotation=rotation.astype(np.float32), scale=scale.astype(np.float32),
+               translation=translation.astype(np.float32), light=light.astype(np.float32),
+               mask=masks)
+
+
+def make_images(num_identities: int, images_per_identity: int, seed: int, *,
+                world: FaceWorld = FaceWorld(resolution=48), image_size: int = 96,
+                unlabelled_fraction: float = 0.1, occluder_probability: float = 0.2,
+                max_yaw_degrees: float = 70.0, max_pitch_roll_degrees: float = 25.0,
+                identity_offset: int = 0, batch_size: int = 32) -> Images:
+  """Renders `images_per_identity` images of each of `num_identities` random identities.
+
+  Every image: a random expression (as in `make_scans`), a pose with yaw up to
+  `max_yaw_degrees` and pitch/roll up to `max_pitch_roll_degrees`, random SH lighting and
+  identity albedo, a weak-perspective camera with scale and translation jitter, a cluttered
+  background and, with `occluder_probability`, an occluding patch (`render_views`). A fraction
+  `unlabelled_fraction` of images get identity -1 (like a landmark-only data set).
+  """
+  rng = np.random.default_rng(seed)
+  template = world.template
+  directions = world.sample_identities(rng, num_identities)
+  neutral_ids = world.neutral_shapes(directions)
+  albedo_ids = identity_albedo(template, rng, num_identities)
+  true_identity = np.repeat(np.arange(num_identities), images_per_identity)
+  count = len(true_identity)
+  weights = sample_expression_weights(rng, count, len(EXPRESSIONS), neutral_fraction=0.3,
+                                      max_active=2)
+  neutral = neutral_ids[true_identity]
+  faces = apply_expressions(template, neutral, weights)
+  views = render_views(faces, albedo_ids[true_identity], rng, triangles=template.triangles,
+                       landmark_vertices=template.landmarks, image_size=image_size,
+                       occluder_probability=occluder_probability,
+                       max_yaw_degrees=max_yaw_degrees,
+                       max_pitch_roll_degrees=max_pitch_roll_degrees, batch_size=batch_size)
   identity = (true_identity + identity_offset).astype(np.int32)
   identity = np.where(rng.uniform(size=count) < unlabelled_fraction, -1, identity)
-  return Images(images=images, landmarks=landmarks.astype(np.float32), visible=visible,
+  return Images(images=views.images, landmarks=views.landmarks, visible=views.visible,
                 identity=identity.astype(np.int32),
                 true_identity=(true_identity + identity_offset).astype(np.int32),
                 identity_directions=directions.astype(np.float32),
                 neutral=neutral.astype(np.float32), expression=weights.astype(np.float32),
-                rotation=rotation.astype(np.float32), scale=scale.astype(np.float32),
-                translation=translation.astype(np.float32), light=light.astype(np.float32),
-                mask=masks)
+                rotation=views.rotation, scale=views.scale, translation=views.translation,
+                light=views.light, mask=views.mask)

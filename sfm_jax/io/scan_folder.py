@@ -9,6 +9,8 @@ Layout of a scan folder:
     template.obj    optional: the triangles (and a reference shape) of the common topology
     landmarks.txt   optional: 68 vertex indices (0-based, iBUG order), -1 where undefined;
                     whitespace or newline separated, `#` comments allowed
+    contour.json    optional: `{"contour": [2][C][W]}` the jaw lines (`FaceModel.contour`:
+                    vertex indices, -1 padded; side 0 the subject's right)
 
 `write_scan_folder` writes meshes first and `meta.csv` last (each file atomically), so an
 interrupted write never looks like a complete folder. `read_scan_folder` checks everything and
@@ -20,6 +22,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import os
 
 import numpy as np
@@ -31,6 +34,7 @@ from sfm_jax.io.mesh import read_mesh, read_obj, write_mesh, write_obj
 META = "meta.csv"
 TEMPLATE = "template.obj"
 LANDMARKS = "landmarks.txt"
+CONTOUR = "contour.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +49,7 @@ class ScanFolder:
     paths: `[N]` mesh paths relative to the folder.
     triangles: `[T, 3]` int32 (from `template.obj`, else from the first mesh).
     landmarks: `[68]` int32 vertex indices (-1 undefined), or None without `landmarks.txt`.
+    contour: `[2, C, W]` int32 jaw lines, or None without `contour.json`.
   """
   vertices: np.ndarray
   identity: np.ndarray
@@ -53,11 +58,12 @@ class ScanFolder:
   paths: list
   triangles: np.ndarray
   landmarks: np.ndarray | None
+  contour: np.ndarray | None = None
 
 
 def write_scan_folder(directory: str | os.PathLike, vertices, identity, *, triangles=None,
                       landmarks=None, expression=None, mesh_format: str = "ply",
-                      names=None) -> None:
+                      names=None, contour=None) -> None:
   """Writes scans as a scan folder (created if needed).
 
   Args:
@@ -66,6 +72,7 @@ def write_scan_folder(directory: str | os.PathLike, vertices, identity, *, trian
     identity: `[N]` identity labels (ints or strings; None or "" for unlabelled).
     triangles: `[T, 3]` common topology; written into each mesh and into `template.obj`.
     landmarks: `[68]` vertex indices (-1 undefined), written to `landmarks.txt`.
+    contour: optional `[2, C, W]` jaw lines, written to `contour.json`.
     expression: optional `[N]` expression labels.
     mesh_format: "ply" (binary, bit-exact) or "obj".
     names: optional `[N]` file names (default `scans/00000.<format>` ...).
@@ -94,6 +101,9 @@ def write_scan_folder(directory: str | os.PathLike, vertices, identity, *, trian
     with atomic_write(os.path.join(directory, LANDMARKS), "w") as f:
       f.write("# iBUG-68 landmark vertex indices (0-based, -1 undefined)\n")
       f.write("\n".join(str(int(i)) for i in np.asarray(landmarks)) + "\n")
+  if contour is not None:
+    with atomic_write(os.path.join(directory, CONTOUR), "w") as f:
+      json.dump({"contour": np.asarray(contour).astype(int).tolist()}, f)
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator="\n")
   writer.writerow(["path", "identity"] + (["expression"] if expression is not None else []))
@@ -111,13 +121,16 @@ def _label_order(names: set) -> list:
   return sorted(names)
 
 
-def read_scan_meta(directory: str | os.PathLike, *,
-                   allow_outside: bool = False) -> tuple[list, list, list | None]:
-  """Reads and checks `meta.csv`: (paths, identity strings, expression strings or None).
+def read_scan_meta(directory: str | os.PathLike, *, allow_outside: bool = False,
+                   optional: tuple = ("expression",), path_columns: tuple = ()
+                   ) -> tuple[list, list, dict]:
+  """Reads and checks `meta.csv`: (paths, identity strings, {column: strings} for each column of
+  `optional` that the header names, in any order after `path,identity`).
 
-  A path that leaves the folder (absolute, `..`, or a symlink out of it) is refused with the
-  line that names it, unless `allow_outside`: a folder should not make a program read any file
-  its user can read.
+  A path that leaves the folder (absolute, `..`, or a symlink out of it), in `path` or in a
+  column of `path_columns` (an empty cell there means "none"), is refused with the line that
+  names it, unless `allow_outside`: a folder should not make a program read any file its user
+  can read.
   """
   directory = os.fspath(directory)
   root = os.path.realpath(directory)
@@ -131,13 +144,23 @@ def read_scan_meta(directory: str | os.PathLike, *,
   if not rows:
     raise InputError(f"{meta_path}: empty (expected a header 'path,identity' and one row a scan)")
   header = [h.strip() for h in rows[0]]
-  if header[:2] != ["path", "identity"] or len(header) > 3 or (len(header) == 3
-                                                               and header[2] != "expression"):
-    raise InputError(f"{meta_path}: line 1: header must be 'path,identity[,expression]', "
+  extra = header[2:]
+  if (header[:2] != ["path", "identity"] or len(set(extra)) != len(extra)
+      or not set(extra) <= set(optional)):
+    allowed = "".join(f"[,{name}]" for name in optional)
+    raise InputError(f"{meta_path}: line 1: header must be 'path,identity{allowed}', "
                      f"got {','.join(header)!r}")
   if len(rows) == 1:
     raise InputError(f"{meta_path}: empty (a header but no scans)")
-  paths, identities, expressions, seen = [], [], [], {}
+
+  def inside(path, line_no, column):
+    target = os.path.realpath(os.path.join(directory, path))
+    if not allow_outside and os.path.commonpath([root, target]) != root:
+      raise InputError(f"{meta_path}: line {line_no}: {column} {path!r} leaves the folder "
+                       f"({target}); keep the files inside it, or allow it explicitly "
+                       "(allow_outside=True, --config.data.allow_outside_paths=True)")
+
+  paths, identities, columns, seen = [], [], {name: [] for name in extra}, {}
   for line_no, row in enumerate(rows[1:], start=2):
     if len(row) != len(header):
       raise InputError(f"{meta_path}: line {line_no}: expected {len(header)} columns, got "
@@ -149,16 +172,15 @@ def read_scan_meta(directory: str | os.PathLike, *,
       raise InputError(f"{meta_path}: line {line_no}: duplicate path {path!r} (first on line "
                        f"{seen[path]})")
     seen[path] = line_no
-    target = os.path.realpath(os.path.join(directory, path))
-    if not allow_outside and os.path.commonpath([root, target]) != root:
-      raise InputError(f"{meta_path}: line {line_no}: path {path!r} leaves the folder "
-                       f"({target}); keep the files inside it, or allow it explicitly "
-                       "(allow_outside=True, --config.data.allow_outside_paths=True)")
+    inside(path, line_no, "path")
     paths.append(path)
     identities.append(row[1].strip())
-    if len(header) == 3:
-      expressions.append(row[2].strip())
-  return paths, identities, (expressions if len(header) == 3 else None)
+    for name, cell in zip(extra, row[2:]):
+      cell = cell.strip()
+      if name in path_columns and cell:
+        inside(cell, line_no, name)
+      columns[name].append(cell)
+  return paths, identities, columns
 
 
 def read_landmarks_file(path: str, num_vertices: int) -> np.ndarray:
@@ -177,6 +199,24 @@ def read_landmarks_file(path: str, num_vertices: int) -> np.ndarray:
   return values.astype(np.int32)
 
 
+def read_contour_file(path: str, num_vertices: int) -> np.ndarray:
+  """Reads `contour.json`: `[2, C, W]` vertex indices in [-1, V), the first of each row a vertex."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      contour = np.asarray(json.load(f)["contour"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise InputError(f"{path}: not a contour file ({type(e).__name__}: {e}); expected "
+                     '{"contour": [2][C][W] vertex indices}') from None
+  if (contour.ndim != 3 or contour.shape[0] != 2 or contour.size == 0
+      or not np.issubdtype(contour.dtype, np.integer)):
+    raise InputError(f"{path}: contour must be integers shaped [2, C, W], got {contour.dtype} "
+                     f"{contour.shape}")
+  if contour.min() < -1 or contour.max() >= num_vertices or np.any(contour[..., 0] < 0):
+    raise InputError(f"{path}: contour indices must lie in [-1, {num_vertices}) with a vertex "
+                     "first in every row")
+  return contour.astype(np.int32)
+
+
 def read_scan_folder(directory: str | os.PathLike, *, dtype=np.float32,
                      max_scans: int | None = None, allow_outside: bool = False) -> ScanFolder:
   """Reads a scan folder (see the module docstring).
@@ -188,7 +228,8 @@ def read_scan_folder(directory: str | os.PathLike, *, dtype=np.float32,
       `template.obj` or `landmarks.txt`.
   """
   directory = os.fspath(directory)
-  paths, identities, expressions = read_scan_meta(directory, allow_outside=allow_outside)
+  paths, identities, columns = read_scan_meta(directory, allow_outside=allow_outside)
+  expressions = columns.get("expression")
   if max_scans is not None:
     paths, identities = paths[:max_scans], identities[:max_scans]
     expressions = expressions[:max_scans] if expressions is not None else None
@@ -216,8 +257,12 @@ def read_scan_folder(directory: str | os.PathLike, *, dtype=np.float32,
   landmarks_path = os.path.join(directory, LANDMARKS)
   landmarks = (read_landmarks_file(landmarks_path, num_vertices)
                if os.path.isfile(landmarks_path) else None)
+  contour_path = os.path.join(directory, CONTOUR)
+  contour = (read_contour_file(contour_path, num_vertices) if os.path.isfile(contour_path)
+             else None)
   names = _label_order({n for n in identities if n})
   index = {name: i for i, name in enumerate(names)}
   identity = np.array([index[n] if n else -1 for n in identities], np.int32)
   return ScanFolder(vertices=np.stack(scans), identity=identity, identity_names=names,
-                    expression=expressions, paths=paths, triangles=triangles, landmarks=landmarks)
+                    expression=expressions, paths=paths, triangles=triangles, landmarks=landmarks,
+                    contour=contour)

@@ -20,6 +20,7 @@ import numpy as np
 from sfm_jax import face_world, imaging
 from sfm_jax.errors import InputError, NoFaceError
 from sfm_jax.io import read_pts
+from sfm_jax.io.mesh import read_mesh
 from sfm_jax.io.scan_folder import read_scan_meta
 from sfm_jax.sources.splits import (
   CHUNK_IDENTITIES,
@@ -38,22 +39,51 @@ class Split:
   landmarks: np.ndarray         # [N, 68, 2] float32 pixels (x right, y down)
   visible: np.ndarray           # [N, 68] bool
   identity: np.ndarray          # [N] int32, -1 unlabelled
-  neutral: np.ndarray | None    # [N, V, 3] ground-truth neutral shape (mm), world data only
+  neutral: np.ndarray | None    # [N, V, 3] ground-truth neutral shape (mm), None: no 3D truth
   posed: np.ndarray | None      # [N, V, 3] ground truth with the expression (model space, mm)
   names: list                   # [N] a name per image (file path or world index)
+  neutral_weight: np.ndarray | None = None  # [N] 1 where `neutral` is known, 0 where its row
+  posed_weight: np.ndarray | None = None    # is a placeholder (None: all known)
 
   def __len__(self) -> int:
     return len(self.images)
 
+  @property
+  def has_truth(self) -> bool:
+    return self.neutral is not None and self.posed is not None
+
+  def weights(self, key: str) -> np.ndarray:
+    """`[N]` float32: 1 where the `key` ("neutral" or "posed") truth is known."""
+    given = getattr(self, f"{key}_weight")
+    return np.ones(len(self), np.float32) if given is None else given
+
   def batch(self, index: np.ndarray) -> dict:
     """The stage-2 training batch of rows `index` (images as float32 in [0, 1]); with the 3D
-    ground truth (`neutral`, `posed`) where the split has it."""
+    ground truth (`neutral`, `posed`, and their `[B]` `neutral_weight`, `posed_weight`: 0 where
+    a row's truth is unknown) where the split has it."""
     batch = {"images": self.images[index].astype(np.float32) / 255.0,
              "landmarks": self.landmarks[index], "visible": self.visible[index],
              "identity": self.identity[index]}
-    if self.neutral is not None and self.posed is not None:
-      batch.update(neutral=self.neutral[index], posed=self.posed[index])
+    if self.has_truth:
+      batch.update(neutral=self.neutral[index], posed=self.posed[index],
+                   neutral_weight=self.weights("neutral")[index],
+                   posed_weight=self.weights("posed")[index])
     return batch
+
+
+def concat_batches(batches: list[dict], num_vertices: int) -> dict:
+  """Row-wise concatenation of `Split.batch` results; where some parts carry 3D truth and others
+  do not, the others get zero placeholders with weight 0."""
+  with_truth = any("neutral" in b for b in batches)
+  filled = []
+  for b in batches:
+    if with_truth and "neutral" not in b:
+      n = len(b["images"])
+      zeros = np.zeros((n, num_vertices, 3), np.float32)
+      b = {**b, "neutral": zeros, "posed": zeros, "neutral_weight": np.zeros(n, np.float32),
+           "posed_weight": np.zeros(n, np.float32)}
+    filled.append(b)
+  return {key: np.concatenate([b[key] for b in filled]) for key in filled[0]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,10 +93,45 @@ class ImageData:
                                 # holds the true identity of every image (none unlabelled)
   image_size: int
   description: str
+  scans: Split | None = None    # rendered scans (`rendered_scans.scan_split`), labels offset
+                                # past the photos'; mixed into every training batch
+  scan_fraction: float = 0.0    # share of each training batch taken from `scans`
 
   @property
   def num_classes(self) -> int:
-    return int(self.train.identity.max()) + 1
+    labels = [self.train.identity] + ([self.scans.identity] if self.scans is not None else [])
+    return int(max(x.max() for x in labels)) + 1
+
+  def scan_rows(self, batch_size: int) -> int:
+    """How many rows of a global batch of `batch_size` come from the rendered scans."""
+    return 0 if self.scans is None else int(round(self.scan_fraction * batch_size))
+
+  def training_batch(self, step: int, rows, *, batch_size: int, seed: int) -> dict:
+    """Rows `rows` (this process's slice) of the global training batch of `step`: its first
+    `scan_rows` rows are rendered scans, the rest training images, each in the seeded order of
+    `splits.batch_indices` (exact resume)."""
+    from sfm_jax.sources.splits import batch_indices
+    scan_rows = self.scan_rows(batch_size)
+    photos = batch_indices(step, num_examples=len(self.train), batch_size=batch_size - scan_rows,
+                           seed=seed)
+    if scan_rows == 0:
+      return self.train.batch(photos[rows])
+    scans = batch_indices(step, num_examples=len(self.scans), batch_size=scan_rows,
+                          seed=seed + 7919)
+    rows = np.arange(batch_size)[rows]
+    return concat_batches([self.scans.batch(scans[rows[rows < scan_rows]]),
+                           self.train.batch(photos[rows[rows >= scan_rows] - scan_rows])],
+                          self.scans.posed.shape[1])
+
+  def training_neutral_mean(self) -> np.ndarray | None:
+    """`[V, 3]` the mean of the known neutral truth over training images and rendered scans
+    (the `mean face` reference), None without any."""
+    parts = [(s.neutral, s.weights("neutral")) for s in (self.train, self.scans)
+             if s is not None and s.has_truth]
+    total = sum(w.sum() for _, w in parts) if parts else 0
+    if not total:
+      return None
+    return sum(np.einsum("n,nvc->vc", w, x.astype(np.float64)) for x, w in parts) / total
 
 
 def read_image(path: str) -> np.ndarray:
@@ -178,10 +243,17 @@ def _detected(path: str, mtime: float, image: np.ndarray) -> np.ndarray:
 class PhotoFolder:
   """A checked photo folder. `splits`: split name -> `[(row, relative path, identity name)]`
   (only non-empty splits); `labels`: identity name -> label; `skipped`: one message per photo
-  left out (`skip_bad`)."""
+  left out (`skip_bad`); `meshes`: relative path -> {"mesh": OBJ/PLY of the face as
+  photographed, "neutral": its person's neutral face} for the photos whose `meta.csv` row names
+  them (optional columns `mesh`, `neutral`; paths relative to the folder, in the model's
+  topology)."""
   splits: dict
   labels: dict
   skipped: list
+  meshes: dict = dataclasses.field(default_factory=dict)
+
+
+MESH_COLUMNS = ("mesh", "neutral")
 
 
 def photo_folder_entries(folder: str, *, test_fraction: float, split_seed: int = 0,
@@ -191,7 +263,17 @@ def photo_folder_entries(folder: str, *, test_fraction: float, split_seed: int =
   of its largest face, or when none is found is always skipped and counted), and splits by
   identity (`splits.identity_in_test`; unlabelled photos train)."""
   folder = os.fspath(folder)
-  paths, identities, _ = read_scan_meta(folder, allow_outside=allow_outside)
+  paths, identities, columns = read_scan_meta(folder, allow_outside=allow_outside,
+                                              optional=MESH_COLUMNS, path_columns=MESH_COLUMNS)
+  meshes = {}
+  for row, relative in enumerate(paths):
+    given = {key: columns[key][row] for key in columns if columns[key][row]}
+    for key, mesh in given.items():
+      if not os.path.isfile(os.path.join(folder, mesh)):
+        raise InputError(f"{os.path.join(folder, 'meta.csv')}: line {row + 2}: {key} mesh "
+                         f"{mesh!r} does not exist")
+    if given:
+      meshes[relative] = given
   names = sorted({n for n in identities if n})
   entries, skipped = [], []
   for index, (relative, name) in enumerate(zip(paths, identities)):
@@ -210,7 +292,7 @@ def photo_folder_entries(folder: str, *, test_fraction: float, split_seed: int =
   train = [e for e in entries if e not in test]
   splits = {name: part for name, part in (("train", train), ("test", test)) if part}
   return PhotoFolder(splits=splits, labels={name: i for i, name in enumerate(names)},
-                     skipped=skipped)
+                     skipped=skipped, meshes=meshes)
 
 
 def world_image_chunks(world: face_world.FaceWorld, num_identities: int,
@@ -274,6 +356,31 @@ def _tfds_split(config, split: str, *, test: bool) -> Split:
                names=[f"{split}_{i:05d}" for i in examples["image_index"]])
 
 
+def _folder_truth(config, folder: PhotoFolder, relatives: list) -> dict:
+  """The photo folder's 3D truth of `relatives` as Split fields: {} when no photo names a mesh;
+  else `neutral`/`posed` `[N, V, 3]` (zeros where unknown) with their `[N]` weights."""
+  given = [folder.meshes.get(relative, {}) for relative in relatives]
+  if not any(given):
+    return {}
+  arrays = {}
+  for key, field in (("neutral", "neutral"), ("mesh", "posed")):
+    rows = [read_mesh(os.path.join(config.image_dir, g[key])).vertices if key in g else None
+            for g in given]
+    shapes = {r.shape for r in rows if r is not None}
+    if len(shapes) > 1:
+      raise InputError(f"{config.image_dir}: the {key} meshes of meta.csv differ in vertex count "
+                       f"({sorted(s[0] for s in shapes)}); they must share the model's topology")
+    shape = shapes.pop() if shapes else None
+    arrays[field] = rows, shape
+  shape = arrays["neutral"][1] or arrays["posed"][1]
+  out = {}
+  for field, (rows, _) in arrays.items():
+    out[field] = np.stack([np.zeros(shape, np.float32) if r is None else r.astype(np.float32)
+                           for r in rows])
+    out[f"{field}_weight"] = np.array([r is not None for r in rows], np.float32)
+  return out
+
+
 def _folder_split(config, folder: PhotoFolder, split: str, *, test: bool) -> Split:
   images, landmarks, identity, names = [], [], [], []
   for _, relative, name in folder.splits[split]:
@@ -284,10 +391,10 @@ def _folder_split(config, folder: PhotoFolder, split: str, *, test: bool) -> Spl
     identity.append(folder.labels[name] if name else -1)
     names.append(relative)
   identity = np.asarray(identity, np.int32)
+  truth = {"neutral": None, "posed": None, **_folder_truth(config, folder, names)}
   return Split(images=np.stack(images), landmarks=np.stack(landmarks),
                visible=np.ones((len(images), 68), bool),
-               identity=identity if test else relabel(identity), neutral=None, posed=None,
-               names=names)
+               identity=identity if test else relabel(identity), names=names, **truth)
 
 
 def _folder(config) -> ImageData:
@@ -308,9 +415,28 @@ def _folder(config) -> ImageData:
   train = _folder_split(config, folder, "train", test=False)
   test = _folder_split(config, folder, "test", test=True)
   skipped = f", {len(folder.skipped)} skipped" if folder.skipped else ""
+  photo_meshes = config.get("photo_meshes", "all")
+  if photo_meshes not in ("all", "held_out"):
+    raise InputError(f"data.photo_meshes must be 'all' or 'held_out', got {photo_meshes!r}")
+  if photo_meshes == "held_out":  # the training photos stay 2D-only
+    train = dataclasses.replace(train, neutral=None, posed=None, neutral_weight=None,
+                                posed_weight=None)
+  truth = ""
+  if test.has_truth and not np.all(test.weights("neutral") == 1):
+    # 3D columns average over every held-out photo: they need every neutral mesh.
+    logging.warning("photo folder: only %d of %d held-out photos name a neutral mesh; the "
+                    "evaluation reports no 3D error", int(test.weights("neutral").sum()),
+                    len(test))
+    test = dataclasses.replace(test, neutral=None, posed=None, neutral_weight=None,
+                               posed_weight=None)
+  if train.has_truth or test.has_truth:
+    truth = (f"; 3D truth for {int(train.weights('posed').sum())} / "
+             f"{int(train.weights('neutral').sum())} training photos (mesh / neutral)"
+             if train.has_truth else "") + ("; held-out neutral meshes"
+                                             if test.has_truth else "")
   return ImageData(train=train, test=test, image_size=config.image_size,
                    description=f"photo folder {config.image_dir} ({len(train)} train / "
-                               f"{len(test)} held-out images{skipped})")
+                               f"{len(test)} held-out images{skipped}{truth})")
 
 
 def pretrain_split(config, *, seed: int) -> Split:
@@ -323,12 +449,34 @@ def pretrain_split(config, *, seed: int) -> Split:
                       test=False)
 
 
-def load(config, *, seed: int) -> ImageData:
-  """The config's `data` section -> train and held-out images."""
+def load(config, *, seed: int, model=None) -> ImageData:
+  """The config's `data` section -> train and held-out images; with `config.scan_dir`, plus the
+  rendered scans of that folder (in the topology of `model`, the stage-1 model) mixed into every
+  training batch at `config.scan_fraction`."""
   if config.source not in SOURCES:
     raise InputError(f"data.source must be one of {SOURCES}, got {config.source!r}")
-  if config.source == "folder":
-    return _folder(config)
+  data = _folder(config) if config.source == "folder" else _rendered(config, seed)
+  if not config.get("scan_dir"):
+    return data
+  from sfm_jax.sources import rendered_scans
+  if model is None:
+    raise InputError("data.scan_dir needs the stage-1 model (its topology and landmarks)")
+  if not 0 < config.scan_fraction < 1:
+    raise InputError(f"data.scan_fraction must be in (0, 1), got {config.scan_fraction}")
+  scans = rendered_scans.scan_split(config, model, seed=split_seed(seed, "scans"))
+  scans = dataclasses.replace(scans, identity=np.where(
+      scans.identity >= 0, scans.identity + data.num_classes, -1).astype(np.int32))
+  return dataclasses.replace(
+      data, scans=scans, scan_fraction=config.scan_fraction,
+      description=(f"{data.description}; {config.scan_fraction:.0%} of every training batch "
+                   f"from {len(scans)} renders of scans of "
+                   f"{len(np.unique(scans.identity[scans.identity >= 0]))} identities from "
+                   f"{config.scan_dir} ({int(scans.weights('neutral').sum())} with a known "
+                   "neutral)"))
+
+
+def _rendered(config, seed: int) -> ImageData:
+  """Face-world images, in memory or through the TFDS builder."""
   if config.source == "tfds":
     train, test = _tfds_split(config, "train", test=False), _tfds_split(config, "test", test=True)
     what = f"TFDS synthetic_face_images/{config.tfds_config}"

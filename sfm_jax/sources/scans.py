@@ -40,6 +40,7 @@ class ScanData:
   landmarks: np.ndarray        # [68] (-1 undefined)
   mirror: np.ndarray | None    # [V] or None
   description: str
+  contour: np.ndarray | None = None  # [2, C, W] jaw lines (`FaceModel.contour`) or None
 
   @property
   def num_classes(self) -> int:
@@ -117,9 +118,19 @@ def identity_codes(rng: np.random.Generator, count: int, dim: int, *, seed: int,
   return z
 
 
-def sample_scans(model, num_identities: int, scans_per_identity: int, seed: int, *,
-                 noise_mm: float, identity_offset: int = 0, neutral_fraction: float = 0.2,
-                 expression_scale: float = 1.0, identity_tail_df: float = 0.0):
+@dataclasses.dataclass(frozen=True)
+class SampledScans:
+  """Scans sampled from a Gaussian model (`sample_people`), with what made them."""
+  scans: np.ndarray             # [N, V, 3] float32, after the scanner (noise, misalignment)
+  identity: np.ndarray          # [N] int32
+  neutral: np.ndarray           # [N, V, 3] float32 the person's neutral shape (no scanner)
+  expression: np.ndarray        # [N, E] expression weights (0 = neutral scan)
+
+
+def sample_people(model, num_identities: int, scans_per_identity: int, seed: int, *,
+                  noise_mm: float, identity_offset: int = 0, neutral_fraction: float = 0.2,
+                  expression_scale: float = 1.0, identity_tail_df: float = 0.0,
+                  neutral_first: bool = False) -> SampledScans:
   """Scans sampled from a Gaussian model (e.g. the Surrey model with its blendshapes):
   identities `z ~ N(0, I)`, 1-2 expression components per scan with weights in [0.2, 1]
   (blendshapes at partial strength; for Gaussian expression bases, up to one sd) times
@@ -128,7 +139,8 @@ def sample_scans(model, num_identities: int, scans_per_identity: int, seed: int,
   `identity_tail_df > 2` draws identities from a multivariate Student t with that many degrees
   of freedom instead, scaled to unit variance per component: the same spread, heavier tails
   (a few people far from the mean). Its extra draws come from their own stream, so the other
-  numbers are those of the Gaussian case.
+  numbers are those of the Gaussian case. `neutral_first` makes every person's first scan
+  neutral (its expression weights zeroed; the random draws are unchanged).
   """
   rng = np.random.default_rng(seed)
   z = identity_codes(rng, num_identities, model.shape_dim, seed=seed, tail_df=identity_tail_df)
@@ -137,11 +149,23 @@ def sample_scans(model, num_identities: int, scans_per_identity: int, seed: int,
   identity = np.repeat(np.arange(num_identities), scans_per_identity)
   weights = face_world.sample_expression_weights(rng, len(identity), model.expr_dim,
                                                  neutral_fraction=neutral_fraction, max_active=2)
+  if neutral_first:
+    weights[::scans_per_identity] = 0.0
   faces = neutral[identity] + np.einsum("nx,xvc->nvc", expression_scale * weights,
                                         np.asarray(model.expr_basis, np.float64))
   faces = face_world.apply_scanner(rng, faces, noise_mm=noise_mm, misalignment_degrees=1.0,
                               misalignment_mm=1.0)
-  return faces.astype(np.float32), (identity + identity_offset).astype(np.int32)
+  return SampledScans(scans=faces.astype(np.float32),
+                      identity=(identity + identity_offset).astype(np.int32),
+                      neutral=neutral[identity].astype(np.float32),
+                      expression=(expression_scale * weights).astype(np.float32))
+
+
+def sample_scans(model, num_identities: int, scans_per_identity: int, seed: int,
+                 **options) -> tuple[np.ndarray, np.ndarray]:
+  """(`[N, V, 3]` scans, `[N]` identities) of `sample_people` (same arguments)."""
+  sampled = sample_people(model, num_identities, scans_per_identity, seed, **options)
+  return sampled.scans, sampled.identity
 
 
 def _sampled(config, seed: int, path: str, key: str) -> ScanData:
@@ -169,7 +193,8 @@ def _sampled(config, seed: int, path: str, key: str) -> ScanData:
                   f"{config.train_identities} + {config.test_identities} identities x "
                   f"{config.scans_per_identity} scans, noise {config.noise_mm} mm"
                   + (f", expressions x{scale}" if scale != 1 else "")
-                  + (f", Student-t identities (df {df})" if df else ""))
+                  + (f", Student-t identities (df {df})" if df else ""),
+                  contour=None if model.contour is None else np.asarray(model.contour))
 
 
 def _folder(config) -> ScanData:
@@ -191,7 +216,7 @@ def _folder(config) -> ScanData:
   return ScanData(folder.vertices[~test], relabel(folder.identity[~test]),
                   folder.vertices[test], folder.identity[test], folder.triangles, landmarks,
                   None, f"scan folder {config.scan_dir}: {len(folder.paths)} scans, "
-                  f"{len(names)} identities")
+                  f"{len(names)} identities", contour=folder.contour)
 
 
 def load(config, *, seed: int) -> ScanData:

@@ -16,12 +16,12 @@ import hashlib
 
 import numpy as np
 
-SPLITS = ("train", "test", "pretrain")
+SPLITS = ("train", "test", "pretrain", "scans")
 CHUNK_IDENTITIES = 25
 
 
 def split_seed(seed: int, split: str) -> int:
-  """The data seed of `split` ("train", "test" or "pretrain") for a run seeded `seed`."""
+  """The data seed of `split` (one of `SPLITS`) for a run seeded `seed`."""
   return 2 * seed + 1 + SPLITS.index(split)
 
 
