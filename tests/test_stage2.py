@@ -358,18 +358,23 @@ def test_reconstruct_landmark_error_of_a_trained_network_is_below_the_bound(trai
   assert errors["long"] < 0.6 * errors["short"]
 
 
-def test_photo_folder_variant_crops_around_landmarks_and_reconstruct_follows(stage1_models,
-                                                                             tmp_path):
-  photos = tmp_path / "photos"
+def _photo_folder(photos, *, image_size):
+  """A photo folder of 10 face-world people x 2 photos (PNG, .pts, meta.csv); (path, images)."""
   photos.mkdir()
-  images = face_world.make_images(10, 2, seed=7, world=face_world.FaceWorld(resolution=12), image_size=64,
-                             occluder_probability=0.0)
+  images = face_world.make_images(10, 2, seed=7, world=face_world.FaceWorld(resolution=12),
+                                  image_size=image_size, occluder_probability=0.0)
   lines = ["path,identity"]
   for i in range(20):
     write_png(photos / f"p{i:02d}.png", images.images[i])
     write_pts(photos / f"p{i:02d}.pts", images.landmarks[i])
     lines.append(f"p{i:02d}.png,person{images.true_identity[i]}")
   (photos / "meta.csv").write_text("\n".join(lines) + "\n")
+  return photos, images
+
+
+def test_photo_folder_variant_crops_around_landmarks_and_reconstruct_follows(stage1_models,
+                                                                             tmp_path):
+  photos, images = _photo_folder(tmp_path / "photos", image_size=64)
   workdir = tmp_path / "run"
   _train("folder", workdir, init_model=str(stage1_models / "sfm_model.npz"),
          baseline_model="none",
@@ -407,16 +412,7 @@ def test_rendered_scans_join_every_batch_with_3d_truth_and_the_loss_falls(stage1
   expression = ["neutral" if i % 3 == 0 else "smile" for i in range(len(scans.identity))]
   write_scan_folder(tmp_path / "scans", scans.vertices, [f"s{i}" for i in scans.identity],
                     triangles=scans.triangles, landmarks=scans.landmarks, expression=expression)
-  photos = tmp_path / "photos"
-  photos.mkdir()
-  images = face_world.make_images(10, 2, seed=7, world=world, image_size=48,
-                                  occluder_probability=0.0)
-  lines = ["path,identity"]
-  for i in range(20):
-    write_png(photos / f"p{i:02d}.png", images.images[i])
-    write_pts(photos / f"p{i:02d}.pts", images.landmarks[i])
-    lines.append(f"p{i:02d}.png,person{images.true_identity[i]}")
-  (photos / "meta.csv").write_text("\n".join(lines) + "\n")
+  photos, _ = _photo_folder(tmp_path / "photos", image_size=48)
   workdir = tmp_path / "run"
   _train("folder", workdir, init_model=str(stage1_models / "sfm_model.npz"),
          **{"data.image_dir": str(photos), "data.image_size": 32, "data.test_fraction": 0.5,
