@@ -52,6 +52,9 @@ def check_train_config(train) -> None:
   for key in ("stop_after_steps", "skip_nonfinite"):
     if train[key] < 0:
       raise InputError(f"train.{key} must be >= 0 (0 = off), got {train[key]}")
+  if train.get("async_checkpoints", "auto") not in ("auto", "on", "off"):
+    raise InputError(f"train.async_checkpoints must be 'auto', 'on' or 'off', got "
+                     f"{train.async_checkpoints!r}")
 
 
 def run_stage(train_and_evaluate, *, default_config: str, default_workdir: str) -> None:
@@ -71,3 +74,23 @@ def run_stage(train_and_evaluate, *, default_config: str, default_workdir: str) 
     train_and_evaluate(config_flag.value, workdir_flag.value)
 
   run(main)
+
+
+def end_phase(phases, name: str) -> None:
+  """Ends phase `name` of a `progress.Phases` and prints its line (process 0 only)."""
+  import jax
+
+  row = phases.mark(name)
+  if jax.process_index() == 0:
+    print(phases.line(row), flush=True)
+
+
+def phase_table(phases) -> list:
+  """Markdown lines: the phases of this invocation, their time and host memory."""
+  from sfm_jax.progress import format_seconds
+
+  return ["Phases of this invocation (wall time; the process's host memory at the end of each, "
+          "and its peak so far):", "",
+          "| phase | time | memory (GiB) | peak so far (GiB) |", "|---|---|---|---|",
+          *(f"| {row['phase']} | {format_seconds(row['seconds'])} | {row['memory_gb']:.2f} | "
+            f"{row['peak_memory_gb']:.2f} |" for row in phases.rows), ""]

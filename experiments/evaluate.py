@@ -52,6 +52,9 @@ _IMAGE_DIR = flags.DEFINE_string("image_dir", None, "Image mode: a photo folder 
                                  "images + .pts); its held-out identities are evaluated.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs/eval_images", "Image mode: output folder.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Image mode: images per forward pass.")
+_STORE_DIR = flags.DEFINE_string("store_dir", None, "With a config that streams its scans "
+                                 "(data.stream, e.g. :paper): the folder of its scan stores, "
+                                 "e.g. a stage-1 workdir's data/ (written there if absent).")
 
 
 def _scans():
@@ -60,7 +63,10 @@ def _scans():
   if _SCAN_DIR.value is not None:
     folder = scan_folder.read_scan_folder(_SCAN_DIR.value)
     return folder.vertices, folder.identity, f"scan folder {_SCAN_DIR.value}"
-  data = scan_sources.load(_CONFIG.value.data, seed=_SEED.value)
+  if _CONFIG.value.data.get("stream", False) and not _STORE_DIR.value:
+    raise app.UsageError("this config streams its scans (data.stream): give --store_dir (e.g. "
+                         "the stage-1 workdir's data/ folder) or --config.data.stream=False")
+  data = scan_sources.load(_CONFIG.value.data, seed=_SEED.value, store_dir=_STORE_DIR.value)
   if _SPLIT.value == "test":
     return data.test_scans, data.test_identity, f"{data.description} (test split)"
   return data.train_scans, data.train_identity, f"{data.description} (train split)"

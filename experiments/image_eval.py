@@ -16,15 +16,16 @@ from sfm_jax.sources.images import Split
 
 
 def write_results(out_dir: str, rows: dict, predictions: dict, predictors: dict, split: Split,
-                  *, description: str, gallery_count: int, seen: dict | None = None) -> str:
-  """Writes `eval.json` (with the `seen` diagnostic rows, if any), `gallery.png` and
-  `codes_2d.png` into `out_dir`; returns the held-out table (Markdown)."""
+                  *, description: str, gallery_count: int, seen: dict | None = None,
+                  extra: dict | None = None) -> str:
+  """Writes `eval.json` (with the `seen` diagnostic rows, if any, and the entries of `extra`),
+  `gallery.png` and `codes_2d.png` into `out_dir`; returns the held-out table (Markdown)."""
   table = evaluation.format_table(rows, evaluation.IMAGE_COLUMNS)
   with atomic_write(os.path.join(out_dir, "eval.json"), "w") as f:
     json.dump({"data": description, "test_images": len(split),
                "test_identities": len(np.unique(split.identity[split.identity >= 0])),
                "ground_truth_3d": split.neutral is not None, "models": rows,
-               **({"seen_identities": seen} if seen else {})}, f, indent=1)
+               **({"seen_identities": seen} if seen else {}), **(extra or {})}, f, indent=1)
   write_png(os.path.join(out_dir, "gallery.png"), inference.gallery(predictors, split, count=gallery_count))
   labelled = split.identity >= 0
   write_png(os.path.join(out_dir, "codes_2d.png"), viz.plot_codes_2d(

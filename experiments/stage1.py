@@ -15,6 +15,8 @@ Writes into the workdir:
   checkpoints/{sfm,baseline}/        orbax checkpoints; rerunning the command resumes from them
 """
 
+import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -25,9 +27,9 @@ import numpy as np
 from experiments import cli
 from sfm_jax import evaluation, parallel, stage1, train_loop, viz
 from sfm_jax.errors import InputError
-from sfm_jax.io import atomic_write, write_png
+from sfm_jax.io import atomic_write, load_tree, save_tree, write_png
 from sfm_jax.model import FaceModel, save_model
-from sfm_jax.progress import format_seconds
+from sfm_jax.progress import Phases, format_seconds
 from sfm_jax.sources import scans as scan_sources
 from sfm_jax.sources.splits import batch_indices
 from sfm_jax.train_state import TrainState
@@ -40,8 +42,6 @@ def train(name: str, objective: stage1.Objective, init: stage1.PCAInit, data, co
   """Trains one model (resuming from its checkpoints) on `mesh`; returns the final state.
   `steps_before`: steps of the phases trained before this one (`train.stop_after_steps`)."""
   train_config = config.train
-  params = stage1.init_params(init, data.train_identity, data.num_classes, seed=config.seed,
-                              shared_identity_codes=objective.shared_identity_codes)
   loss_fn = stage1.make_loss_fn(objective, radius=init.radius, triangles=data.triangles,
                                 mirror=data.mirror,
                                 axis_name=parallel.DATA_AXIS if config.parallel.mode == "pmap"
@@ -51,7 +51,6 @@ def train(name: str, objective: stage1.Objective, init: stage1.PCAInit, data, co
                              lr_centers=train_config.lr_centers,
                              warmup_steps=train_config.warmup_steps,
                              total_steps=train_config.num_steps)
-  state = TrainState.create(params=params, tx=tx, loss_fn=loss_fn, seed=config.seed)
   num_scans = len(data.train_scans)
 
   def batch_for_step(step, rows):
@@ -64,9 +63,16 @@ def train(name: str, objective: stage1.Objective, init: stage1.PCAInit, data, co
     identity = "".join(f" {k} {metrics[k]:.3f}" for k in ("margin", "center") if k in metrics)
     return f"rec {metrics['rec']:.3f} mm{identity}  |s| {metrics['code_norm_mean']:.2f}"
 
-  return train_loop.run(name, state, batch_for_step, train_config=train_config,
-                        parallel_config=config.parallel, workdir=workdir, log=log, mesh=mesh,
-                        summary=summary, steps_before=steps_before)
+  # The fresh state is not kept here: `run` replaces it by its replicated copy, and at paper
+  # shapes (566 MiB of parameters and Adam moments) holding both costs that much memory.
+  return train_loop.run(
+      name, TrainState.create(
+          params=stage1.init_params(init, data.train_identity, data.num_classes,
+                                    seed=config.seed,
+                                    shared_identity_codes=objective.shared_identity_codes),
+          tx=tx, loss_fn=loss_fn, seed=config.seed),
+      batch_for_step, train_config=train_config, parallel_config=config.parallel,
+      workdir=workdir, log=log, mesh=mesh, summary=summary, steps_before=steps_before)
 
 
 def objectives(config) -> dict:
@@ -83,6 +89,16 @@ def _validate(config) -> None:
     raise InputError("parallel.mode='pmap' is single-process; use 'jit' on several hosts")
   if config.model.shape_dim < 1 or config.model.expr_dim < 0:
     raise InputError("model.shape_dim must be >= 1 and model.expr_dim >= 0")
+  if config.pca.method not in ("auto", "exact", "streamed"):
+    raise InputError(f"pca.method must be 'auto', 'exact' or 'streamed', got "
+                     f"{config.pca.method!r}")
+  if config.pca.method == "exact" and config.data.stream:
+    raise InputError("pca.method='exact' holds every scan in memory, which data.stream avoids; "
+                     "use 'streamed' (or 'auto')")
+  if not (config.pca.tol > 0 and config.pca.max_iterations >= 1 and config.pca.block_rows >= 1
+          and config.pca.oversample >= 0):
+    raise InputError("pca.tol must be > 0, pca.max_iterations and pca.block_rows >= 1, "
+                     "pca.oversample >= 0")
 
 
 def _pictures(workdir, log, models, evaluations, test_identity):
@@ -102,7 +118,7 @@ def _pictures(workdir, log, models, evaluations, test_identity):
               viz.component_grid(models[name], components=4, expressions=2, size=150))
 
 
-def _report(workdir, config, data, table, init, elapsed):
+def _report(workdir, config, data, table, init, elapsed, phases):
   lines = [
       f"# Stage 1 ({config.variant})", "",
       f"Data: {data.description}.", "",
@@ -125,9 +141,78 @@ def _report(workdir, config, data, table, init, elapsed):
       "![loss curves](loss_curves.png)", "",
       "![held-out codes](codes_2d.png)", "",
       "SFM components (-3 sd, mean, +3 sd): ![sfm](components_sfm.png)", "",
-      "Baseline components: ![baseline](components_baseline.png)", ""]
+      "Baseline components: ![baseline](components_baseline.png)", "",
+      *cli.phase_table(phases)]
   with atomic_write(os.path.join(workdir, "report.md"), "w") as f:
     f.write("\n".join(lines))
+
+
+def _pca_key(config, data) -> str:
+  """What the cached PCA of a streamed run depends on: the stored data and the PCA settings."""
+  text = json.dumps([data.train_scans.key, config.model.shape_dim, config.model.expr_dim,
+                     config.pca.to_dict()], sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _pca(config, data, cache: str | None) -> stage1.PCAInit:
+  """The PCA initialisation (`config.pca`); with a `cache` path (streamed data), read from it
+  when it was computed for the same data and settings, else computed and written there."""
+  key = _pca_key(config, data) if cache else None
+  if cache and os.path.exists(cache):
+    arrays, meta = load_tree(cache)
+    if meta.get("key") == key:
+      return stage1.PCAInit(**arrays, radius=meta["radius"])
+  method = config.pca.method
+  if method == "auto":
+    method = "streamed" if config.data.stream else "exact"
+  sizes = dict(num_shape=config.model.shape_dim, num_expr=config.model.expr_dim)
+  if method == "exact":
+    init = stage1.pca_init(data.train_scans, data.train_identity, **sizes)
+  else:
+    init = stage1.pca_init_streamed(
+        data.train_scans, data.train_identity, **sizes, block_rows=config.pca.block_rows,
+        tol=config.pca.tol, max_iterations=config.pca.max_iterations,
+        oversample=config.pca.oversample, seed=config.seed,
+        report=lambda line: print(line, flush=True) if train_loop.is_chief() else None)
+  if cache:
+    arrays = {f.name: getattr(init, f.name) for f in dataclasses.fields(init) if f.name != "radius"}
+    save_tree(cache, arrays, {"key": key, "radius": init.radius})
+  return init
+
+
+def _data_and_init(config, workdir: str, phases: Phases):
+  """(training data, PCA initialisation). With `data.stream`, process 0 writes the scan store
+  and the PCA into `WORKDIR/data/` (a rerun reuses both) while the others wait, then read them;
+  otherwise every process builds the same (deterministic) data and PCA itself."""
+  chief, stream = train_loop.is_chief(), config.data.stream
+  store_dir = os.path.join(workdir, "data")
+  if stream and not chief:
+    parallel.sync_processes("stage-1 scan store and PCA")
+  data = scan_sources.load(config.data, seed=config.seed, store_dir=store_dir)
+  if chief:
+    print(f"stage 1 ({config.variant}): {data.description}; {jax.device_count()} device(s) in "
+          f"{jax.process_count()} process(es), parallel mode {config.parallel.mode}"
+          + (f"; training scans streamed from {data.train_scans.path}" if stream else ""),
+          flush=True)
+  cli.end_phase(phases, "data")
+  stage1.check_sizes(len(data.train_scans), len(np.unique(data.train_identity)),
+                     config.model.shape_dim, config.model.expr_dim)
+  init = _pca(config, data, os.path.join(store_dir, "pca_init.npz") if stream else None)
+  if stream and chief:
+    parallel.sync_processes("stage-1 scan store and PCA")
+  # Training runs in float32: keep the bases at that precision (the same values reach the
+  # parameters; half the memory of the float64 solve).
+  init = dataclasses.replace(init, mean=init.mean.astype(np.float32),
+                             shape_basis=init.shape_basis.astype(np.float32),
+                             expr_basis=init.expr_basis.astype(np.float32))
+  per_vertex = np.sqrt(init.mean.shape[0])  # std of a unit direction in 3V -> RMS per vertex
+  if chief:
+    print(f"PCA initialisation: R = {init.radius:.3f}; per-vertex RMS of one sd: identity "
+          f"{init.shape_std[0] / per_vertex:.2f} .. {init.shape_std[-1] / per_vertex:.2f} mm, "
+          f"expression {(init.expr_std[0] if len(init.expr_std) else 0) / per_vertex:.2f} mm",
+          flush=True)
+  cli.end_phase(phases, "PCA")
+  return data, init
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -141,22 +226,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   parallel.check_global_batch(config.train.global_batch_size, mesh)
   chief = train_loop.is_chief()
   start = time.perf_counter()
-  # Every process builds the same (deterministic) data and feeds its slice of each batch.
-  data = scan_sources.load(config.data, seed=config.seed)
-  if chief:
-    print(f"stage 1 ({config.variant}): {data.description}; {jax.device_count()} device(s) in "
-          f"{jax.process_count()} process(es), parallel mode {config.parallel.mode}", flush=True)
-  stage1.check_sizes(len(data.train_scans), len(np.unique(data.train_identity)),
-                     config.model.shape_dim, config.model.expr_dim)
+  phases = Phases()
   os.makedirs(workdir, exist_ok=True)
-  init = stage1.pca_init(data.train_scans, data.train_identity, num_shape=config.model.shape_dim,
-                         num_expr=config.model.expr_dim)
-  per_vertex = np.sqrt(init.mean.shape[0])  # std of a unit direction in 3V -> RMS per vertex
-  if chief:
-    print(f"PCA initialisation: R = {init.radius:.3f}; per-vertex RMS of one sd: identity "
-          f"{init.shape_std[0] / per_vertex:.2f} .. {init.shape_std[-1] / per_vertex:.2f} mm, "
-          f"expression {(init.expr_std[0] if len(init.expr_std) else 0) / per_vertex:.2f} mm",
-          flush=True)
+  data, init = _data_and_init(config, workdir, phases)
   log = train_loop.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
   models: dict[str, FaceModel] = {}
   codes = {}
@@ -165,12 +237,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   for phase, (name, objective) in enumerate(objectives(config).items()):
     state = train(name, objective, init, data, config, workdir, log, mesh,
                   steps_before=phase * config.train.num_steps)
+    cli.end_phase(phases, f"train {name}")
     if train_loop.report_stop(name, state, config.train):
       return {}
     params = parallel.to_host(state.params)
+    del state  # the next model trains without this one's optimizer state in memory
     models[name] = stage1.export_model(params, pca.replace(code_kind=objective.code_kind))
     codes[name], codes[f"{name}_expr"] = stage1.training_codes(params, objective, init.radius,
                                                                identity=data.train_identity)
+    del params
   if not chief:
     return {}  # only process 0 writes models, evaluations and pictures
   models["pca"] = pca
@@ -185,19 +260,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
         f"{len(np.unique(data.test_identity))} unseen identities ...", flush=True)
   evaluations = {name: evaluation.evaluate_model(
       model, data.test_scans, data.test_identity, seed=config.seed, steps=config.eval.fit_steps,
-      rounds=config.eval.fit_rounds, learning_rate=config.eval.fit_learning_rate)
-                 for name, model in models.items()}
+      rounds=config.eval.fit_rounds, learning_rate=config.eval.fit_learning_rate,
+      keep_meshes=False) for name, model in models.items()}
   table_rows = {name: scores for name, (scores, _) in evaluations.items()}
   table = evaluation.format_table(table_rows)
+  cli.end_phase(phases, "evaluate")
   results = {"variant": config.variant, "data": data.description,
              "shape_dim": config.model.shape_dim, "expr_dim": config.model.expr_dim,
              "radius": init.radius, "test_scans": len(data.test_scans),
-             "test_identities": int(len(np.unique(data.test_identity))), "models": table_rows}
+             "test_identities": int(len(np.unique(data.test_identity))), "models": table_rows,
+             "phases": phases.rows}
   with atomic_write(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump(results, f, indent=1)
   _pictures(workdir, log, models, evaluations, data.test_identity)
   elapsed = time.perf_counter() - start
-  _report(workdir, config, data, table, init, elapsed)
+  _report(workdir, config, data, table, init, elapsed, phases)
   print(table)
   print(f"done in {format_seconds(elapsed)}; see {os.path.join(workdir, 'report.md')} and the "
         "PNGs beside it", flush=True)

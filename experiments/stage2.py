@@ -32,7 +32,7 @@ from sfm_jax.errors import InputError
 from sfm_jax.io import atomic_write, write_png
 from sfm_jax.model import FaceModel, load_model, save_model
 from sfm_jax.networks import Encoder, Trunk
-from sfm_jax.progress import format_seconds
+from sfm_jax.progress import Phases, format_seconds
 from sfm_jax.sources import images as image_sources
 from sfm_jax.sources.splits import batch_indices
 from sfm_jax.train_state import TrainState
@@ -192,7 +192,7 @@ def _curves(workdir, log, names):
                             log_y=("total loss",)))
 
 
-def _report(workdir, config, data, table, seen_table, models, elapsed):
+def _report(workdir, config, data, table, seen_table, models, elapsed, phases):
   lines = [
       f"# Stage 2 ({config.variant})", "",
       f"Data: {data.description}.", "",
@@ -229,7 +229,8 @@ def _report(workdir, config, data, table, seen_table, models, elapsed):
       ("Held-out images (input; per model: reconstruction over the input with annotated "
        "landmarks green and predicted red; neutral mesh):"), "",
       "![gallery](gallery.png)", "",
-      "![codes](codes_2d.png)", ""]
+      "![codes](codes_2d.png)", "",
+      *cli.phase_table(phases)]
   with atomic_write(os.path.join(workdir, "report.md"), "w") as f:
     f.write("\n".join(lines))
 
@@ -249,6 +250,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   parallel.check_global_batch(config.train.global_batch_size, mesh)
   chief = train_loop.is_chief()
   start = time.perf_counter()
+  phases = Phases()
   if chief:
     print(f"stage 2 ({config.variant}): preparing images ...", flush=True)
   data = image_sources.load(config.data, seed=config.seed, model=models["sfm"])
@@ -257,17 +259,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
     print(f"{data.description}; {jax.device_count()} device(s) in {jax.process_count()} "
           f"process(es) ({format_seconds(time.perf_counter() - start)})", flush=True)
   os.makedirs(workdir, exist_ok=True)
+  cli.end_phase(phases, "data")
   log = train_loop.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
   objective_of = objectives(config)
   trunk = pretrain(config, workdir, log, mesh)
   if trunk == "stopped":
     return {}
+  if config.pretrain.steps > 0:
+    cli.end_phase(phases, "pretrain")
   predictors = {}
   steps_before = max(config.pretrain.steps, 0)
   for name, model in models.items():
     state = train(name, model, objective_of[name], data, config, workdir, log, mesh, trunk,
                   steps_before=steps_before)
     steps_before += config.train.num_steps
+    cli.end_phase(phases, f"train {name}")
     if train_loop.report_stop(name, state, config.train):
       return {}
     params = parallel.to_host(state.params)
@@ -297,13 +303,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                        fit_steps=config.eval.fit_steps, seed=config.seed))
   seen = inference.evaluate_seen(predictors, data.train, count=config.eval.seen_images,
                                  batch_size=config.eval.batch_size, seed=config.seed)
+  cli.end_phase(phases, "evaluate")
   table = image_eval.write_results(workdir, rows, predictions, predictors, data.test,
                                    description=data.description,
-                                   gallery_count=config.eval.gallery, seen=seen)
+                                   gallery_count=config.eval.gallery, seen=seen,
+                                   extra={"phases": phases.rows})
   seen_table = evaluation.format_table(seen, inference.SEEN_COLUMNS)
   _curves(workdir, log, list(predictors))
   elapsed = time.perf_counter() - start
-  _report(workdir, config, data, table, seen_table, models, elapsed)
+  _report(workdir, config, data, table, seen_table, models, elapsed, phases)
   print(table)
   print("seen identities (training images, a diagnostic):")
   print(seen_table)

@@ -1,6 +1,7 @@
 """Checkpoints: orbax's `CheckpointManager` behind `save`, `restore` and `latest_step`.
 
-Saves are asynchronous (training continues while the arrays are written); orbax writes each step
+Saves are asynchronous by default (training continues while the arrays are written; the loop
+turns this off on CPUs, `train_loop.async_checkpoints`); orbax writes each step
 to a temporary folder and renames it when complete, so a run killed in the middle of a save
 leaves the previous checkpoints intact and the partial one invisible to `latest_step`. Call
 `wait` (or use the manager as a context manager, which closes it) before the process exits.

@@ -20,13 +20,14 @@ COLUMNS = (("mean_mm", "mean err (mm)"), ("p95_mm", "p95 err (mm)"),
 
 def evaluate_model(model: FaceModel, scans: np.ndarray, identity: np.ndarray, *, seed: int = 0,
                    **fit_options) -> tuple[dict, fitting.Fit]:
-  """Fits `model` to held-out `scans` `[N, V, 3]` and scores reconstruction and identity.
+  """Fits `model` to held-out `scans` `[N, V, 3]` (an array or a scan store) and scores
+  reconstruction and identity (`fit_options` go to `fitting.fit_scans`, e.g. `keep_meshes`).
 
   Returns (`{mean_mm, median_mm, p95_mm, silhouette, nmcd, verification_accuracy, nmi}`, the fit).
   Scans with identity -1 count for reconstruction only.
   """
   fit = fitting.fit_scans(model, scans, **fit_options)
-  scores = metrics.vertex_errors(fit.reconstruction, fit.aligned)
+  scores = metrics.distance_summary(fit.errors)
   labelled = np.asarray(identity) >= 0
   scores.update(metrics.identity_metrics(fit.shape_codes[labelled],
                                          np.asarray(identity)[labelled], seed=seed))

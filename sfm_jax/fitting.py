@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sfm_jax import camera, geometry, losses, sphere
+from sfm_jax import camera, geometry, losses, metrics, sphere
 from sfm_jax.model import CONTOUR_LANDMARKS, FaceModel, decode
 from sfm_jax.train_state import minimize
 
@@ -34,13 +34,18 @@ class Fit:
   Attributes:
     shape_codes: `[N, K]` codes (on the sphere for sphere models).
     expr_codes: `[N, E]`.
-    reconstruction: `[N, V, 3]` decoded fits, in the aligned scans' frame.
-    aligned: `[N, V, 3]` the scans rigidly aligned to their reconstruction.
+    reconstruction: `[N, V, 3]` decoded fits, in the aligned scans' frame (None unless
+      `keep_meshes`).
+    aligned: `[N, V, 3]` the scans rigidly aligned to their reconstruction (None unless
+      `keep_meshes`).
+    errors: `[N, V]` per-vertex distance between the two (mm; computed in float64, kept in
+      float32).
   """
   shape_codes: np.ndarray
   expr_codes: np.ndarray
-  reconstruction: np.ndarray
-  aligned: np.ndarray
+  reconstruction: np.ndarray | None
+  aligned: np.ndarray | None
+  errors: np.ndarray
 
 
 def _align_rigid(scans: jax.Array, targets: jax.Array) -> jax.Array:
@@ -85,12 +90,14 @@ def _refine(model: FaceModel, aligned: jax.Array, shape_init: jax.Array, expr_in
 
 def fit_scans(model: FaceModel, scans: Any, *, steps: int = 200, rounds: int = 3,
               learning_rate: float = 0.02, shape_prior: float = 1e-4, expr_prior: float = 1e-4,
-              ridge: float = 1e-6, align: bool = True, batch_size: int = 256) -> Fit:
+              ridge: float = 1e-6, align: bool = True, batch_size: int = 256,
+              keep_meshes: bool = True) -> Fit:
   """Fits codes (and a rigid pose) of `model` to each scan; see the module docstring.
 
   Args:
     model: the frozen model (`code_kind` picks the code space).
-    scans: `[N, V, 3]` scans in correspondence with the model, mm.
+    scans: `[N, V, 3]` scans in correspondence with the model, mm: an array, or anything that
+      slices like one (an `io.scan_store.ScanStore`: read a batch at a time).
     steps: Adam steps per round.
     rounds: alignment + refinement rounds.
     learning_rate: Adam learning rate on the codes.
@@ -99,17 +106,20 @@ def fit_scans(model: FaceModel, scans: Any, *, steps: int = 200, rounds: int = 3
     ridge: regulariser of the least-squares start.
     align: rigidly align scans to the reconstruction (else keep them as given).
     batch_size: scans fitted at a time (memory).
+    keep_meshes: return the reconstructions and aligned scans (else only their distances, so
+      memory does not hold two copies of every scan).
 
   Returns:
     A `Fit`.
   """
-  scans = np.asarray(scans, np.float32)
-  if scans.ndim != 3 or scans.shape[1:] != (model.num_vertices, 3):
+  if not hasattr(scans, "shape"):
+    scans = np.asarray(scans, np.float32)
+  if len(scans.shape) != 3 or tuple(scans.shape[1:]) != (model.num_vertices, 3):
     raise ValueError(f"fit_scans: scans must be [N, {model.num_vertices}, 3], got {scans.shape}")
   model = jax.tree_util.tree_map(jnp.asarray, model)
   outputs = []
   for start in range(0, len(scans), batch_size):
-    batch = jnp.asarray(scans[start:start + batch_size])
+    batch = jnp.asarray(np.asarray(scans[start:start + batch_size], np.float32))
     s = e = target = None
     for round_index in range(rounds):
       # Round 0 fits the scans as given (they arrive roughly registered); later rounds first
@@ -121,10 +131,13 @@ def fit_scans(model: FaceModel, scans: Any, *, steps: int = 200, rounds: int = 3
       s, e = _refine(model, aligned, s, e, steps=steps, learning_rate=learning_rate,
                      shape_prior=shape_prior, expr_prior=expr_prior)
       target = decode(model, s, e)
-    outputs.append((s, e, target, aligned))
+    target, aligned = np.asarray(target), np.asarray(aligned)
+    errors = metrics.vertex_distances(target, aligned).astype(np.float32)
+    outputs.append((s, e, errors) + ((target, aligned) if keep_meshes else ()))
   gather = lambda i: np.concatenate([np.asarray(o[i]) for o in outputs])
-  return Fit(shape_codes=gather(0), expr_codes=gather(1), reconstruction=gather(2),
-             aligned=gather(3))
+  return Fit(shape_codes=gather(0), expr_codes=gather(1), errors=gather(2),
+             reconstruction=gather(3) if keep_meshes else None,
+             aligned=gather(4) if keep_meshes else None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,12 +16,22 @@ def _unit(codes: np.ndarray) -> np.ndarray:
   return codes / np.maximum(np.linalg.norm(codes, axis=-1, keepdims=True), 1e-12)
 
 
-def vertex_errors(predicted: np.ndarray, target: np.ndarray) -> dict:
-  """Per-vertex Euclidean errors `[N, V, 3]` vs `[N, V, 3]`: mean, median and 95th percentile (mm)."""
-  errors = np.linalg.norm(np.asarray(predicted, np.float64) - np.asarray(target, np.float64),
-                          axis=-1)
+def vertex_distances(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
+  """Per-vertex Euclidean distances `[N, V]` (float64) of `[N, V, 3]` vs `[N, V, 3]`."""
+  return np.linalg.norm(np.asarray(predicted, np.float64) - np.asarray(target, np.float64),
+                        axis=-1)
+
+
+def distance_summary(errors: np.ndarray) -> dict:
+  """Mean, median and 95th percentile (mm) of per-vertex distances."""
+  errors = np.asarray(errors, np.float64)
   return {"mean_mm": float(errors.mean()), "median_mm": float(np.median(errors)),
           "p95_mm": float(np.percentile(errors, 95))}
+
+
+def vertex_errors(predicted: np.ndarray, target: np.ndarray) -> dict:
+  """Per-vertex Euclidean errors `[N, V, 3]` vs `[N, V, 3]`: mean, median and 95th percentile (mm)."""
+  return distance_summary(vertex_distances(predicted, target))
 
 
 def silhouette_cosine(codes: np.ndarray, labels: np.ndarray) -> float:

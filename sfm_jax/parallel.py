@@ -51,6 +51,14 @@ def initialize_distributed(*, coordinator_address: str = "", num_processes: int 
   jax.distributed.initialize(**kwargs)
 
 
+def sync_processes(name: str) -> None:
+  """Waits until every process has reached this point (a no-op in a single process); e.g. until
+  process 0 has written a file the others read."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def make_mesh(devices=None) -> Mesh:
   """A 1-D mesh over `devices` (default: every device of every process) with axis `data`."""
   devices = jax.devices() if devices is None else list(devices)

@@ -48,3 +48,48 @@ class Progress:
                               unit=self.unit, rate=rate, postfix=detail or None,
                               bar_format=_FORMAT), flush=True)
     return rate
+
+
+def peak_memory_bytes() -> int:
+  """This process's peak resident memory so far (`getrusage` `ru_maxrss`; KiB on Linux, bytes
+  on macOS)."""
+  import resource
+  import sys
+
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def resident_memory_bytes() -> int:
+  """This process's resident memory now (`/proc/self/statm`; 0 where there is none)."""
+  import os
+
+  try:
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+  except (OSError, ValueError, IndexError):
+    return 0
+
+
+class Phases:
+  """Wall time of a run's phases and the process's memory at the end of each: resident now,
+  and the peak so far (it only grows, so a phase that raises it shows where memory goes)."""
+
+  def __init__(self):
+    self.rows: list[dict] = []
+    self._last = time.perf_counter()
+
+  def mark(self, name: str) -> dict:
+    """Ends phase `name` (begun at the previous mark, or at creation) and returns its row
+    `{phase, seconds, peak_memory_gb, memory_gb}` (GiB)."""
+    now = time.perf_counter()
+    row = {"phase": name, "seconds": round(now - self._last, 2),
+           "peak_memory_gb": round(peak_memory_bytes() / 2 ** 30, 3),
+           "memory_gb": round(resident_memory_bytes() / 2 ** 30, 3)}
+    self._last = now
+    self.rows.append(row)
+    return row
+
+  def line(self, row: dict) -> str:
+    return (f"phase {row['phase']}: {format_seconds(row['seconds'])}; host memory "
+            f"{row['memory_gb']:.2f} GiB, peak so far {row['peak_memory_gb']:.2f} GiB")

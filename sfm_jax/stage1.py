@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sfm_jax import losses, sphere
+from sfm_jax import losses, pca, sphere
 from sfm_jax.errors import InputError
 from sfm_jax.geometry import mesh_edges
 from sfm_jax.model import FaceModel, decode
@@ -63,21 +63,6 @@ class PCAInit:
   expr_std: np.ndarray
 
 
-def _principal_directions(rows: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-  """Top `count` unit principal directions `[count, D]` of centred rows `[M, D]` and their std.
-
-  Uses the `M x M` Gram matrix, so it is cheap when M (samples) is much smaller than D (3V).
-  """
-  gram = rows @ rows.T / len(rows)
-  eigenvalues, eigenvectors = np.linalg.eigh(gram)
-  order = np.argsort(eigenvalues)[::-1][:count]
-  eigenvalues = np.clip(eigenvalues[order], 1e-12, None)
-  directions = (rows.T @ eigenvectors[:, order]).T / np.sqrt(len(rows) * eigenvalues)[:, None]
-  # Fix the sign convention: the largest-magnitude entry of each direction is positive.
-  signs = np.sign(directions[np.arange(count), np.argmax(np.abs(directions), axis=1)])
-  return directions * signs[:, None], np.sqrt(eigenvalues)
-
-
 def check_sizes(num_scans: int, num_identities: int, num_shape: int, num_expr: int) -> None:
   """Raises `ValueError` when K or E cannot be estimated from the training scans."""
   if num_shape < 1 or num_shape >= num_identities:
@@ -99,28 +84,129 @@ def pca_init(scans: np.ndarray, identity: np.ndarray, *, num_shape: int,
   per dimension; codes are the joint least-squares fit of each scan.
   """
   flat = np.asarray(scans, np.float64).reshape(len(scans), -1)
-  identity = np.asarray(identity)
-  keys = np.where(identity >= 0, identity, -1 - np.arange(len(identity)))  # -1: own identity
-  groups, index = np.unique(keys, return_inverse=True)
+  groups, index = np.unique(_identity_keys(identity), return_inverse=True)
   check_sizes(len(flat), len(groups), num_shape, num_expr)
   mean = flat.mean(0)
   identity_means = np.zeros((len(groups), flat.shape[1]))
   np.add.at(identity_means, index, flat)
   identity_means /= np.bincount(index)[:, None]
-  shape_dirs, shape_std = _principal_directions(identity_means - mean, num_shape)
+  shape_dirs, shape_std = pca.principal_directions(identity_means - mean, num_shape)
   if num_expr > 0:
-    expr_dirs, expr_std = _principal_directions(flat - identity_means[index], num_expr)
+    expr_dirs, expr_std = pca.principal_directions(flat - identity_means[index], num_expr)
   else:
     expr_dirs, expr_std = np.zeros((0, flat.shape[1])), np.zeros(0)
-  basis = np.concatenate([shape_dirs * shape_std[:, None], expr_dirs * expr_std[:, None]])
+  basis = _scaled_basis(shape_dirs, shape_std, expr_dirs, expr_std)
   codes = np.linalg.lstsq(basis.T, (flat - mean).T, rcond=None)[0].T
+  return _pca_result(mean, basis, codes, num_shape, shape_std, expr_std)
+
+
+def _scaled_basis(shape_dirs, shape_std, expr_dirs, expr_std) -> np.ndarray:
+  """`[K + E, 3V]`: the identity then expression directions, each times its std."""
+  return np.concatenate([shape_dirs * shape_std[:, None], expr_dirs * expr_std[:, None]])
+
+
+def _pca_result(mean, basis, codes, num_shape, shape_std, expr_std) -> PCAInit:
+  num_vertices = len(mean) // 3
   shape_codes, expr_codes = codes[:, :num_shape], codes[:, num_shape:]
-  num_vertices = flat.shape[1] // 3
   return PCAInit(
-      mean=mean.reshape(num_vertices, 3), shape_basis=basis[:num_shape].reshape(-1, num_vertices, 3),
+      mean=mean.reshape(num_vertices, 3),
+      shape_basis=basis[:num_shape].reshape(-1, num_vertices, 3),
       expr_basis=basis[num_shape:].reshape(-1, num_vertices, 3), shape_codes=shape_codes,
       expr_codes=expr_codes, radius=float(np.mean(np.linalg.norm(shape_codes, axis=1))),
       shape_std=shape_std, expr_std=expr_std)
+
+
+def _identity_keys(identity: np.ndarray) -> np.ndarray:
+  """`[N]` grouping keys: the label, or for unlabelled scans (-1) a key of their own."""
+  identity = np.asarray(identity)
+  return np.where(identity >= 0, identity, -1 - np.arange(len(identity)))
+
+
+def identity_blocks(identity: np.ndarray, *, max_rows: int) -> list[np.ndarray]:
+  """Row indices grouped by identity (sorted; unlabelled rows, -1, are each their own
+  identity), whole identities packed into blocks of at most `max_rows` rows (an identity with
+  more rows is a block of its own)."""
+  keys = _identity_keys(identity)
+  order = np.argsort(keys, kind="stable")
+  starts = np.concatenate([[0], np.flatnonzero(np.diff(keys[order])) + 1, [len(order)]])
+  blocks, begin = [], 0
+  for end, next_end in zip(starts[1:-1], starts[2:]):
+    if next_end - starts[begin] > max_rows:  # the next identity would overfill this block
+      blocks.append(order[starts[begin]:end])
+      begin = int(np.searchsorted(starts, end))
+  if len(order):
+    blocks.append(order[starts[begin]:])
+  return blocks
+
+
+def pca_init_streamed(scans, identity: np.ndarray, *, num_shape: int, num_expr: int,
+                      block_rows: int = 128, tol: float = 1e-6, max_iterations: int = 30,
+                      oversample: int = 10, seed: int = 0, report=None) -> PCAInit:
+  """`pca_init` from scans read in blocks of whole identities: the same PCA (identity means,
+  within-identity residuals, whitened least-squares codes) with the principal directions from
+  `pca.SubspaceIteration`, so memory is a block and a few `[3V, K + oversample]` matrices however
+  many scans there are.
+
+  Args:
+    scans: `[N, V, 3]`, anything indexable by a row-index array (an array, an
+      `io.scan_store.ScanStore`); read `2 + iterations` times.
+    identity: `[N]` labels (-1: own identity).
+    block_rows: rows read at a time.
+    tol, max_iterations, oversample, seed: of the subspace iterations (identity and expression
+      run in the same passes; each stops at `tol`).
+    report: optional `report(line)` called after every pass.
+
+  Returns the `PCAInit`; agrees with `pca_init` to the iterations' tolerance (up to the sign
+  convention both share).
+  """
+  keys = _identity_keys(identity)
+  check_sizes(len(keys), len(np.unique(keys)), num_shape, num_expr)
+  blocks = identity_blocks(identity, max_rows=block_rows)
+  report = report or (lambda line: None)
+
+  def read(rows):
+    """(scans `[m, 3V]`, their identities' means `[g, 3V]`, each scan's mean row `[m]`)."""
+    flat = np.asarray(scans[rows], np.float64).reshape(len(rows), -1)
+    _, local = np.unique(keys[rows], return_inverse=True)
+    means = np.zeros((local.max() + 1, flat.shape[1]))
+    np.add.at(means, local, flat)
+    return flat, means / np.bincount(local)[:, None], local
+
+  mean = sum(np.asarray(scans[rows], np.float64).reshape(len(rows), -1).sum(0)
+             for rows in blocks) / len(keys)
+  dim = len(mean)
+  iterations = {"identity": pca.SubspaceIteration(dim, num_shape, oversample=oversample, tol=tol,
+                                                  seed=seed)}
+  if num_expr > 0:
+    iterations["expression"] = pca.SubspaceIteration(dim, num_expr, oversample=oversample,
+                                                     tol=tol, seed=seed + 1)
+  for _ in range(max_iterations):
+    active = {name: it for name, it in iterations.items() if not it.converged}
+    if not active:
+      break
+    for it in active.values():
+      it.begin_pass()
+    for rows in blocks:
+      flat, means, local = read(rows)
+      if "identity" in active:
+        active["identity"].add(means - mean)
+      if "expression" in active:
+        active["expression"].add(flat - means[local])
+    for it in active.values():
+      it.end_pass()
+    report("PCA pass: " + ", ".join(f"{name} {it.iterations} iterations, residual "
+                                    f"{it.residual:.1e}" for name, it in iterations.items()))
+  shape_it = iterations["identity"]
+  expr_it = iterations.get("expression")
+  expr_dirs, expr_std = ((expr_it.directions, expr_it.std) if expr_it is not None
+                         else (np.zeros((0, dim)), np.zeros(0)))
+  basis = _scaled_basis(shape_it.directions, shape_it.std, expr_dirs, expr_std)
+  gram = basis @ basis.T
+  codes = np.zeros((len(identity), len(basis)))
+  for rows in blocks:
+    flat = np.asarray(scans[rows], np.float64).reshape(len(rows), -1)
+    codes[rows] = np.linalg.solve(gram, basis @ (flat - mean).T).T
+  return _pca_result(mean, basis, codes, num_shape, shape_it.std, expr_std)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,9 +406,9 @@ def pca_model(init: PCAInit, *, triangles: np.ndarray, landmarks: np.ndarray,
   """The untrained PCA model of an initialisation (Gaussian codes; radius R = the mean norm of
   its codes), with the data's topology, landmarks and jaw `contour` (if any). With
   `code_kind="sphere"` it is the base `export_model` fills for SFM."""
-  return FaceModel(mean=init.mean.astype(np.float32),
-                   shape_basis=init.shape_basis.astype(np.float32),
-                   expr_basis=init.expr_basis.astype(np.float32),
+  as32 = lambda x: np.asarray(x, np.float32)  # no copy when the init is float32 already
+  return FaceModel(mean=as32(init.mean), shape_basis=as32(init.shape_basis),
+                   expr_basis=as32(init.expr_basis),
                    radius=np.asarray(init.radius, np.float32),
                    triangles=np.asarray(triangles, np.int32),
                    landmarks=np.asarray(landmarks, np.int32), code_kind=code_kind,

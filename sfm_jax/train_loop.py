@@ -106,7 +106,8 @@ def run(name: str, state: TrainState, batch_for_step: Callable[[int, slice], dic
     state = parallel.replicate(state, mesh)
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints", name),
                                     max_to_keep=train_config.max_to_keep,
-                                    save_interval_steps=train_config.checkpoint_every)
+                                    save_interval_steps=train_config.checkpoint_every,
+                                    async_save=async_checkpoints(train_config))
   restored = checkpoint.restore_latest_good(
       manager, state, report=lambda line: print(f"[{name}] {line}", flush=True))
   if restored is not None:
@@ -160,6 +161,15 @@ def run(name: str, state: TrainState, batch_for_step: Callable[[int, slice], dic
   checkpoint.wait(manager)
   manager.close()
   return parallel.pmap_unreplicate(state) if use_pmap else state
+
+
+def async_checkpoints(train_config) -> bool:
+  """Whether saves run in the background (`train.async_checkpoints`): "on", "off", or "auto" =
+  on accelerators only. On a CPU the device memory is host memory, and a background save holds
+  a snapshot of the whole state while training goes on (measured at paper shapes: 0.8 GiB more
+  at the peak), so there it waits for each save instead."""
+  mode = train_config.get("async_checkpoints", "auto")
+  return mode == "on" or (mode == "auto" and jax.default_backend() != "cpu")
 
 
 def _stop_step(train_config, steps_before: int) -> int:

@@ -181,6 +181,32 @@ def plot_curves(panels: list, *, log_y: tuple = ()) -> np.ndarray:
   return _figure_to_image(figure)
 
 
+def plot_loglog(rows: list) -> np.ndarray:
+  """Log-log line plots in a grid. `rows`: list of rows, each a list of panels
+  `(title, x label, y label, {label: (x, y)})`; points are marked. Returns a float image."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  columns = max(len(row) for row in rows)
+  figure = Figure(figsize=(4.0 * columns, 3.3 * len(rows)), dpi=100)
+  FigureCanvasAgg(figure)
+  axes = figure.subplots(len(rows), columns, squeeze=False)
+  for axes_row, row in zip(axes, rows):
+    for axis, (title, x_label, y_label, series) in zip(axes_row, row):
+      for label, (x, y) in series.items():
+        axis.plot(x, y, marker="o", markersize=4, linewidth=1.4, label=label)
+      axis.set_xscale("log")
+      axis.set_yscale("log")
+      axis.set_title(title, fontsize=10)
+      axis.set_xlabel(x_label)
+      axis.set_ylabel(y_label)
+      axis.grid(alpha=0.3, which="both")
+      axis.legend(fontsize=8)
+    for axis in axes_row[len(row):]:
+      axis.set_visible(False)
+  figure.tight_layout()
+  return _figure_to_image(figure)
+
+
 def plot_codes_2d(panels: list, *, max_identities: int = 12) -> np.ndarray:
   """Codes projected to 2D, coloured by identity, one panel per model.
 

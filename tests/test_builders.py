@@ -67,6 +67,24 @@ def test_world_source_in_memory_equals_the_builder(tiny_builder):
     np.testing.assert_array_equal(got["identity"][order], identity)
 
 
+def test_tfds_source_streamed_equals_in_memory(tiny_builder, tmp_path):
+  """`data.stream` with the TFDS source: the records go through the scan stores unchanged."""
+  import ml_collections
+  data_config = ml_collections.ConfigDict(dict(
+      source="tfds", tfds_config="tiny", tfds_data_dir=str(tiny_builder.data_dir).split(
+          "/synthetic_face_scans/")[0], stream=False))
+  in_memory = scan_sources.load(data_config, seed=0)
+  data_config.stream = True
+  streamed = scan_sources.load(data_config, seed=0, store_dir=str(tmp_path))
+  for a, b in ((in_memory.train_scans, streamed.train_scans),
+               (in_memory.test_scans, streamed.test_scans)):
+    np.testing.assert_array_equal(b[np.arange(len(a))], a)
+  np.testing.assert_array_equal(streamed.train_identity, in_memory.train_identity)
+  np.testing.assert_array_equal(streamed.test_identity, in_memory.test_identity)
+  got = tfds_io.load_all(tiny_builder.as_data_source("train"))  # and both are the records
+  np.testing.assert_array_equal(in_memory.train_scans, got["vertices"])
+
+
 def test_synthetic_split_identities_are_disjoint(tiny_builder):
   train = set(tfds_io.load_all(tiny_builder.as_data_source("train"))["identity"].tolist())
   test = set(tfds_io.load_all(tiny_builder.as_data_source("test"))["identity"].tolist())

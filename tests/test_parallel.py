@@ -92,12 +92,15 @@ def _free_port():
 
 
 def test_two_processes_train_together(tmp_path):
+  # The processes stream their scans: process 0 writes the scan store and the PCA, process 1
+  # waits, then both read their own rows of every batch from the store.
   reference = tmp_path / "reference"
-  _stage1(reference, 2)  # one process, two devices: the same global batch
+  _stage1(reference, 2, "--config.pca.method=streamed")  # one process, two devices
   port = _free_port()
   workdir = tmp_path / "distributed"
   logs = [tmp_path / f"process{i}" for i in range(2)]
   processes = [_stage1(workdir, 1, "--config.parallel.distributed=True",
+                       "--config.data.stream=True", "--config.pca.method=streamed",
                        f"--config.parallel.coordinator_address=127.0.0.1:{port}",
                        "--config.parallel.num_processes=2", f"--config.parallel.process_id={i}",
                        log=logs[i]) for i in range(2)]
@@ -111,6 +114,8 @@ def test_two_processes_train_together(tmp_path):
   assert checksums[0] == checksums[1] and set(checksums[0]) == {"sfm", "baseline"}
   assert "2 device(s) in 2 process(es)" in outputs[0][0]
   assert "| sfm |" in outputs[0][0] and "| sfm |" not in outputs[1][0]  # only process 0 reports
+  assert "writing the scan store" in outputs[0][0] and "writing the scan store" not in outputs[1][0]
+  assert "PCA pass" in outputs[0][0] and "PCA pass" not in outputs[1][0]
   _assert_same_models(str(reference), str(workdir))
 
 

@@ -102,3 +102,26 @@ def test_more_nonfinite_steps_than_allowed_stop_the_run(tmp_path):
   with pytest.raises(NonFiniteError, match=r"step 5: non-finite .*1 non-finite step\(s\) already "
                                            r"skipped .*last good checkpoint is step 4"):
     _train(tmp_path, batches, skip_nonfinite=1)
+
+
+def test_background_saves_only_on_accelerators(monkeypatch):
+  config = ml_collections.ConfigDict({"async_checkpoints": "auto"})
+  assert train_loop.async_checkpoints(config) is False  # the suite runs on CPU
+  monkeypatch.setattr(train_loop.jax, "default_backend", lambda: "gpu")
+  assert train_loop.async_checkpoints(config) is True
+  config.async_checkpoints = "off"
+  assert train_loop.async_checkpoints(config) is False
+  monkeypatch.undo()
+  config.async_checkpoints = "on"
+  assert train_loop.async_checkpoints(config) is True
+  assert train_loop.async_checkpoints(ml_collections.ConfigDict({})) is False  # older configs
+
+
+def test_a_bad_async_checkpoints_value_is_refused():
+  from experiments import cli
+  from experiments.configs import stage1 as configs
+  from sfm_jax.errors import InputError
+  config = configs.get_config("tiny")
+  config.train.async_checkpoints = "sometimes"
+  with pytest.raises(InputError, match="train.async_checkpoints must be 'auto', 'on' or 'off'"):
+    cli.check_train_config(config.train)

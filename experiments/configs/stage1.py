@@ -7,7 +7,8 @@
   hard    Surrey samples that are hard for identity codes: heavy-tailed identities (Student t,
           df 3), expressions at 1.5x, 1 mm noise, 150 + 60 identities x 4 scans, K=20
   folder  a user's scan folder: --config.data.scan_dir=DIR
-  paper   K=199, E=100 on a 230x230 face-world grid (52900 vertices): sized for a GPU
+  paper   K=199, E=100 on a 230x230 face-world grid (52900 vertices), streamed (data.stream):
+          sized for a GPU; on a CPU try --config.train.num_steps=20
   tiny    a few seconds, for tests
 
 Any field can be overridden, e.g. `--config.train.num_steps=500 --config.model.shape_dim=16`.
@@ -48,6 +49,19 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.data.scan_dir = ""             # folder: the scan folder
   c.data.test_fraction = 0.2       # folder: share of identities held out
   c.data.allow_outside_paths = False  # folder: accept meta.csv paths that leave the folder
+  c.data.stream = False            # True: training scans in a scan store on disk
+                                   # (WORKDIR/data/), read a batch at a time; host memory
+                                   # then does not grow with the number of scans
+
+  # The PCA initialisation: "exact" (every scan in memory, Gram matrices), "streamed" (scans
+  # read in blocks, subspace iteration to `tol`), or "auto" (streamed with data.stream).
+  c.pca = ml_collections.ConfigDict()
+  c.pca.method = "auto"
+  c.pca.tol = 1e-6                 # streamed: residual of every wanted direction, relative to
+                                   # the largest eigenvalue
+  c.pca.max_iterations = 30        # streamed: passes over the scans at most
+  c.pca.oversample = 10            # streamed: extra directions iterated along
+  c.pca.block_rows = 128           # streamed: scans read at a time
 
   c.model = ml_collections.ConfigDict()
   c.model.shape_dim = 20           # K
@@ -71,6 +85,8 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.train.log_every = 100
   c.train.checkpoint_every = 500
   c.train.max_to_keep = 2
+  c.train.async_checkpoints = "auto"  # background saves: on | off | auto (on accelerators
+                                      # only: on a CPU they hold a second copy of the state)
   c.train.stop_after_steps = 0     # > 0: checkpoint and exit once the run has taken this
                                    # many steps, counted over its phases in order (time-sliced jobs)
   c.train.skip_nonfinite = 0       # > 0: skip up to this many non-finite steps (their update
@@ -104,6 +120,9 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   elif variant == "paper":
     c.data.resolution = 230
     c.data.train_identities, c.data.test_identities, c.data.scans_per_identity = 1000, 200, 4
+    c.data.stream = True
+    c.pca.max_iterations = 8       # 20 s a pass on 2 CPU cores; components past the face
+                                   # world's 16 identity dimensions are noise and never settle
     c.model.shape_dim, c.model.expr_dim = 199, 100
     c.train.num_steps, c.train.global_batch_size = 20000, 128
     c.train.log_every, c.train.checkpoint_every = 200, 2000

@@ -91,6 +91,8 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.train.log_every = 50
   c.train.checkpoint_every = 200
   c.train.max_to_keep = 2
+  c.train.async_checkpoints = "auto"  # background saves: on | off | auto (on accelerators
+                                      # only: on a CPU they hold a second copy of the state)
   c.train.stop_after_steps = 0      # > 0: checkpoint and exit once the run has taken this
                                     # many steps, counted over its phases in order (time-sliced jobs)
   c.train.skip_nonfinite = 0        # > 0: skip up to this many non-finite steps (their update

@@ -9,7 +9,7 @@
 - `expressions`: `EXPRESSIONS` (blendshape-like fields and a jaw rotation), `apply_expressions`,
   `sample_expression_weights`.
 - `scans`: `make_scans` (registered scans with expressions, scanner noise, rigid misalignment
-  and sliding noise, plus each scan's ground-truth neutral shape), `apply_scanner`.
+  and sliding noise, plus each scan's ground-truth neutral shape), `apply_scanner` (= `scanner_motions`, then `scan_faces`).
 - `images`: `make_images` (rendered photos with pose, SH light, albedo, clutter, occluders,
   landmarks with visibility, identity labels and the 3D ground truth).
 """
@@ -23,7 +23,13 @@ from sfm_jax.face_world.expressions import (
 )
 from sfm_jax.face_world.identities import FaceWorld, identity_albedo, identity_shapes
 from sfm_jax.face_world.images import Images, make_images
-from sfm_jax.face_world.scans import Scans, apply_scanner, make_scans
+from sfm_jax.face_world.scans import (
+                                            Scans,
+                                            apply_scanner,
+                                            make_scans,
+                                            scan_faces,
+                                            scanner_motions,
+)
 from sfm_jax.face_world.template import (
                                             ATTRIBUTES,
                                             HALF_HEIGHT_MM,
@@ -37,6 +43,6 @@ from sfm_jax.face_world.template import (
 
 __all__ = ["EXPRESSIONS", "JAW_MAX_DEGREES", "apply_expressions", "expression_fields",
            "sample_expression_weights", "FaceWorld", "identity_albedo", "identity_shapes",
-           "Images", "make_images", "Scans", "apply_scanner", "make_scans", "ATTRIBUTES",
-           "HALF_HEIGHT_MM", "HALF_WIDTH_MM", "NOW_LANDMARKS", "FaceTemplate", "face_height",
+           "Images", "make_images", "Scans", "apply_scanner", "make_scans", "scan_faces",
+           "scanner_motions", "ATTRIBUTES", "HALF_HEIGHT_MM", "HALF_WIDTH_MM", "NOW_LANDMARKS", "FaceTemplate", "face_height",
            "face_template", "toy_model"]

@@ -54,30 +54,47 @@ def _random_rotations(rng: np.random.Generator, count: int, max_degrees: float) 
 
 
 def _sliding_noise(rng: np.random.Generator, template: FaceTemplate, faces: np.ndarray,
-                   magnitude_mm: float) -> np.ndarray:
-  """Smooth displacements tangent to each face's surface (correspondence drift), `[N, V, 3]`."""
-  count = faces.shape[0]
+                   sliding: np.ndarray, magnitude_mm: float) -> np.ndarray:
+  """Smooth displacements tangent to the surface (correspondence drift) of the faces `[N, V, 3]`
+  where `sliding` `[N]` is true, `[count, V, 3]`. Normals are computed for every face: a shape
+  that does not depend on how many slide, so the normals compile once per chunk size."""
+  count = int(sliding.sum())
   centres = rng.uniform(-0.8, 0.8, size=(count, 4, 2))
   vectors = rng.normal(size=(count, 4, 3))
   distances = np.sum((template.uv[None, None] - centres[:, :, None]) ** 2, -1)  # [N, 4, V]
   field = np.einsum("nbv,nbc->nvc", np.exp(-0.5 * distances / 0.3 ** 2), vectors)
   field *= magnitude_mm / np.sqrt(np.mean(np.sum(field ** 2, -1), axis=1))[:, None, None]
   normals = np.asarray(geometry.vertex_normals(jnp.asarray(faces, jnp.float32),
-                                               jnp.asarray(template.triangles)), np.float64)
+                                               jnp.asarray(template.triangles)),
+                       np.float64)[sliding]
   return field - np.sum(field * normals, -1, keepdims=True) * normals
+
+
+def scanner_motions(rng: np.random.Generator, count: int, *, misalignment_degrees: float,
+                    misalignment_mm: float) -> tuple[np.ndarray, np.ndarray]:
+  """The scanner's small rigid motion of each of `count` faces: rotations `[N, 3, 3]` (uniform
+  angle up to `misalignment_degrees` about a random axis) and shifts `[N, 3]` (up to
+  `misalignment_mm` per axis)."""
+  rotations = _random_rotations(rng, count, misalignment_degrees)
+  return rotations, rng.uniform(-misalignment_mm, misalignment_mm, size=(count, 3))
+
+
+def scan_faces(rng: np.random.Generator, faces: np.ndarray, rotations: np.ndarray,
+               shifts: np.ndarray, *, noise_mm: float) -> np.ndarray:
+  """Faces `[n, V, 3]` moved by their `scanner_motions` about each face's centre, then i.i.d.
+  Gaussian noise of `noise_mm` per coordinate drawn from `rng`."""
+  centre = faces.mean(axis=1, keepdims=True)
+  faces = np.einsum("nij,nvj->nvi", rotations, faces - centre) + centre + shifts[:, None]
+  return faces + rng.normal(scale=noise_mm, size=faces.shape)
 
 
 def apply_scanner(rng: np.random.Generator, faces: np.ndarray, *, noise_mm: float,
                   misalignment_degrees: float, misalignment_mm: float) -> np.ndarray:
-  """A scanner's view of faces `[N, V, 3]`: a small random rigid motion about each face's centre
-  (uniform angle up to `misalignment_degrees` about a random axis, shift up to `misalignment_mm`
-  per axis), then i.i.d. Gaussian noise of `noise_mm` per coordinate."""
-  count = faces.shape[0]
-  rotations = _random_rotations(rng, count, misalignment_degrees)
-  shifts = rng.uniform(-misalignment_mm, misalignment_mm, size=(count, 3))
-  centre = faces.mean(axis=1, keepdims=True)
-  faces = np.einsum("nij,nvj->nvi", rotations, faces - centre) + centre + shifts[:, None]
-  return faces + rng.normal(scale=noise_mm, size=faces.shape)
+  """A scanner's view of faces `[N, V, 3]`: `scanner_motions`, then `scan_faces`."""
+  rotations, shifts = scanner_motions(rng, faces.shape[0],
+                                      misalignment_degrees=misalignment_degrees,
+                                      misalignment_mm=misalignment_mm)
+  return scan_faces(rng, faces, rotations, shifts, noise_mm=noise_mm)
 
 
 def make_scans(num_identities: int, scans_per_identity: int, seed: int, *,
@@ -117,7 +134,7 @@ def make_scans(num_identities: int, scans_per_identity: int, seed: int, *,
   faces = apply_expressions(template, neutral, weights)
   sliding = rng.uniform(size=count) < sliding_fraction
   if sliding.any() and sliding_mm > 0:
-    faces[sliding] += _sliding_noise(rng, template, faces[sliding], sliding_mm)
+    faces[sliding] += _sliding_noise(rng, template, faces, sliding, sliding_mm)
   faces = apply_scanner(rng, faces, noise_mm=noise_mm, misalignment_degrees=misalignment_degrees,
                         misalignment_mm=misalignment_mm)
   return Scans(vertices=faces.astype(np.float32),

@@ -217,9 +217,39 @@ def read_contour_file(path: str, num_vertices: int) -> np.ndarray:
   return contour.astype(np.int32)
 
 
+def iter_scans(directory: str | os.PathLike, paths: list[str], rows=None, *, dtype=np.float32,
+               chunk: int = 64):
+  """Yields the vertices of the scans `paths[rows]` (`paths` as `read_scan_meta` lists them,
+  relative to `directory`; default all rows) as arrays `[n, V, 3]` of up to `chunk` scans, in
+  order. Every scan must have the vertex count of `paths[0]`. Raises `InputError` naming a
+  missing or mismatched mesh and its `meta.csv` line."""
+  directory = os.fspath(directory)
+  num_vertices, scans = None, []
+  for row in range(len(paths)) if rows is None else rows:
+    path = os.path.join(directory, paths[row])
+    if not os.path.isfile(path):
+      raise InputError(f"{path}: missing (listed on line {row + 2} of {META})")
+    vertices = read_mesh(path, dtype=dtype).vertices
+    if num_vertices is None:
+      num_vertices = len(vertices) if row == 0 else len(read_mesh(
+          os.path.join(directory, paths[0]), dtype=dtype).vertices)
+    if vertices.shape != (num_vertices, 3):
+      raise InputError(f"{path}: {len(vertices)} vertices, but {paths[0]} has "
+                       f"{num_vertices}; scans must share vertex count and order")
+    scans.append(vertices)
+    if len(scans) == chunk:
+      yield np.stack(scans)
+      scans = []
+  if scans:
+    yield np.stack(scans)
+
+
 def read_scan_folder(directory: str | os.PathLike, *, dtype=np.float32,
-                     max_scans: int | None = None, allow_outside: bool = False) -> ScanFolder:
-  """Reads a scan folder (see the module docstring).
+                     max_scans: int | None = None, allow_outside: bool = False,
+                     load_vertices: bool = True) -> ScanFolder:
+  """Reads a scan folder (see the module docstring). With `load_vertices=False` only the first
+  mesh is read (`vertices` is then that one scan, `[1, V, 3]`); `iter_scans` reads the others
+  when they are needed.
 
   Raises:
     ValueError: naming the file for a missing or empty `meta.csv`, a bad header or row, a
@@ -233,20 +263,14 @@ def read_scan_folder(directory: str | os.PathLike, *, dtype=np.float32,
   if max_scans is not None:
     paths, identities = paths[:max_scans], identities[:max_scans]
     expressions = expressions[:max_scans] if expressions is not None else None
-  scans, first_triangles = [], None
-  for i, relative in enumerate(paths):
-    path = os.path.join(directory, relative)
-    if not os.path.isfile(path):
-      raise InputError(f"{path}: missing (listed on line {i + 2} of {META})")
-    mesh = read_mesh(path, dtype=dtype)
-    if scans and mesh.vertices.shape != scans[0].shape:
-      raise InputError(f"{path}: {len(mesh.vertices)} vertices, but {paths[0]} has "
-                       f"{len(scans[0])}; scans must share vertex count and order")
-    if i == 0:
-      first_triangles = mesh.triangles
-    scans.append(mesh.vertices)
-  num_vertices = scans[0].shape[0]
-  triangles = first_triangles
+  first_path = os.path.join(directory, paths[0])
+  if not os.path.isfile(first_path):
+    raise InputError(f"{first_path}: missing (listed on line 2 of {META})")
+  first = read_mesh(first_path, dtype=dtype)
+  num_vertices = len(first.vertices)
+  vertices = (np.concatenate(list(iter_scans(directory, paths, dtype=dtype)))
+              if load_vertices else first.vertices[None])
+  triangles = first.triangles
   template_path = os.path.join(directory, TEMPLATE)
   if os.path.isfile(template_path):
     template = read_obj(template_path)
@@ -263,6 +287,6 @@ def read_scan_folder(directory: str | os.PathLike, *, dtype=np.float32,
   names = _label_order({n for n in identities if n})
   index = {name: i for i, name in enumerate(names)}
   identity = np.array([index[n] if n else -1 for n in identities], np.int32)
-  return ScanFolder(vertices=np.stack(scans), identity=identity, identity_names=names,
+  return ScanFolder(vertices=vertices, identity=identity, identity_names=names,
                     expression=expressions, paths=paths, triangles=triangles, landmarks=landmarks,
                     contour=contour)

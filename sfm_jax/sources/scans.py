@@ -6,19 +6,30 @@ Every source gives training scans with contiguous identity labels [0, C) and hel
 identities never seen in training (design section 6), plus the topology. `world_scan_chunks` is
 the generator both the in-memory face world and the `synthetic_face_scans` builder draw from, so
 one seed gives the same scans either way.
+
+Every source produces its scans in chunks (`world_scan_chunks`, `sample_people_chunks`,
+scan-folder meshes, TFDS records), joined in memory, or with `data.stream` (for sets larger than
+host memory) written once to a scan store per split (`io.scan_store`) in the `store_dir` given
+to `load`, so `ScanData.train_scans` and `test_scans` are `ScanStore`s that training and
+evaluation read a batch at a time. The same seed and config give the same rows as in memory, bit
+for bit; a store of the same data (same config, seed and, for folders, the same files) is reused
+instead of rebuilt.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 
 import numpy as np
 
 from sfm_jax import face_world
 from sfm_jax.errors import InputError
-from sfm_jax.io import scan_folder
+from sfm_jax.io import scan_folder, scan_store
 from sfm_jax.io.models import load_face_model
+from sfm_jax.progress import Progress
 from sfm_jax.sources.splits import (
   CHUNK_IDENTITIES,
   chunk_seed,
@@ -30,11 +41,14 @@ from sfm_jax.sources.splits import (
 SOURCES = ("world", "tfds", "surrey", "model", "folder")
 
 
+STORE_FILES = {"train": "train_scans.f32", "test": "test_scans.f32"}
+
+
 @dataclasses.dataclass(frozen=True)
 class ScanData:
-  train_scans: np.ndarray      # [N, V, 3] float32
+  train_scans: np.ndarray      # [N, V, 3] float32 (with data.stream an io.scan_store.ScanStore)
   train_identity: np.ndarray   # [N] int32 in [0, C) (or -1)
-  test_scans: np.ndarray       # [M, V, 3]
+  test_scans: np.ndarray       # [M, V, 3] (with data.stream a ScanStore too)
   test_identity: np.ndarray    # [M] int32 (identities disjoint from training)
   triangles: np.ndarray        # [T, 3]
   landmarks: np.ndarray        # [68] (-1 undefined)
@@ -58,40 +72,85 @@ def world_scan_chunks(world: face_world.FaceWorld, num_identities: int,
                                 noise_mm=noise_mm, identity_offset=identity_offset + start)
 
 
-def world_scans(world: face_world.FaceWorld, num_identities: int, scans_per_identity: int,
-                seed: int, *, noise_mm: float, identity_offset: int = 0) -> face_world.Scans:
-  """All chunks of `world_scan_chunks`, concatenated."""
-  chunks = list(world_scan_chunks(world, num_identities, scans_per_identity, seed,
-                                  noise_mm=noise_mm, identity_offset=identity_offset))
-  joined = {name: np.concatenate([getattr(c, name) for c in chunks])
-            for name in ("vertices", "identity", "expression", "neutral", "identity_directions")}
-  return dataclasses.replace(chunks[0], **joined)
+def _split_scans(chunks, store, total: int) -> tuple:
+  """(scans `[N, V, 3]`, labels `[N]`) from `chunks`, a lazy iterable of (scans, labels) pairs
+  of `total` scans in all: joined in memory when `store` is None, else the scan store
+  `store = (path, key)`, reused when it already holds these data (the chunks are then never
+  generated), or written with progress lines."""
+  if store is None:
+    scans, labels = zip(*chunks)
+    return np.concatenate(scans), np.concatenate(labels)
+  path, key = store
+  opened = scan_store.open_scan_store(path, key)
+  if opened is None:
+    progress = Progress(f"writing the scan store {path}:", total=total, unit="scans")
+
+    def counted():
+      done, reported = 0, 0
+      for scans, labels in chunks:
+        yield scans, labels
+        done += len(scans)
+        if done - reported >= total / 10 or done == total:
+          progress.update(done)
+          reported = done
+
+    opened = scan_store.write_scan_store(path, counted(), key=key)
+  return opened, opened.identity
 
 
-def _world(config, seed: int) -> ScanData:
+def _stores(config, seed: int, store_dir: str | None, *extra) -> dict:
+  """{split: (store path, key of that split's data)} with `data.stream`, else {split: None}.
+  The key hashes the data config, the seed, the split and `extra` (e.g. a folder's files)."""
+  if not config.get("stream", False):
+    return dict.fromkeys(STORE_FILES)
+  if not store_dir:
+    raise InputError("data.stream=True needs a folder for the scan store (the stage-1 workdir)")
+  settings = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  stores = {}
+  for split, name in STORE_FILES.items():
+    text = json.dumps([settings, seed, split, list(extra), 1], sort_keys=True, default=str)
+    stores[split] = os.path.join(store_dir, name), hashlib.sha256(text.encode()).hexdigest()
+  return stores
+
+
+def _generated_splits(config, seed: int, stores, chunks) -> dict:
+  """{split: (scans, labels)} of a generated source: `chunks(count, data_seed, label_offset)`
+  gives a split's (scans, labels) chunks; test labels follow the training ones."""
+  return {split: _split_scans(chunks(count, split_seed(seed, split), offset), stores[split],
+                              count * config.scans_per_identity)
+          for split, count, offset in (
+              ("train", config.train_identities, 0),
+              ("test", config.test_identities, config.train_identities))}
+
+
+def _world(config, seed: int, stores) -> ScanData:
   world = face_world.FaceWorld(resolution=config.resolution)
-  train = world_scans(world, config.train_identities, config.scans_per_identity,
-                      split_seed(seed, "train"), noise_mm=config.noise_mm)
-  test = world_scans(world, config.test_identities, config.scans_per_identity,
-                     split_seed(seed, "test"), noise_mm=config.noise_mm,
-                     identity_offset=config.train_identities)
-  return ScanData(train.vertices, train.identity, test.vertices, test.identity, train.triangles,
-                  train.landmarks, train.mirror,
+  splits = _generated_splits(config, seed, stores, lambda count, data_seed, offset: (
+      (c.vertices, c.identity) for c in world_scan_chunks(
+          world, count, config.scans_per_identity, data_seed, noise_mm=config.noise_mm,
+          identity_offset=offset)))
+  template = world.template
+  return ScanData(*splits["train"], *splits["test"], template.triangles,
+                  template.landmarks, template.mirror,
                   f"face world {config.resolution}x{config.resolution} grid "
                   f"({world.template.vertices.shape[0]} vertices), {config.train_identities} + "
                   f"{config.test_identities} identities x {config.scans_per_identity} scans, "
                   f"noise {config.noise_mm} mm")
 
 
-def _tfds(config) -> ScanData:
+def _tfds(config, seed: int, store_dir: str | None) -> ScanData:
   from sfm_jax.sources import tfds
   builder_cls = _builder("synthetic_face_scans", "SyntheticFaceScans")
   builder = tfds.build(builder_cls, data_dir=config.tfds_data_dir, config=config.tfds_config)
-  train = tfds.load_all(builder.as_data_source("train"))
-  test = tfds.load_all(builder.as_data_source("test"))
+  sources = {split: builder.as_data_source(split) for split in STORE_FILES}
+  stores = _stores(config, seed, store_dir, {k: len(v) for k, v in sources.items()})
+  splits = {split: _split_scans(
+      ((chunk["vertices"], chunk["identity"]) for chunk in tfds.iter_chunks(source)),
+      stores[split], len(source)) for split, source in sources.items()}
+  (train_scans, train_identity), (test_scans, test_identity) = splits["train"], splits["test"]
   meta = builder.info.metadata
-  return ScanData(train["vertices"], relabel(train["identity"]), test["vertices"],
-                  test["identity"].astype(np.int32), np.asarray(meta["triangles"], np.int32),
+  return ScanData(train_scans, relabel(train_identity), test_scans,
+                  test_identity.astype(np.int32), np.asarray(meta["triangles"], np.int32),
                   np.asarray(meta["landmarks"], np.int32), np.asarray(meta["mirror"], np.int32),
                   f"TFDS synthetic_face_scans/{config.tfds_config} in {config.tfds_data_dir}")
 
@@ -127,6 +186,41 @@ class SampledScans:
   expression: np.ndarray        # [N, E] expression weights (0 = neutral scan)
 
 
+def sample_people_chunks(model, num_identities: int, scans_per_identity: int, seed: int, *,
+                         noise_mm: float, identity_offset: int = 0,
+                         neutral_fraction: float = 0.2, expression_scale: float = 1.0,
+                         identity_tail_df: float = 0.0, neutral_first: bool = False,
+                         chunk_identities: int = CHUNK_IDENTITIES):
+  """`sample_people` (same arguments) as `SampledScans` of `chunk_identities` people at a time:
+  the random draws that are small (codes, expression weights, scanner motions) are made for
+  everyone first, then each chunk's faces and noise, so the chunks joined are exactly
+  `sample_people`'s output and memory holds one chunk."""
+  rng = np.random.default_rng(seed)
+  z = identity_codes(rng, num_identities, model.shape_dim, seed=seed, tail_df=identity_tail_df)
+  identity = np.repeat(np.arange(num_identities), scans_per_identity)
+  weights = face_world.sample_expression_weights(rng, len(identity), model.expr_dim,
+                                                 neutral_fraction=neutral_fraction, max_active=2)
+  if neutral_first:
+    weights[::scans_per_identity] = 0.0
+  weights = expression_scale * weights
+  rotations, shifts = face_world.scanner_motions(rng, len(identity), misalignment_degrees=1.0,
+                                                 misalignment_mm=1.0)
+  mean = np.asarray(model.mean, np.float64)
+  shape_basis = np.asarray(model.shape_basis, np.float64)
+  expr_basis = np.asarray(model.expr_basis, np.float64)
+  for start in range(0, num_identities, chunk_identities):
+    stop = min(start + chunk_identities, num_identities)
+    rows = slice(start * scans_per_identity, stop * scans_per_identity)
+    neutral = (mean + np.einsum("ik,kvc->ivc", z[start:stop], shape_basis))[
+        identity[rows] - start]
+    faces = neutral + np.einsum("nx,xvc->nvc", weights[rows], expr_basis)
+    faces = face_world.scan_faces(rng, faces, rotations[rows], shifts[rows], noise_mm=noise_mm)
+    yield SampledScans(scans=faces.astype(np.float32),
+                       identity=(identity[rows] + identity_offset).astype(np.int32),
+                       neutral=neutral.astype(np.float32),
+                       expression=weights[rows].astype(np.float32))
+
+
 def sample_people(model, num_identities: int, scans_per_identity: int, seed: int, *,
                   noise_mm: float, identity_offset: int = 0, neutral_fraction: float = 0.2,
                   expression_scale: float = 1.0, identity_tail_df: float = 0.0,
@@ -134,7 +228,7 @@ def sample_people(model, num_identities: int, scans_per_identity: int, seed: int
   """Scans sampled from a Gaussian model (e.g. the Surrey model with its blendshapes):
   identities `z ~ N(0, I)`, 1-2 expression components per scan with weights in [0.2, 1]
   (blendshapes at partial strength; for Gaussian expression bases, up to one sd) times
-  `expression_scale`, then the scanner.
+  `expression_scale`, then the scanner (`face_world.apply_scanner`: 1 degree, 1 mm, noise).
 
   `identity_tail_df > 2` draws identities from a multivariate Student t with that many degrees
   of freedom instead, scaled to unit variance per component: the same spread, heavier tails
@@ -142,33 +236,16 @@ def sample_people(model, num_identities: int, scans_per_identity: int, seed: int
   numbers are those of the Gaussian case. `neutral_first` makes every person's first scan
   neutral (its expression weights zeroed; the random draws are unchanged).
   """
-  rng = np.random.default_rng(seed)
-  z = identity_codes(rng, num_identities, model.shape_dim, seed=seed, tail_df=identity_tail_df)
-  neutral = np.asarray(model.mean, np.float64) + np.einsum(
-      "ik,kvc->ivc", z, np.asarray(model.shape_basis, np.float64))
-  identity = np.repeat(np.arange(num_identities), scans_per_identity)
-  weights = face_world.sample_expression_weights(rng, len(identity), model.expr_dim,
-                                                 neutral_fraction=neutral_fraction, max_active=2)
-  if neutral_first:
-    weights[::scans_per_identity] = 0.0
-  faces = neutral[identity] + np.einsum("nx,xvc->nvc", expression_scale * weights,
-                                        np.asarray(model.expr_basis, np.float64))
-  faces = face_world.apply_scanner(rng, faces, noise_mm=noise_mm, misalignment_degrees=1.0,
-                              misalignment_mm=1.0)
-  return SampledScans(scans=faces.astype(np.float32),
-                      identity=(identity + identity_offset).astype(np.int32),
-                      neutral=neutral[identity].astype(np.float32),
-                      expression=(expression_scale * weights).astype(np.float32))
+  chunks = list(sample_people_chunks(
+      model, num_identities, scans_per_identity, seed, noise_mm=noise_mm,
+      identity_offset=identity_offset, neutral_fraction=neutral_fraction,
+      expression_scale=expression_scale, identity_tail_df=identity_tail_df,
+      neutral_first=neutral_first))
+  return SampledScans(*(np.concatenate([getattr(c, f.name) for c in chunks])
+                        for f in dataclasses.fields(SampledScans)))
 
 
-def sample_scans(model, num_identities: int, scans_per_identity: int, seed: int,
-                 **options) -> tuple[np.ndarray, np.ndarray]:
-  """(`[N, V, 3]` scans, `[N]` identities) of `sample_people` (same arguments)."""
-  sampled = sample_people(model, num_identities, scans_per_identity, seed, **options)
-  return sampled.scans, sampled.identity
-
-
-def _sampled(config, seed: int, path: str, key: str) -> ScanData:
+def _sampled(config, seed: int, path: str, key: str, stores) -> ScanData:
   """Scans sampled from the model file at `path` (config key `key` for error messages)."""
   if not path or not os.path.exists(path):
     raise InputError(f"data.{key}: {path!r} does not exist (a model file or the Surrey folder)")
@@ -181,12 +258,11 @@ def _sampled(config, seed: int, path: str, key: str) -> ScanData:
     raise InputError(f"data.expression_scale must be > 0 (got {scale}) and data.identity_tail_df "
                      f"0 (Gaussian) or > 2 (got {df})")
   options = {"noise_mm": config.noise_mm, "expression_scale": scale, "identity_tail_df": df}
-  train, train_id = sample_scans(model, config.train_identities, config.scans_per_identity,
-                                 split_seed(seed, "train"), **options)
-  test, test_id = sample_scans(model, config.test_identities, config.scans_per_identity,
-                               split_seed(seed, "test"), identity_offset=config.train_identities,
-                               **options)
-  return ScanData(train, train_id, test, test_id, np.asarray(model.triangles),
+  splits = _generated_splits(config, seed, stores, lambda count, data_seed, offset: (
+      (c.scans, c.identity) for c in sample_people_chunks(
+          model, count, config.scans_per_identity, data_seed, identity_offset=offset,
+          **options)))
+  return ScanData(*splits["train"], *splits["test"], np.asarray(model.triangles),
                   np.asarray(model.landmarks), None,
                   f"samples of {path} ({model.num_vertices} vertices, {model.shape_dim} "
                   f"Gaussian components, {model.expr_dim} expression components), "
@@ -197,14 +273,15 @@ def _sampled(config, seed: int, path: str, key: str) -> ScanData:
                   contour=None if model.contour is None else np.asarray(model.contour))
 
 
-def _folder(config) -> ScanData:
+def _folder(config, seed: int, store_dir: str | None) -> ScanData:
   if not config.scan_dir:
     raise InputError("data.scan_dir is not set: pass --config.data.scan_dir=DIR (a scan folder "
                      "with meta.csv; see README)")
   if not os.path.isdir(config.scan_dir):
     raise InputError(f"data.scan_dir: {config.scan_dir} is not a folder")
   folder = scan_folder.read_scan_folder(
-      config.scan_dir, allow_outside=config.get("allow_outside_paths", False))
+      config.scan_dir, allow_outside=config.get("allow_outside_paths", False),
+      load_vertices=False)
   names = folder.identity_names
   test = np.array([label >= 0 and identity_in_test(names[label], config.test_fraction)
                    for label in folder.identity])
@@ -213,22 +290,45 @@ def _folder(config) -> ScanData:
                      f"{config.test_fraction}) left no training or no test identities")
   landmarks = (folder.landmarks if folder.landmarks is not None
                else -np.ones(68, np.int32))
-  return ScanData(folder.vertices[~test], relabel(folder.identity[~test]),
-                  folder.vertices[test], folder.identity[test], folder.triangles, landmarks,
-                  None, f"scan folder {config.scan_dir}: {len(folder.paths)} scans, "
+  rows = {"train": np.flatnonzero(~test), "test": np.flatnonzero(test)}
+
+  def chunks(split):
+    done = 0
+    for chunk in scan_folder.iter_scans(config.scan_dir, folder.paths, rows[split]):
+      yield chunk, folder.identity[rows[split][done:done + len(chunk)]]
+      done += len(chunk)
+
+  stores = _stores(config, seed, store_dir, _folder_signature(config.scan_dir, folder.paths))
+  (train_scans, train_identity), (test_scans, test_identity) = (
+      _split_scans(chunks(split), stores[split], len(rows[split])) for split in STORE_FILES)
+  return ScanData(train_scans, relabel(train_identity), test_scans, test_identity,
+                  folder.triangles, landmarks, None,
+                  f"scan folder {config.scan_dir}: {len(folder.paths)} scans, "
                   f"{len(names)} identities", contour=folder.contour)
 
 
-def load(config, *, seed: int) -> ScanData:
-  """The data that `config` (a `data` ConfigDict) names."""
+def _folder_signature(directory: str, paths: list[str]) -> str:
+  """A hash of a scan folder's `meta.csv` and the size and modification time of every scan it
+  lists: a changed file means a new store."""
+  digest = hashlib.sha256()
+  with open(os.path.join(directory, scan_folder.META), "rb") as f:
+    digest.update(f.read())
+  for relative in paths:
+    info = os.stat(os.path.join(directory, relative))
+    digest.update(f"{relative}:{info.st_size}:{info.st_mtime_ns};".encode())
+  return digest.hexdigest()
+
+
+def load(config, *, seed: int, store_dir: str | None = None) -> ScanData:
+  """The data that `config` (a `data` ConfigDict) names. With `config.stream`, the training and
+  held-out scans are scan stores in `store_dir` (see the module docstring)."""
   if config.source not in SOURCES:
     raise InputError(f"data.source must be one of {SOURCES}, got {config.source!r}")
   if config.source == "world":
-    return _world(config, seed)
+    return _world(config, seed, _stores(config, seed, store_dir))
   if config.source == "tfds":
-    return _tfds(config)
-  if config.source == "surrey":
-    return _sampled(config, seed, config.surrey_dir, "surrey_dir")
-  if config.source == "model":
-    return _sampled(config, seed, config.model_path, "model_path")
-  return _folder(config)
+    return _tfds(config, seed, store_dir)
+  if config.source in ("surrey", "model"):
+    key = "surrey_dir" if config.source == "surrey" else "model_path"
+    return _sampled(config, seed, config[key], key, _stores(config, seed, store_dir))
+  return _folder(config, seed, store_dir)

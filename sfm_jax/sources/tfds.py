@@ -2,7 +2,7 @@
 
 The builders themselves live in the checkout's `data/` folder (thin wrappers over the
 generators of `sfm_jax.sources`); training batches come from `splits.batch_indices` over the
-arrays these functions return.
+arrays these functions return (or, streamed, over a scan store written from `iter_chunks`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,13 @@ def stack_examples(examples: Sequence[dict]) -> dict:
   return batch
 
 
+def iter_chunks(source, size: int = 64):
+  """The examples of a random-access source (`builder.as_data_source(split)`) in order, as
+  stacked dicts of up to `size` examples (one chunk in memory at a time)."""
+  for start in range(0, len(source), size):
+    yield stack_examples([source[i] for i in range(start, min(start + size, len(source)))])
+
+
 def load_all(source) -> dict:
-  """Every example of a random-access source (`builder.as_data_source(split)`), stacked."""
+  """Every example of a random-access source, stacked."""
   return stack_examples([source[i] for i in range(len(source))])

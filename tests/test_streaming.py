@@ -1,0 +1,312 @@
+"""Streaming stage 1 (issue 17): the scan store, the streamed PCA, every source streamed, a
+streamed run equal to an in-memory one, and host memory that does not grow with the scans."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import stage1 as stage1_main
+from experiments.configs import stage1 as stage1_configs
+from sfm_jax import face_world, pca, stage1
+from sfm_jax.errors import InputError
+from sfm_jax.io import scan_store, write_scan_folder
+from sfm_jax.model import load_model
+from sfm_jax.sources import scans as scan_sources
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SURREY = os.path.join(ROOT, "..", "shared", "data", "surrey")
+
+
+def _subspace_angle(a, b) -> float:
+  """Largest principal angle (radians) between the row spaces of `a` and `b` `[k, ...]`."""
+  qa = np.linalg.qr(a.reshape(len(a), -1).T)[0]
+  qb = np.linalg.qr(b.reshape(len(b), -1).T)[0]
+  sine = np.linalg.norm(qa - qb @ (qb.T @ qa), 2)  # accurate for small angles (arccos is not)
+  return float(np.arcsin(min(sine, 1.0)))
+
+
+def _write_store(path, scans, labels, key="k", chunk=7):
+  chunks = ((scans[i:i + chunk], labels[i:i + chunk]) for i in range(0, len(scans), chunk))
+  return scan_store.write_scan_store(str(path), chunks, key=key)
+
+
+# --------------------------------------------------------------------------------------------
+# The scan store.
+
+
+def test_store_rows_are_the_array_rows(tmp_path, rng):
+  scans = rng.normal(size=(30, 11, 3)).astype(np.float32)
+  labels = rng.integers(-1, 5, 30)
+  store = _write_store(tmp_path / "s.f32", scans, labels)
+  assert len(store) == 30 and store.shape == (30, 11, 3)
+  np.testing.assert_array_equal(store.identity, labels)
+  for index in (np.array([4, 3, 5, 6, 29, 0, 0, -1]), np.arange(30), rng.permutation(30)[:9],
+                np.array([], np.int64)):
+    np.testing.assert_array_equal(store[index], scans[index])
+  np.testing.assert_array_equal(store[5:12:3], scans[5:12:3])
+  np.testing.assert_array_equal(store[7], scans[7])
+  with pytest.raises(IndexError):
+    store[np.array([30])]
+  # Reopened with the same key it is the same store; another key or a wrong size: none.
+  again = scan_store.open_scan_store(str(tmp_path / "s.f32"), "k")
+  np.testing.assert_array_equal(again[np.arange(30)], scans)
+  assert scan_store.open_scan_store(str(tmp_path / "s.f32"), "other") is None
+  with open(tmp_path / "s.f32", "r+b") as f:
+    f.truncate(29 * 11 * 3 * 4)
+  assert scan_store.open_scan_store(str(tmp_path / "s.f32"), "k") is None
+  with pytest.raises(InputError, match="s.f32: ends before row 29"):
+    store[np.array([28, 29])]  # opened before the damage: a clear error, not garbage
+  assert scan_store.open_scan_store(str(tmp_path / "missing.f32"), "k") is None
+
+
+def test_store_refuses_bad_chunks_and_leaves_nothing(tmp_path, rng):
+  scans = rng.normal(size=(10, 4, 3)).astype(np.float32)
+  scans[8, 2, 1] = np.nan
+  with pytest.raises(InputError, match="scan 8 has non-finite"):
+    _write_store(tmp_path / "a.f32", scans, np.zeros(10), chunk=3)
+  bad_shapes = iter([(scans[:2], [0, 0]), (np.zeros((2, 5, 3)), [1, 1])])
+  with pytest.raises(InputError, match="one V"):
+    scan_store.write_scan_store(str(tmp_path / "b.f32"), bad_shapes, key="k")
+  with pytest.raises(InputError, match="2 labels for a chunk of 3"):
+    scan_store.write_scan_store(str(tmp_path / "c.f32"), iter([(scans[:3], [0, 0])]), key="k")
+  assert sorted(os.listdir(tmp_path)) == []  # no store, no temporary file
+
+
+# --------------------------------------------------------------------------------------------
+# Streamed PCA.
+
+
+def test_subspace_iteration_finds_the_svd_directions(rng):
+  # Rows with a known, decaying spectrum: the top directions are those of numpy's SVD.
+  left = np.linalg.qr(rng.normal(size=(300, 40)))[0]
+  right = np.linalg.qr(rng.normal(size=(500, 40)))[0]
+  singular = 100.0 * 0.8 ** np.arange(40)
+  rows = (left * singular) @ right.T
+  it = pca.SubspaceIteration(500, 5, oversample=6, tol=1e-10, seed=3)
+  while not it.converged and it.iterations < 200:
+    it.begin_pass()
+    for start in range(0, 300, 64):
+      it.add(rows[start:start + 64])
+    it.end_pass()
+  assert it.converged
+  _, s, vt = np.linalg.svd(rows, full_matrices=False)
+  assert _subspace_angle(it.directions, vt[:5]) < 1e-8
+  np.testing.assert_allclose(it.std, s[:5] / np.sqrt(300), rtol=1e-9)
+  # One sign convention with the exact solver: the largest entry of each direction positive.
+  exact, exact_std = pca.principal_directions(rows, 5)
+  np.testing.assert_allclose(it.directions, exact, atol=1e-7)
+  np.testing.assert_allclose(exact_std, s[:5] / np.sqrt(300), rtol=1e-9)
+
+
+def test_identity_blocks_keep_identities_whole():
+  identity = np.array([2, 0, 2, -1, 1, 0, 2, 1, -1])
+  blocks = stage1.identity_blocks(identity, max_rows=3)
+  # Sorted keys: the two unlabelled rows (each its own identity), 0 x2, 1 x2, 2 x3.
+  assert [sorted(identity[b].tolist()) for b in blocks] == [[-1, -1], [0, 0], [1, 1], [2, 2, 2]]
+  assert sorted(np.concatenate(blocks).tolist()) == list(range(9))
+  assert [len(b) for b in stage1.identity_blocks(identity, max_rows=100)] == [9]
+  assert [len(b) for b in stage1.identity_blocks(identity, max_rows=1)] == [1, 1, 2, 2, 3]
+
+
+def test_streamed_pca_equals_batch_pca():
+  scans = face_world.make_scans(40, 4, 5, world=face_world.FaceWorld(resolution=16))
+  identity = scans.identity.copy()
+  identity[[0, 1, 17]] = -1  # unlabelled scans are their own identity in both
+  exact = stage1.pca_init(scans.vertices, identity, num_shape=6, num_expr=4)
+  streamed = stage1.pca_init_streamed(scans.vertices, identity, num_shape=6, num_expr=4,
+                                      block_rows=24, tol=1e-9)
+  assert _subspace_angle(exact.shape_basis, streamed.shape_basis) < 1e-5
+  assert _subspace_angle(exact.expr_basis, streamed.expr_basis) < 1e-5
+  np.testing.assert_allclose(streamed.shape_std, exact.shape_std, rtol=1e-6)
+  np.testing.assert_allclose(streamed.expr_std, exact.expr_std, rtol=1e-6)
+  np.testing.assert_allclose(streamed.mean, exact.mean, atol=1e-9)
+  # Same sign convention, so the bases and codes agree entry by entry, not only as subspaces.
+  np.testing.assert_allclose(streamed.shape_basis, exact.shape_basis, atol=1e-5)
+  np.testing.assert_allclose(streamed.shape_codes, exact.shape_codes, atol=1e-4)
+  np.testing.assert_allclose(streamed.radius, exact.radius, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Every source streamed gives the in-memory rows.
+
+
+def _world_config():
+  config = stage1_configs.get_config("tiny").data
+  config.train_identities = 30  # two chunks of identities
+  return config
+
+
+def _assert_same_data(config, tmp_path, seed=2):
+  in_memory = scan_sources.load(config, seed=seed)
+  config.stream = True
+  streamed = scan_sources.load(config, seed=seed, store_dir=str(tmp_path))
+  assert isinstance(streamed.train_scans, scan_store.ScanStore)
+  assert isinstance(streamed.test_scans, scan_store.ScanStore)
+  np.testing.assert_array_equal(streamed.train_scans[np.arange(len(in_memory.train_scans))],
+                                in_memory.train_scans)
+  np.testing.assert_array_equal(streamed.train_identity, in_memory.train_identity)
+  np.testing.assert_array_equal(streamed.test_scans[np.arange(len(in_memory.test_scans))],
+                                in_memory.test_scans)
+  np.testing.assert_array_equal(streamed.test_identity, in_memory.test_identity)
+  return streamed
+
+
+def test_streamed_world_is_the_in_memory_world_and_is_reused(tmp_path, monkeypatch):
+  config = _world_config()
+  first = _assert_same_data(config, tmp_path)
+  written = os.stat(first.train_scans.path).st_mtime_ns
+  first_rows = first.train_scans[np.arange(5)]
+
+  generate = scan_sources.world_scan_chunks
+
+  def test_split_only(*args, identity_offset=0, **kwargs):
+    assert identity_offset > 0, "the stored training scans were generated again"
+    yield from generate(*args, identity_offset=identity_offset, **kwargs)
+
+  monkeypatch.setattr(scan_sources, "world_scan_chunks", test_split_only)
+  again = scan_sources.load(config, seed=2, store_dir=str(tmp_path))
+  assert os.stat(again.train_scans.path).st_mtime_ns == written
+  monkeypatch.undo()
+  other_seed = scan_sources.load(config, seed=3, store_dir=str(tmp_path))  # other data: rebuilt
+  assert not np.array_equal(other_seed.train_scans[np.arange(5)], first_rows)
+
+
+def test_streamed_folder_is_the_in_memory_folder(tmp_path):
+  scans = face_world.make_scans(12, 3, 4, world=face_world.FaceWorld(resolution=10))
+  folder = tmp_path / "folder"
+  write_scan_folder(folder, scans.vertices, [f"p{i}" for i in scans.identity],
+                    triangles=scans.triangles)
+  config = stage1_configs.get_config("folder").data
+  config.scan_dir, config.test_fraction = str(folder), 0.3
+  streamed = _assert_same_data(config, tmp_path / "store")
+  # A changed scan changes the key: the store is written again.
+  os.utime(folder / "scans" / "00000.ply", ns=(1, 1))
+  again = scan_sources.load(config, seed=2, store_dir=str(tmp_path / "store"))
+  assert again.train_scans.key != streamed.train_scans.key
+
+
+@pytest.mark.skipif(not os.path.isdir(SURREY), reason=f"Surrey model not found at {SURREY}")
+def test_streamed_surrey_samples_are_the_in_memory_samples(tmp_path):
+  config = stage1_configs.get_config("hard").data
+  config.surrey_dir = SURREY
+  config.train_identities, config.test_identities = 30, 4
+  _assert_same_data(config, tmp_path)
+
+
+def test_stream_needs_a_store_folder():
+  config = _world_config()
+  config.stream = True
+  with pytest.raises(InputError, match="needs a folder for the scan store"):
+    scan_sources.load(config, seed=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1 streamed.
+
+
+def _tiny(stream: bool):
+  config = stage1_configs.get_config("tiny")
+  config.data.stream, config.pca.method = stream, "streamed"
+  config.train.num_steps, config.eval.fit_steps, config.eval.fit_rounds = 20, 5, 1
+  return config
+
+
+def test_streamed_stage1_trains_the_in_memory_models_exactly(tmp_path):
+  results = {}
+  for stream in (False, True):
+    results[stream] = stage1_main.train_and_evaluate(_tiny(stream), str(tmp_path / str(stream)))
+  for name in ("sfm", "baseline", "pca"):
+    a = load_model(str(tmp_path / "False" / f"{name}_model.npz"))
+    b = load_model(str(tmp_path / "True" / f"{name}_model.npz"))
+    for field in ("mean", "shape_basis", "expr_basis", "radius"):
+      np.testing.assert_array_equal(getattr(b, field), getattr(a, field), err_msg=name + field)
+  assert results[True]["models"] == results[False]["models"]
+  phases = [row["phase"] for row in results[True]["phases"]]
+  assert phases == ["data", "PCA", "train sfm", "train baseline", "evaluate"]
+  assert all(row["peak_memory_gb"] > 0 for row in results[True]["phases"])
+  # The streamed run cached its PCA beside the store; a rerun reads both back.
+  data = tmp_path / "True" / "data"
+  assert sorted(os.listdir(data)) == ["pca_init.npz", "test_scans.f32", "test_scans.f32.json",
+                                      "train_scans.f32", "train_scans.f32.json"]
+  rerun = stage1_main.train_and_evaluate(_tiny(True), str(tmp_path / "True"))
+  assert rerun["models"] == results[True]["models"]
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("method", "exact", "pca.method='exact' holds every scan in memory"),
+    ("method", "svd", "pca.method must be 'auto', 'exact' or 'streamed'"),
+    ("tol", 0.0, "pca.tol must be > 0"),
+    ("block_rows", 0, "pca.block_rows >= 1")])
+def test_bad_pca_settings_are_refused_before_anything_is_written(tmp_path, field, value, message):
+  config = _tiny(True)
+  config.pca[field] = value
+  with pytest.raises(InputError, match=message):
+    stage1_main.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+_MEMORY_RUN = """
+import json, sys
+from experiments import stage1
+from experiments.configs import stage1 as configs
+from sfm_jax.progress import peak_memory_bytes
+config = configs.get_config("tiny")
+config.data.resolution, config.data.train_identities = 28, int(sys.argv[2])
+config.data.scans_per_identity, config.data.stream = 4, True
+config.model.shape_dim, config.model.expr_dim = 8, 4
+config.train.num_steps, config.train.global_batch_size = 4, 64
+config.eval.fit_steps, config.eval.fit_rounds = 2, 1
+stage1.train_and_evaluate(config, sys.argv[1])
+print(json.dumps({"peak": peak_memory_bytes()}))
+"""
+
+
+@pytest.mark.slow
+def test_streamed_run_memory_does_not_grow_with_the_scans(tmp_path):
+  def peak(identities):
+    result = subprocess.run([sys.executable, "-c", _MEMORY_RUN, str(tmp_path / str(identities)),
+                             str(identities)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak"]
+
+  small, large = peak(500), peak(5000)  # 2 000 and 20 000 scans of 784 vertices
+  in_memory_bytes = 20000 * 784 * 3 * 4  # the 20k scans as float32 arrays: 188 MB
+  # The extra 18 000 scans cost almost nothing: far less than holding them (an exact PCA would
+  # also make a float64 copy, twice this).
+  assert large - small < in_memory_bytes / 4, (small, large)
+
+
+# --------------------------------------------------------------------------------------------
+# How cost grows: the scaling benchmark at tiny sizes.
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_runs_and_fits_its_slopes(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.benchmarks.scaling", "--quick", "--repeats=2",
+       "--axes=V,devices", f"--out={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+      timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / "scaling.json") as f:
+    scaling = json.load(f)
+  assert set(scaling["slopes"]) == {"stage1/V", "stage1/devices", "stage2/V", "stage2/devices"}
+  # Three distinct points per stage (the base point is shared by both axes).
+  assert sorted(p["point"]["stage"] for p in scaling["points"]) == ["1"] * 3 + ["2"] * 3
+  for entry in scaling["slopes"].values():
+    x, times, memory = entry["values"], entry["step_ms"], entry["peak_mib"]
+    assert len(x) == 2 and all(t > 0 for t in times) and all(m > 50 for m in memory)
+    # The slope is the exponent through the two points, recomputed here.
+    np.testing.assert_allclose(entry["time_slope"],
+                               np.log(times[1] / times[0]) / np.log(x[1] / x[0]), rtol=1e-9)
+  # Stage 2's V axis is the real vertex count of the grids (8x8, 12x12).
+  assert scaling["slopes"]["stage2/V"]["values"] == [64, 144]
+  devices = {p["point"]["devices"]: p["devices"] for p in scaling["points"]}
+  assert devices == {1: 1, 2: 2}  # each point ran with the device count it asked for
+  from sfm_jax.io import read_png
+  picture = read_png(str(tmp_path / "scaling.png"))
+  assert picture.shape[0] > 400 and picture.shape[1] > 600
