@@ -70,27 +70,32 @@ def latest_step(manager: ocp.CheckpointManager) -> int | None:
   return manager.latest_step()
 
 
-def restore_latest_good(manager: ocp.CheckpointManager, template: TrainState,
-                        report=print) -> TrainState | None:
-  """The newest checkpoint that restores (None when there is none).
+def restore_latest_good(make, template: TrainState,
+                        report=print) -> tuple[ocp.CheckpointManager, TrainState | None]:
+  """(a manager, the newest checkpoint that restores or None when there is none).
 
-  A damaged one (truncated files, missing parts) is reported through `report` with its step and
-  error, moved aside to `<step>.damaged` (kept for inspection, invisible to the manager, and out
-  of the way of the run that will save that step again), and the previous step is tried.
+  `make()` builds the manager (`make_manager` with the run's options). A damaged step (truncated
+  files, missing parts, a step folder without its arrays) is reported through `report` with its
+  step and error, moved aside to `<step>.damaged` (kept for inspection, invisible to the manager,
+  and out of the way of the run that will save that step again), and the previous step is tried
+  with a new manager: orbax infers what a checkpoint holds from the folders it finds, so one
+  that saw the damaged step would misread the good ones too.
   """
+  manager = make()
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      return restore(manager, template, step)
+      return manager, restore(manager, template, step)
     except Exception as e:  # noqa: BLE001 - any failure to read a step means: try the older one
       path = os.path.join(str(manager.directory), str(step))
       aside = f"{path}.damaged"
       if os.path.exists(path) and not os.path.exists(aside):
         os.rename(path, aside)
-        manager.reload()
+      manager.close()
+      manager = make()
       report(f"checkpoint at step {step} does not restore ({type(e).__name__}: "
              f"{(str(e).splitlines() or [''])[0][:200]}); moved to {aside}, trying the previous "
              "one")
-  return None
+  return manager, None
 
 
 def wait(manager: ocp.CheckpointManager) -> None:

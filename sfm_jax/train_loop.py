@@ -104,12 +104,12 @@ def run(name: str, state: TrainState, batch_for_step: Callable[[int, slice], dic
   use_pmap = parallel_config.mode == "pmap"
   if not use_pmap:
     state = parallel.replicate(state, mesh)
-  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints", name),
-                                    max_to_keep=train_config.max_to_keep,
-                                    save_interval_steps=train_config.checkpoint_every,
-                                    async_save=async_checkpoints(train_config))
-  restored = checkpoint.restore_latest_good(
-      manager, state, report=lambda line: print(f"[{name}] {line}", flush=True))
+  manager, restored = checkpoint.restore_latest_good(
+      lambda: checkpoint.make_manager(os.path.join(workdir, "checkpoints", name),
+                                      max_to_keep=train_config.max_to_keep,
+                                      save_interval_steps=train_config.checkpoint_every,
+                                      async_save=async_checkpoints(train_config)),
+      state, report=lambda line: print(f"[{name}] {line}", flush=True))
   if restored is not None:
     state = restored
     if is_chief():

@@ -184,8 +184,10 @@ def plot_curves(panels: list, *, log_y: tuple = ()) -> np.ndarray:
 def plot_loglog(rows: list) -> np.ndarray:
   """Log-log line plots in a grid. `rows`: list of rows, each a list of panels
   `(title, x label, y label, {label: (x, y)})`; points are marked. Returns a float image."""
+  from matplotlib import ticker
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
+  plain = ticker.FuncFormatter(lambda value, _: f"{value:g}")
   columns = max(len(row) for row in rows)
   figure = Figure(figsize=(4.0 * columns, 3.3 * len(rows)), dpi=100)
   FigureCanvasAgg(figure)
@@ -196,6 +198,16 @@ def plot_loglog(rows: list) -> np.ndarray:
         axis.plot(x, y, marker="o", markersize=4, linewidth=1.4, label=label)
       axis.set_xscale("log")
       axis.set_yscale("log")
+      # Ticks people can read: x at the measured values, y at 1-2-5 steps, plain numbers.
+      ticks = []
+      for value in sorted({v for x, _ in series.values() for v in x}):
+        if not ticks or value > ticks[-1] * 1.1:  # near-equal values share a tick
+          ticks.append(value)
+      axis.set_xticks(ticks)
+      axis.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+      for scale in (axis.xaxis, axis.yaxis):
+        scale.set_major_formatter(plain)
+        scale.set_minor_formatter(ticker.NullFormatter())
       axis.set_title(title, fontsize=10)
       axis.set_xlabel(x_label)
       axis.set_ylabel(y_label)

@@ -5,8 +5,9 @@
 - the mesh, `.pts` and model-file readers raise nothing but their documented `ValueError`
   (`InputError`) on random bytes and on truncations of valid files.
 
-Examples per property: the `default` profile runs 2,000 (10^4 in the suite); `HYPOTHESIS_PROFILE=
-slow` runs 20,000 each (10^5).
+Examples: the spherical property runs 10^4 in the suite (`default` profile) and 10^5 with
+`HYPOTHESIS_PROFILE=slow`; each reader property 300 (random bytes) or 200 (truncations, two reads
+each) per file kind, 10x with `slow`.
 """
 
 import os
@@ -24,10 +25,11 @@ from sfm_jax import losses, sphere
 from sfm_jax import model as fm
 from sfm_jax.io import read_obj, read_ply, read_pts, write_obj, write_ply, write_pts
 
-settings.register_profile("default", max_examples=2000, deadline=None,
+settings.register_profile("default", max_examples=10_000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("slow", max_examples=20000, deadline=None,
+settings.register_profile("slow", max_examples=100_000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
+_READER_SCALE = 10 if os.environ.get("HYPOTHESIS_PROFILE") == "slow" else 1
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 B, K, C = 6, 4, 3
@@ -99,14 +101,14 @@ def _read(kind, data):
 
 
 @pytest.mark.parametrize("kind", sorted(READERS))
-@settings(max_examples=300)
+@settings(max_examples=300 * _READER_SCALE)
 @given(data=st.binary(max_size=400))
 def test_readers_raise_only_their_error_on_random_bytes(kind, data):
   _read(kind, data)
 
 
 @pytest.mark.parametrize("kind", sorted(READERS))
-@settings(max_examples=200)
+@settings(max_examples=200 * _READER_SCALE)
 @given(cut=st.floats(0.0, 1.0), flip=st.integers(0, 255))
 def test_readers_raise_only_their_error_on_truncated_or_corrupted_files(kind, cut, flip):
   valid = _VALID[kind]

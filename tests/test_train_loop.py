@@ -84,6 +84,33 @@ def _numpy_adam(targets, learning_rate=0.1, b1=0.9, b2=0.999, eps=1e-8):
   return w
 
 
+def test_a_step_without_its_arrays_or_commit_marker_falls_back_alone(tmp_path, capsys):
+  """A step folder that lost its arrays and its commit marker is moved aside and the newest good
+  step restored; the good steps stay where they are (a manager that had seen the bad folder
+  misread all of them, and every one was moved aside). An uncommitted temporary step folder, as
+  a kill during a save leaves it, is ignored."""
+  import os
+  import shutil
+  batches = np.concatenate([TARGETS, TARGETS[::-1]])
+  _train(tmp_path / "run", batches[:6])  # checkpoints at 2, 4, 6
+  steps = tmp_path / "run" / "checkpoints" / "m"
+  shutil.copytree(steps / "6", steps / "10.orbax-checkpoint-tmp-1")
+  shutil.copytree(steps / "6", steps / "8")
+  os.remove(steps / "8" / "commit_success.txt")
+  shutil.rmtree(steps / "8" / "default")
+  good = sorted(name for name in os.listdir(steps) if name.isdigit() and name != "8")
+  resumed = _train(tmp_path / "run", batches[:8])
+  out = capsys.readouterr().out
+  assert "checkpoint at step 8 does not restore" in out
+  assert out.count("does not restore") == 1
+  assert "resumed from the checkpoint at step 6" in out
+  assert (steps / "8.damaged").is_dir()
+  assert set(good) <= set(os.listdir(steps))
+  reference = _train(tmp_path / "reference", batches[:8])
+  np.testing.assert_array_equal(np.asarray(parallel.to_host(resumed.params["w"])),
+                                np.asarray(parallel.to_host(reference.params["w"])))
+
+
 @pytest.mark.parametrize("log_every", [1, 3])
 def test_skip_nonfinite_drops_the_bad_updates_and_goes_on(tmp_path, capsys, log_every):
   batches = TARGETS.copy()

@@ -152,9 +152,10 @@ def picture(results: dict, axes) -> np.ndarray:
       stage, entry_axis = name.split("/")
       if entry_axis != axis:
         continue
-      times[f"{stage} (slope {entry['time_slope']:.2f})"] = (entry["values"], entry["step_ms"])
-      memories[f"{stage} (slope {entry['memory_slope']:.2f})"] = (entry["values"],
-                                                                   entry["peak_mib"])
+      label = f"stage {stage[-1]}"
+      times[f"{label} (slope {entry['time_slope']:.2f})"] = (entry["values"], entry["step_ms"])
+      memories[f"{label} (slope {entry['memory_slope']:.2f})"] = (entry["values"],
+                                                                  entry["peak_mib"])
     time_row.append((f"step time vs {axis}", axis, "ms per step", times))
     memory_row.append((f"peak memory vs {axis}", axis, "MiB", memories))
   return viz.plot_loglog([time_row, memory_row])
