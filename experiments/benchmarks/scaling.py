@@ -29,13 +29,6 @@ from experiments.benchmarks import steps
 from experiments.benchmarks.common import write_json
 from sfm_jax.errors import InputError
 
-_OUT = flags.DEFINE_string("out", "runs/scaling", "folder for scaling.json and scaling.png")
-_STAGES = flags.DEFINE_list("stages", ["1", "2"], "stages to measure")
-_AXES = flags.DEFINE_list("axes", ["V", "K", "batch", "devices"], "axes to move")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "timed steps per point (median)")
-_QUICK = flags.DEFINE_boolean("quick", False, "tiny sizes (a smoke run)")
-_POINT = flags.DEFINE_string("point", None, "internal: measure one point (JSON) and print it")
-
 AXES = ("V", "K", "batch", "devices")
 
 # Base points and the values each axis takes (full, quick).
@@ -161,25 +154,37 @@ def picture(results: dict, axes) -> np.ndarray:
   return viz.plot_loglog([time_row, memory_row])
 
 
+def _define_flags() -> None:
+  """The command line's flags (defined only when run as a script, so that tests can import the
+  module beside other entry points)."""
+  flags.DEFINE_string("out", "runs/scaling", "folder for scaling.json and scaling.png")
+  flags.DEFINE_list("stages", ["1", "2"], "stages to measure")
+  flags.DEFINE_list("axes", ["V", "K", "batch", "devices"], "axes to move")
+  flags.DEFINE_integer("repeats", 5, "timed steps per point (median)")
+  flags.DEFINE_boolean("quick", False, "tiny sizes (a smoke run)")
+  flags.DEFINE_string("point", None, "internal: measure one point (JSON) and print it")
+
+
 def main(argv):
   del argv
-  if _POINT.value:
-    print(json.dumps(_measure_point(json.loads(_POINT.value))))
+  options = flags.FLAGS
+  if options.point:
+    print(json.dumps(_measure_point(json.loads(options.point))))
     return
   from sfm_jax.io import write_png
-  for stage in _STAGES.value:
+  for stage in options.stages:
     if stage not in BASE:
       raise InputError(f"--stages: {stage!r} is not 1 or 2")
-  for axis in _AXES.value:
+  for axis in options.axes:
     if axis not in AXES:
       raise InputError(f"--axes: {axis!r} is not one of {AXES}")
-  results = scaling(_STAGES.value, _AXES.value, repeats=_REPEATS.value, quick=_QUICK.value)
-  os.makedirs(_OUT.value, exist_ok=True)
-  write_json(os.path.join(_OUT.value, "scaling.json"), results)
-  write_png(os.path.join(_OUT.value, "scaling.png"), picture(results, _AXES.value))
+  results = scaling(options.stages, options.axes, repeats=options.repeats, quick=options.quick)
+  os.makedirs(options.out, exist_ok=True)
+  write_json(os.path.join(options.out, "scaling.json"), results)
+  write_png(os.path.join(options.out, "scaling.png"), picture(results, options.axes))
   device = results["points"][0]["device"]
-  print(f"\n{device}; base points {BASE['1'][_QUICK.value]} (stage 1), "
-        f"{BASE['2'][_QUICK.value]} (stage 2)")
+  print(f"\n{device}; base points {BASE['1'][options.quick]} (stage 1), "
+        f"{BASE['2'][options.quick]} (stage 2)")
   print("| stage | axis | values | step (ms) | peak (MiB) | time slope | memory slope |")
   print("|---|---|---|---|---|---|---|")
   for name, entry in results["slopes"].items():
@@ -188,8 +193,9 @@ def main(argv):
           f"{[round(t, 1) for t in entry['step_ms']]} | "
           f"{[round(m) for m in entry['peak_mib']]} | {entry['time_slope']:.2f} | "
           f"{entry['memory_slope']:.2f} |")
-  print(f"wrote {_OUT.value}/scaling.json and scaling.png")
+  print(f"wrote {options.out}/scaling.json and scaling.png")
 
 
 if __name__ == "__main__":
+  _define_flags()
   cli.run(main)
