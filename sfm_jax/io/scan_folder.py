@@ -217,22 +217,19 @@ def read_contour_file(path: str, num_vertices: int) -> np.ndarray:
   return contour.astype(np.int32)
 
 
-def iter_scans(directory: str | os.PathLike, paths: list[str], rows=None, *, dtype=np.float32,
-               chunk: int = 64):
+def iter_scans(directory: str | os.PathLike, paths: list[str], rows=None, *, num_vertices: int,
+               dtype=np.float32, chunk: int = 64):
   """Yields the vertices of the scans `paths[rows]` (`paths` as `read_scan_meta` lists them,
   relative to `directory`; default all rows) as arrays `[n, V, 3]` of up to `chunk` scans, in
-  order. Every scan must have the vertex count of `paths[0]`. Raises `InputError` naming a
-  missing or mismatched mesh and its `meta.csv` line."""
+  order. Every scan must have `num_vertices` vertices, the count of `paths[0]`. Raises
+  `InputError` naming a missing or mismatched mesh and its `meta.csv` line."""
   directory = os.fspath(directory)
-  num_vertices, scans = None, []
+  scans = []
   for row in range(len(paths)) if rows is None else rows:
     path = os.path.join(directory, paths[row])
     if not os.path.isfile(path):
       raise InputError(f"{path}: missing (listed on line {row + 2} of {META})")
     vertices = read_mesh(path, dtype=dtype).vertices
-    if num_vertices is None:
-      num_vertices = len(vertices) if row == 0 else len(read_mesh(
-          os.path.join(directory, paths[0]), dtype=dtype).vertices)
     if vertices.shape != (num_vertices, 3):
       raise InputError(f"{path}: {len(vertices)} vertices, but {paths[0]} has "
                        f"{num_vertices}; scans must share vertex count and order")
@@ -268,7 +265,8 @@ def read_scan_folder(directory: str | os.PathLike, *, dtype=np.float32,
     raise InputError(f"{first_path}: missing (listed on line 2 of {META})")
   first = read_mesh(first_path, dtype=dtype)
   num_vertices = len(first.vertices)
-  vertices = (np.concatenate(list(iter_scans(directory, paths, dtype=dtype)))
+  vertices = (np.concatenate(list(iter_scans(directory, paths, num_vertices=num_vertices,
+                                             dtype=dtype)))
               if load_vertices else first.vertices[None])
   triangles = first.triangles
   template_path = os.path.join(directory, TEMPLATE)

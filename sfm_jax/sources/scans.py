@@ -294,7 +294,8 @@ def _folder(config, seed: int, store_dir: str | None) -> ScanData:
 
   def chunks(split):
     done = 0
-    for chunk in scan_folder.iter_scans(config.scan_dir, folder.paths, rows[split]):
+    for chunk in scan_folder.iter_scans(config.scan_dir, folder.paths, rows[split],
+                                        num_vertices=folder.vertices.shape[1]):
       yield chunk, folder.identity[rows[split][done:done + len(chunk)]]
       done += len(chunk)
 
