@@ -52,6 +52,11 @@ class Split:
   def has_truth(self) -> bool:
     return self.neutral is not None and self.posed is not None
 
+  def without_truth(self) -> Split:
+    """The same images with no 3D truth (2D-only rows)."""
+    return dataclasses.replace(self, neutral=None, posed=None, neutral_weight=None,
+                               posed_weight=None)
+
   def weights(self, key: str) -> np.ndarray:
     """`[N]` float32: 1 where the `key` ("neutral" or "posed") truth is known."""
     given = getattr(self, f"{key}_weight")
@@ -419,16 +424,14 @@ def _folder(config) -> ImageData:
   if photo_meshes not in ("all", "held_out"):
     raise InputError(f"data.photo_meshes must be 'all' or 'held_out', got {photo_meshes!r}")
   if photo_meshes == "held_out":  # the training photos stay 2D-only
-    train = dataclasses.replace(train, neutral=None, posed=None, neutral_weight=None,
-                                posed_weight=None)
+    train = train.without_truth()
   truth = ""
   if test.has_truth and not np.all(test.weights("neutral") == 1):
     # 3D columns average over every held-out photo: they need every neutral mesh.
     logging.warning("photo folder: only %d of %d held-out photos name a neutral mesh; the "
                     "evaluation reports no 3D error", int(test.weights("neutral").sum()),
                     len(test))
-    test = dataclasses.replace(test, neutral=None, posed=None, neutral_weight=None,
-                               posed_weight=None)
+    test = test.without_truth()
   if train.has_truth or test.has_truth:
     truth = (f"; 3D truth for {int(train.weights('posed').sum())} / "
              f"{int(train.weights('neutral').sum())} training photos (mesh / neutral)"
