@@ -119,7 +119,35 @@ def decode(model: FaceModel, shape_codes: Array, expr_codes: Array | None = None
   if expr_codes is not None and model.expr_basis.shape[0] > 0:
     flat = flat + _contract(expr_codes, model.expr_basis, compute_dtype, precision)
   out = flat.reshape(batch, model.num_vertices, 3)
-  return out + model.mean.astype(out.dtype)
+  return add_to_each(out, model.mean.astype(out.dtype))
+
+
+@jax.custom_jvp
+def add_to_each(batch: Array, row: Array) -> Array:
+  """`batch + row` for `batch [B, ...]` and `row [...]` (the same row added to every element).
+
+  The value is the plain broadcast add. The rule below states the tangent in `row` as an outer
+  product with ones, so reverse mode sums the cotangent over B as a matrix-vector product. XLA on
+  CPU (0.10) lowers the plain broadcast's transpose, a sum over the leading axis, to a reduction
+  that took 115 ms of a 514 ms stage-1 step at paper shapes (B=128, V=53149); the product takes
+  about 2 ms. Forward mode (`jacfwd`, `check_grads`) works as for any jnp function.
+  """
+  return batch + row
+
+
+def _add_to_each_jvp(primals, tangents):
+  batch, row = primals
+  d_batch, d_row = tangents
+  out = batch + row
+  is_zero = lambda tangent: isinstance(tangent, jax.custom_derivatives.SymbolicZero)
+  d_out = jnp.zeros_like(out) if is_zero(d_batch) else d_batch
+  if not is_zero(d_row):  # a model held fixed (the fits) adds nothing here
+    ones = jnp.ones((batch.shape[0],), d_row.dtype)
+    d_out = d_out + jnp.einsum("b,...->b...", ones, d_row, precision="highest")
+  return out, d_out
+
+
+add_to_each.defjvp(_add_to_each_jvp, symbolic_zeros=True)
 
 
 # ---------------------------------------------------------------------------------------------

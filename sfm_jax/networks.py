@@ -31,6 +31,7 @@ import functools
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -41,6 +42,21 @@ RESNETS = {  # name: (blocks per stage, bottleneck blocks)
     "resnet50": ((3, 4, 6, 3), True),
 }
 
+
+
+def max_pool_3x3_stride_2(x: jax.Array) -> jax.Array:
+  """`nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))` of `[B, H, W, C]`, the
+  ResNet stem's pooling, as a maximum over three strided rows, then over three strided columns.
+
+  The values are equal and so is the gradient (up to the order of summation; at ties it goes to
+  the tied entries like `jnp.maximum`'s). Reverse mode is elementwise selects: XLA on CPU (0.10)
+  runs `max_pool`'s gradient as a windowed argmax that took 18 ms at the stage-2 `demo` shapes
+  (`[32, 48, 48, 16]`), this takes 2 ms.
+  """
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  out_h, out_w = (x.shape[1] + 1) // 2, (x.shape[2] + 1) // 2
+  rows = functools.reduce(jnp.maximum, [padded[:, i:i + 2 * out_h - 1:2] for i in range(3)])
+  return functools.reduce(jnp.maximum, [rows[:, :, j:j + 2 * out_w - 1:2] for j in range(3)])
 
 class _Basic(nn.Module):
   filters: int
@@ -94,7 +110,7 @@ class Backbone(nn.Module):
     x = x.astype(self.dtype)
     x = nn.Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False, dtype=self.dtype)(x)
     x = nn.relu(norm()(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool_3x3_stride_2(x)
     block = _Bottleneck if self.bottleneck else _Basic
     for stage, count in enumerate(self.stage_sizes):
       for index in range(count):

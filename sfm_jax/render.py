@@ -7,7 +7,8 @@ Rendering is split the way differentiable rasterisers usually are:
    are tested against triangles in chunks (`lax.scan`), keeping the running nearest hit per
    pixel. The window path (for dense meshes at small image sizes, where most triangles cover a
    pixel or less) tests each triangle only against a small window of pixels and resolves depth
-   with a scatter-min, sending the few larger triangles through the exact path.
+   with a scatter-min, sending the few larger triangles through a larger window and the rare
+   huge ones through the exact path.
 2. `barycentrics` / `interpolate`: with the selection fixed, barycentric coordinates are
    recomputed from the projected vertex positions, so interpolated colours, normals and depths
    are differentiable in positions and attributes (exactly so away from triangle edges).
@@ -68,7 +69,8 @@ def _edge_weights(px, py, ax, ay, bx, by, cx, cy):
 
 
 def rasterize(vertices: Array, triangles: Array, *, height: int, width: int,
-              chunk: int = 256, window: int | None = None, max_large: int = 64) -> Fragments:
+              chunk: int = 256, window: int | None = None, max_large: int = 64,
+              large_window: int | None = None, max_huge: int = 4) -> Fragments:
   """Z-buffer rasterisation of one mesh (vmap it for batches).
 
   Args:
@@ -78,10 +80,13 @@ def rasterize(vertices: Array, triangles: Array, *, height: int, width: int,
     chunk: triangles tested per scan step in the exact path (memory `H W chunk`).
     window: None for the exact path (every pixel against every triangle: any triangle size).
       An int w selects the fast path for dense meshes: each triangle tests only the `w x w`
-      pixels from its bounding box's corner and the z-buffer is a scatter-min; the `max_large`
-      largest triangles whose box does not fit take the exact path. `Fragments.overflow` counts
-      triangles that fit neither (0 = exact result).
+      pixels from the corner of its bounding box (clipped to the image), and the z-buffer is a
+      scatter-min. Up to `max_large` triangles whose box does not fit are tested in a
+      `large_window` window instead, and up to `max_huge` that fit neither take the exact path.
+      `Fragments.overflow` counts the triangles left out (0 = the exact path's result).
     max_large: see `window`.
+    large_window: default 4 w, at most the image (then no triangle is left to `max_huge`).
+    max_huge: see `window`. The exact path costs `H W` tests per triangle, a window `w^2`.
 
   Returns:
     `Fragments` with `[H, W]` arrays. Not differentiable (use `barycentrics`/`interpolate`).
@@ -89,7 +94,8 @@ def rasterize(vertices: Array, triangles: Array, *, height: int, width: int,
   vertices = jax.lax.stop_gradient(vertices)
   if window is not None:
     return _rasterize_window(vertices, triangles, height=height, width=width, window=window,
-                             max_large=max_large, chunk=chunk)
+                             max_large=max_large, large_window=large_window, max_huge=max_huge,
+                             chunk=chunk)
   depth, triangle_id = _rasterize_exact(vertices, triangles, height=height, width=width,
                                         chunk=chunk)
   return Fragments(triangle_id=triangle_id.reshape(height, width),
@@ -141,55 +147,82 @@ def _rasterize_exact(vertices, triangles, *, height, width, chunk, ids=None):
   return depth, triangle_id
 
 
-def _rasterize_window(vertices, triangles, *, height, width, window, max_large, chunk):
-  dtype = vertices.dtype
-  num_triangles = triangles.shape[0]
-  tri = vertices[triangles]  # [T, 3, 3]
-  # Pixel j's centre is j + 0.5: the covered columns of [lo, hi] are ceil(lo - .5)..floor(hi - .5).
-  col0 = jnp.ceil(jnp.min(tri[..., 0], axis=1) - 0.5).astype(jnp.int32)
-  row0 = jnp.ceil(jnp.min(tri[..., 1], axis=1) - 0.5).astype(jnp.int32)
-  span_x = jnp.floor(jnp.max(tri[..., 0], axis=1) - 0.5).astype(jnp.int32) - col0 + 1
-  span_y = jnp.floor(jnp.max(tri[..., 1], axis=1) - 0.5).astype(jnp.int32) - row0 + 1
-  large = (span_x > window) | (span_y > window)
+def _first_where(mask: Array, count: int) -> Array:
+  """`[count]` int32: the indices of the first `count` True entries of `mask` `[T]`, in order;
+  slots beyond the number of True entries hold 0 (callers mask them out)."""
+  slot = jnp.cumsum(mask) - 1
+  slot = jnp.where(mask & (slot < count), slot, count)  # `count` is out of range: dropped
+  return jnp.zeros(count, jnp.int32).at[slot].set(
+      jnp.arange(mask.shape[0], dtype=jnp.int32), mode="drop")
+
+
+def _window_hits(tri, ids, col0, row0, drawn, *, window, height, width):
+  """Each triangle `tri [n, 3, 3]` against the `window x window` pixels from `(row0, col0)`:
+  flat (depth, +inf where not covered or not `drawn`; pixel index; triangle id) candidates."""
   offsets = jnp.arange(window)
-  cols = col0[:, None, None] + offsets[None, None, :]  # [T, 1, w]
-  rows = row0[:, None, None] + offsets[None, :, None]  # [T, w, 1]
-  px, py = cols.astype(dtype) + 0.5, rows.astype(dtype) + 0.5
+  cols = col0[:, None, None] + offsets[None, None, :]  # [n, 1, w]
+  rows = row0[:, None, None] + offsets[None, :, None]  # [n, w, 1]
+  px, py = cols.astype(tri.dtype) + 0.5, rows.astype(tri.dtype) + 0.5
   corner = lambda k, axis: tri[:, k, axis][:, None, None]
   w0, w1, w2 = _edge_weights(px, py, corner(0, 0), corner(0, 1), corner(1, 0), corner(1, 1),
                              corner(2, 0), corner(2, 1))
   area = w0 + w1 + w2
   inside = (area != 0) & (((w0 >= 0) & (w1 >= 0) & (w2 >= 0) & (area > 0))
                           | ((w0 <= 0) & (w1 <= 0) & (w2 <= 0) & (area < 0)))
-  inside &= (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height) & ~large[:, None, None]
+  inside &= (cols < width) & (rows < height) & drawn[:, None, None]  # boxes start inside
   depth = (w0 * corner(0, 2) + w1 * corner(1, 2) + w2 * corner(2, 2)) / jnp.where(
       area != 0, area, 1.0)
   depth = jnp.where(inside, depth, jnp.inf).reshape(-1)
   pixel = jnp.where(inside, rows * width + cols, 0).reshape(-1)
-  ids = jnp.broadcast_to(jnp.arange(num_triangles, dtype=jnp.int32)[:, None, None],
-                         inside.shape).reshape(-1)
-  zbuffer = jnp.full((height * width,), jnp.inf, dtype).at[pixel].min(depth)
-  winner = jnp.isfinite(depth) & (depth == zbuffer[pixel])
+  ids = jnp.broadcast_to(ids[:, None, None], inside.shape).reshape(-1)
+  return depth, pixel, ids
+
+
+def _rasterize_window(vertices, triangles, *, height, width, window, max_large, large_window,
+                      max_huge, chunk):
+  dtype = vertices.dtype
+  num_triangles = triangles.shape[0]
+  tri = vertices[triangles]  # [T, 3, 3]
+  # The pixels a triangle can cover, clipped to the image. Pixel j's centre is j + 0.5: the
+  # covered columns of [lo, hi] are ceil(lo - .5)..floor(hi - .5).
+  col0 = jnp.maximum(jnp.ceil(jnp.min(tri[..., 0], axis=1) - 0.5).astype(jnp.int32), 0)
+  row0 = jnp.maximum(jnp.ceil(jnp.min(tri[..., 1], axis=1) - 0.5).astype(jnp.int32), 0)
+  col1 = jnp.minimum(jnp.floor(jnp.max(tri[..., 0], axis=1) - 0.5).astype(jnp.int32), width - 1)
+  row1 = jnp.minimum(jnp.floor(jnp.max(tri[..., 1], axis=1) - 0.5).astype(jnp.int32), height - 1)
+  span = jnp.maximum(col1 - col0, row1 - row0) + 1  # <= 0: off the image
+  large_window = min(large_window or 4 * window, max(height, width))
+  small = span <= window
+  large = ~small & (span <= large_window)
+  huge = span > large_window
+  every = jnp.arange(num_triangles, dtype=jnp.int32)
+  chosen = _first_where(large, min(max_large, num_triangles))
+  tiers = [_window_hits(tri, every, col0, row0, small, window=window, height=height, width=width),
+           _window_hits(tri[chosen], chosen, col0[chosen], row0[chosen], large[chosen],
+                        window=large_window, height=height, width=width)]
+  depth = jnp.full((height * width,), jnp.inf, dtype)
+  for hit_depth, pixel, _ in tiers:
+    depth = depth.at[pixel].min(hit_depth)
   # Equal depths (a pixel centre on a shared edge): the lowest triangle id wins, as in the exact
   # path.
   big = jnp.iinfo(jnp.int32).max
-  triangle_id = jnp.full((height * width,), big, jnp.int32).at[pixel].min(
-      jnp.where(winner, ids, big))
+  triangle_id = jnp.full((height * width,), big, jnp.int32)
+  for hit_depth, pixel, ids in tiers:
+    winner = jnp.isfinite(hit_depth) & (hit_depth == depth[pixel])
+    triangle_id = triangle_id.at[pixel].min(jnp.where(winner, ids, big))
   triangle_id = jnp.where(triangle_id == big, -1, triangle_id)
-  # Triangles whose box exceeds the window: the largest `max_large` go through the exact path.
-  count = min(max_large, num_triangles)
-  size = jnp.where(large, jnp.maximum(span_x, span_y), -1)
-  _, chosen = jax.lax.top_k(size, count)
-  exact_depth, exact_id = _rasterize_exact(vertices, triangles, height=height, width=width,
-                                           chunk=chunk, ids=chosen)
-  # Only hits of large triangles count: small ones among the chosen were drawn by the window.
-  from_large = (exact_id >= 0) & large[jnp.maximum(exact_id, 0)]
-  use_exact = from_large & (exact_depth < zbuffer)
-  depth = jnp.where(use_exact, exact_depth, zbuffer)
-  triangle_id = jnp.where(use_exact, exact_id, triangle_id)
-  overflow = jnp.maximum(jnp.sum(large) - count, 0).astype(jnp.int32)
+  overflow = jnp.maximum(jnp.sum(large) - chosen.shape[0], 0)
+  if large_window < max(height, width):  # static: boxes can exceed the larger window
+    chosen = _first_where(huge, min(max_huge, num_triangles))
+    exact_depth, exact_id = _rasterize_exact(vertices, triangles, height=height, width=width,
+                                             chunk=chunk, ids=chosen)
+    # Only hits of huge triangles count (unused slots repeat triangle 0).
+    from_huge = (exact_id >= 0) & huge[jnp.maximum(exact_id, 0)]
+    use_exact = from_huge & (exact_depth < depth)
+    depth = jnp.where(use_exact, exact_depth, depth)
+    triangle_id = jnp.where(use_exact, exact_id, triangle_id)
+    overflow += jnp.maximum(jnp.sum(huge) - chosen.shape[0], 0)
   return Fragments(triangle_id=triangle_id.reshape(height, width),
-                   depth=depth.reshape(height, width), overflow=overflow)
+                   depth=depth.reshape(height, width), overflow=overflow.astype(jnp.int32))
 
 
 def barycentrics(vertices: Array, triangles: Array, fragments: Fragments) -> Array:
@@ -252,7 +285,7 @@ def shade_sh(albedo: Array, normals: Array, sh_coefficients: Array) -> Array:
 def render(vertices_px: Array, triangles: Array, albedo: Array, normals_model: Array,
            sh_coefficients: Array, *, height: int, width: int,
            background: Array | float = 0.0, window: int | None = None,
-           max_large: int = 64) -> tuple[Array, Array, Fragments]:
+           max_large: int = 64, max_huge: int = 4) -> tuple[Array, Array, Fragments]:
   """Renders one mesh: rasterise, interpolate albedo and normals, shade, composite.
 
   Args:
@@ -263,13 +296,14 @@ def render(vertices_px: Array, triangles: Array, albedo: Array, normals_model: A
     sh_coefficients: `[9, 3]`.
     height, width: image size.
     background: colour where no triangle is hit.
-    window, max_large: rasteriser mode (see `rasterize`; None = exact for any triangle size).
+    window, max_large, max_huge: rasteriser mode (see `rasterize`; `window=None`: exact for any
+      triangle size).
 
   Returns:
     (`[H, W, 3]` image, `[H, W]` coverage mask, the fragments).
   """
   fragments = rasterize(vertices_px, triangles, height=height, width=width, window=window,
-                        max_large=max_large)
+                        max_large=max_large, max_huge=max_huge)
   weights = barycentrics(vertices_px, triangles, fragments)
   pixel_albedo = interpolate(albedo, triangles, fragments, weights)
   pixel_normals = interpolate(normals_model, triangles, fragments, weights)

@@ -60,6 +60,23 @@ def test_decode_gradient_matches_basis(rng):
   np.testing.assert_allclose(jac[0, :, :, 0, :], np.moveaxis(m.shape_basis, 0, -1), rtol=1e-6)
 
 
+def test_add_to_each_derivatives_are_those_of_the_broadcast_add(x64, rng):
+  from jax.test_util import check_grads
+  batch, row = rng.normal(size=(4, 5, 3)), rng.normal(size=(5, 3))
+  np.testing.assert_array_equal(fm.add_to_each(batch, row), batch + row)
+  weights = rng.normal(size=(4, 5, 3))
+  loss = lambda b, r: jnp.sum(weights * fm.add_to_each(b, r) ** 2)
+  d_batch, d_row = jax.grad(loss, argnums=(0, 1))(batch, row)
+  np.testing.assert_allclose(d_batch, 2 * weights * (batch + row), rtol=1e-12)
+  np.testing.assert_allclose(d_row, np.sum(2 * weights * (batch + row), 0), rtol=1e-12)
+  # One argument differentiated at a time (the other's tangent is a symbolic zero).
+  np.testing.assert_allclose(jax.grad(loss, argnums=0)(batch, row), d_batch, rtol=1e-12)
+  np.testing.assert_allclose(jax.grad(loss, argnums=1)(batch, row), d_row, rtol=1e-12)
+  _, tangent = jax.jvp(lambda r: fm.add_to_each(batch, r), (row,), (weights[0],))
+  np.testing.assert_allclose(tangent, np.broadcast_to(weights[0], batch.shape), rtol=1e-12)
+  check_grads(loss, (batch, row), order=2, modes=("fwd", "rev"))
+
+
 @pytest.mark.parametrize("albedo", [False, True])
 def test_model_file_round_trip(tmp_path, rng, albedo):
   m = _random_model(rng, albedo=albedo)

@@ -1,3 +1,4 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,3 +78,18 @@ def test_landmark_descriptor_and_a_landmark_reading_encoder():
   assert not np.allclose(a, b) and np.allclose(a[0], b[1], atol=1e-5)
   with pytest.raises(ValueError, match="reads landmarks"):
     encoder.apply(variables, images)
+
+
+@pytest.mark.parametrize("size", [(9, 12), (8, 7)])  # odd and even sides
+def test_stem_max_pool_equals_flax_max_pool_in_value_and_gradient(rng, size):
+  x = jnp.asarray(rng.normal(size=(2, *size, 3)), jnp.float32)  # no ties
+  weights = jnp.asarray(rng.normal(size=(2, (size[0] + 1) // 2, (size[1] + 1) // 2, 3)),
+                        jnp.float32)
+  flax_pool = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  np.testing.assert_array_equal(networks.max_pool_3x3_stride_2(x), flax_pool(x))
+  grad = lambda pool: jax.grad(lambda x: jnp.sum(weights * pool(x)))(x)
+  np.testing.assert_allclose(grad(networks.max_pool_3x3_stride_2), grad(flax_pool), atol=1e-6)
+  # Each output's gradient lands on its window's maximum: a hand-made window.
+  one = jnp.zeros((1, 3, 3, 1)).at[0, 2, 1, 0].set(5.0)
+  np.testing.assert_array_equal(jax.grad(lambda x: networks.max_pool_3x3_stride_2(x)[0, 1, 0, 0])(one),
+                                (one == 5.0).astype(jnp.float32))

@@ -168,6 +168,14 @@ def test_jit_equals_eager_and_vmap(rng):
   np.testing.assert_allclose(np.asarray(batched[1]), np.asarray(eager) * 0.5, rtol=1e-6)
 
 
+def _clipped_box_spans(vertices, triangles, size):
+  """The larger side, in pixels whose centres it can cover, of each triangle's box in the image."""
+  corners = vertices[triangles]
+  lo = np.maximum(np.ceil(corners[..., :2].min(1) - 0.5), 0)
+  hi = np.minimum(np.floor(corners[..., :2].max(1) - 0.5), size - 1)
+  return (hi - lo).max(1) + 1
+
+
 def test_window_mode_equals_exact_mode(rng):
   from sfm_jax import face_world
   template = face_world.face_template(40)
@@ -175,16 +183,32 @@ def test_window_mode_equals_exact_mode(rng):
   scale = 0.75 * size / 200.0
   v = template.vertices
   face = np.stack([v[:, 0] * scale + size / 2, -v[:, 1] * scale + size / 2, -v[:, 2]], -1)
+  # A 2 x 2 grid of 7-pixel quads in front of the face: triangles for the larger window.
+  ys, xs = np.meshgrid(np.arange(3) * 7.0 + 4.3, np.arange(3) * 7.0 + 27.6, indexing="ij")
+  grid = np.stack([xs.ravel(), ys.ravel(), np.full(9, -60.0)], -1)
+  quads = [[r * 3 + c, r * 3 + c + 1, r * 3 + c + 4] for r in range(2) for c in range(2)]
+  quads += [[r * 3 + c, r * 3 + c + 4, r * 3 + c + 3] for r in range(2) for c in range(2)]
   rotation = np.asarray(geometry.euler_to_matrix(np.array([0.3, 0.5, 0.2])), np.float64)
   cube, faces = _cube(rotation, side=20.0, centre=(30.0, 20.0, -30.0))  # large, in front
-  vertices = jnp.asarray(np.concatenate([face, cube]).astype(np.float32))
-  triangles = jnp.asarray(np.concatenate([template.triangles, faces + len(face)]))
+  vertices = np.concatenate([face, grid, cube]).astype(np.float32)
+  triangles = np.concatenate([template.triangles, np.array(quads) + len(face),
+                              faces + len(face) + len(grid)])
+  spans = _clipped_box_spans(vertices.astype(np.float64), triangles, size)
+  large, huge = (spans > 3) & (spans <= 12), spans > 12  # window 3, large window 4 x 3
+  num_large, num_huge = int(large.sum()), int(huge.sum())
+  assert num_large >= 8 and num_huge >= 6  # every tier has work
+  vertices, triangles = jnp.asarray(vertices), jnp.asarray(triangles)
   exact = render.rasterize(vertices, triangles, height=size, width=size)
-  fast = render.rasterize(vertices, triangles, height=size, width=size, window=3, max_large=16)
-  assert int(fast.overflow) == 0
-  np.testing.assert_array_equal(np.asarray(fast.triangle_id), np.asarray(exact.triangle_id))
-  np.testing.assert_allclose(np.asarray(fast.depth), np.asarray(exact.depth), rtol=1e-6)
-  assert (np.asarray(exact.triangle_id) >= len(template.triangles)).any()  # the cube is seen
-  # Too many large triangles for max_large: reported, not silently wrong.
-  starved = render.rasterize(vertices, triangles, height=size, width=size, window=3, max_large=2)
-  assert int(starved.overflow) == 10
+  seen = np.unique(np.asarray(exact.triangle_id))
+  assert large[seen[seen >= 0]].any() and huge[seen[seen >= 0]].any()
+  for settings in (dict(max_large=num_large, max_huge=num_huge),
+                   dict(max_large=num_large + 5, max_huge=num_huge + 5),
+                   dict(max_large=num_large + num_huge, large_window=size)):  # one window for all
+    fast = render.rasterize(vertices, triangles, height=size, width=size, window=3, **settings)
+    assert int(fast.overflow) == 0, settings
+    np.testing.assert_array_equal(np.asarray(fast.triangle_id), np.asarray(exact.triangle_id))
+    np.testing.assert_allclose(np.asarray(fast.depth), np.asarray(exact.depth), rtol=1e-6)
+  # Too many triangles for either tier: every one left out is counted, not silently wrong.
+  starved = render.rasterize(vertices, triangles, height=size, width=size, window=3,
+                             max_large=2, max_huge=3)
+  assert int(starved.overflow) == (num_large - 2) + (num_huge - 3)

@@ -24,7 +24,9 @@ _SIZE = flags.DEFINE_integer("image_size", 96, "image side in pixels")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed repeats")
 _JSON = flags.DEFINE_string("json", None, "also write the results here")
 _WINDOW = flags.DEFINE_integer("window", 0, "rasteriser window (0 = exact path)")
-_MAX_LARGE = flags.DEFINE_integer("max_large", 64, "window mode: large triangles done exactly")
+_MAX_LARGE = flags.DEFINE_integer("max_large", 64,
+                                  "window mode: triangles tested in the 4x larger window")
+_MAX_HUGE = flags.DEFINE_integer("max_huge", 4, "window mode: triangles through the exact path")
 
 
 def main(argv):
@@ -46,7 +48,8 @@ def main(argv):
   def forward(vertices, colours):
     return jax.vmap(lambda p, c: render.render(
         p, triangles, c, normals, light, height=size, width=size,
-        window=_WINDOW.value or None, max_large=_MAX_LARGE.value)[0])(vertices, colours)
+        window=_WINDOW.value or None, max_large=_MAX_LARGE.value,
+        max_huge=_MAX_HUGE.value)[0])(vertices, colours)
 
   def loss(vertices, colours):
     return jnp.mean(jnp.abs(forward(vertices, colours) - target))
