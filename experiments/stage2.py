@@ -93,7 +93,7 @@ def _encoder(config, model: FaceModel) -> Encoder:
   return Encoder(shape_dim=model.shape_dim, expr_dim=model.expr_dim,
                  albedo_dim=config.model.albedo_dim, depth=config.model.depth,
                  width=config.model.width, landmark_features=config.model.landmark_features,
-                 dtype=_float_dtype(config))
+                 landmark_norm=config.model.landmark_norm, dtype=_float_dtype(config))
 
 
 def _float_dtype(config):
@@ -119,7 +119,7 @@ def pretrain(config, workdir, log, mesh):
           f"{p.images_per_identity} images ...", flush=True)
   split = image_sources.pretrain_split(config, seed=config.seed)
   trunk = Trunk(config.model.depth, config.model.width, config.model.landmark_features,
-                dtype=_float_dtype(config))
+                dtype=_float_dtype(config), landmark_norm=config.model.landmark_norm)
   params, model_state = _as_dtype(stage2.init_pretrain_params(
       trunk, image_size=config.data.image_size, num_classes=int(split.identity.max()) + 1,
       seed=config.seed), _float_dtype(config))

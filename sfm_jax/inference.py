@@ -42,7 +42,8 @@ class Predictor:
     e = self.encoder
     return {"shape_dim": e.shape_dim, "expr_dim": e.expr_dim, "albedo_dim": e.albedo_dim,
             "depth": e.depth, "width": e.width, "rotation": e.rotation,
-            "landmark_features": e.landmark_features, "image_size": self.image_size, "window": self.window,
+            "landmark_features": e.landmark_features, "landmark_norm": e.landmark_norm,
+            "image_size": self.image_size, "window": self.window,
             "crop_margin": self.crop_margin}
 
 
@@ -71,7 +72,9 @@ def load_predictor(encoder_path, model: FaceModel) -> Predictor:
   encoder = Encoder(shape_dim=meta["shape_dim"], expr_dim=meta["expr_dim"],
                     albedo_dim=meta["albedo_dim"], depth=meta["depth"], width=meta["width"],
                     rotation=meta["rotation"],
-                    landmark_features=int(meta.get("landmark_features", 0)))
+                    landmark_features=int(meta.get("landmark_features", 0)),
+                    # Files written before the landmark BatchNorm existed have none.
+                    landmark_norm=bool(meta.get("landmark_norm", False)))
   return Predictor(encoder=encoder, variables=variables, model=model,
                    image_size=int(meta["image_size"]), window=int(meta.get("window", 4)),
                    crop_margin=meta.get("crop_margin"))

@@ -22,7 +22,8 @@ photo reveals (design section 7: a linear read-out of them halves the mean face'
 a small crop alone does not beat it). Their configuration, centred and scaled to unit RMS radius
 (so it says nothing about where the face is), plus its centre and size relative to the image,
 go through a two-layer MLP whose output is concatenated with the pooled image features before
-every head.
+every head. With `landmark_norm` (the default) each input of the MLP is first standardised by a
+BatchNorm over the batch.
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ class Trunk(nn.Module):
   width: int = 64
   landmark_features: int = 0
   dtype: jnp.dtype = jnp.float32
+  landmark_norm: bool = True
 
   @nn.compact
   def __call__(self, images, train: bool = False, landmarks=None):
@@ -138,6 +140,12 @@ class Trunk(nn.Module):
       if landmarks is None:
         raise ValueError("this Encoder reads landmarks (landmark_features > 0): pass them")
       shape = landmark_descriptor(landmarks, image_size=images.shape[1])
+      if self.landmark_norm:
+        # Each coordinate standardised over the batch (running statistics at inference). People
+        # differ by a few percent of the common landmark configuration; on the raw values the
+        # MLP hardly sees that (a ridge regression on standardised ones reads shape out well).
+        shape = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                             dtype=self.dtype, name="landmarks_norm")(shape)
       hidden = nn.relu(nn.Dense(self.landmark_features, name="landmarks_1")(shape))
       hidden = nn.relu(nn.Dense(self.landmark_features, name="landmarks_2")(hidden))
       features = jnp.concatenate([features, hidden], axis=-1)
@@ -154,11 +162,12 @@ class Encoder(nn.Module):
   rotation: str = "6d"
   landmark_features: int = 0
   dtype: jnp.dtype = jnp.float32
+  landmark_norm: bool = True
 
   @nn.compact
   def __call__(self, images, train: bool = False, landmarks=None):
     features = Trunk(self.depth, self.width, self.landmark_features, self.dtype,
-                     name="trunk")(images, train, landmarks)
+                     self.landmark_norm, name="trunk")(images, train, landmarks)
     head = lambda size, name: nn.Dense(size, kernel_init=nn.initializers.zeros, name=name)(
         features)
     # The shape head starts small but not at zero: project() needs a direction.

@@ -80,6 +80,30 @@ def test_landmark_descriptor_and_a_landmark_reading_encoder():
     encoder.apply(variables, images)
 
 
+def test_landmark_inputs_are_standardised_over_the_batch_in_training(rng):
+  points = jnp.asarray(rng.uniform(10, 50, size=(6, 68, 2)))
+  images = jnp.zeros((6, 32, 32, 3))
+  trunk = networks.Trunk("resnet10", 8, landmark_features=8)
+  variables = trunk.init(jax.random.key(0), images, landmarks=points)
+  _, updates = trunk.apply(variables, images, train=True, landmarks=points,
+                           mutable=["batch_stats"])
+  descriptor = np.asarray(networks.landmark_descriptor(points, image_size=32), np.float64)
+  stats = updates["batch_stats"]["landmarks_norm"]
+  # Running statistics move 10% of the way from (0, 1) to the batch's mean and variance.
+  np.testing.assert_allclose(stats["mean"], 0.1 * descriptor.mean(0), rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * descriptor.var(0), rtol=1e-4)
+  # The MLP reads the standardised values: its first layer, applied by hand, gives the same
+  # hidden units as the module.
+  standard = (descriptor - descriptor.mean(0)) / np.sqrt(descriptor.var(0) + 1e-5)
+  dense = variables["params"]["landmarks_1"]
+  hidden = np.maximum(standard @ np.asarray(dense["kernel"]) + np.asarray(dense["bias"]), 0)
+  dense = variables["params"]["landmarks_2"]
+  hidden = np.maximum(hidden @ np.asarray(dense["kernel"]) + np.asarray(dense["bias"]), 0)
+  features, _ = trunk.apply(variables, images, train=True, landmarks=points,
+                            mutable=["batch_stats"])
+  np.testing.assert_allclose(features[:, -8:], hidden, rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.parametrize("size", [(9, 12), (8, 7)])  # odd and even sides
 def test_stem_max_pool_equals_flax_max_pool_in_value_and_gradient(rng, size):
   x = jnp.asarray(rng.normal(size=(2, *size, 3)), jnp.float32)  # no ties
