@@ -44,6 +44,11 @@ def _validate(config) -> None:
                      "global under jit sharding; pmap would make them per device)")
   cli.check_train_config(config.train)
   stage2.Objective(**config.objective.to_dict())  # checks its fields
+  if config.model.shape_from not in ("all", "landmarks"):
+    raise InputError(f"model.shape_from must be 'all' or 'landmarks', got "
+                     f"{config.model.shape_from!r}")
+  if config.model.shape_from == "landmarks" and config.model.landmark_features <= 0:
+    raise InputError("model.shape_from='landmarks' needs model.landmark_features > 0")
 
 
 def _load_models(config) -> dict:
@@ -93,7 +98,9 @@ def _encoder(config, model: FaceModel) -> Encoder:
   return Encoder(shape_dim=model.shape_dim, expr_dim=model.expr_dim,
                  albedo_dim=config.model.albedo_dim, depth=config.model.depth,
                  width=config.model.width, landmark_features=config.model.landmark_features,
-                 landmark_norm=config.model.landmark_norm, dtype=_float_dtype(config))
+                 landmark_norm=config.model.landmark_norm,
+                 shape_from_landmarks=config.model.shape_from == "landmarks",
+                 dtype=_float_dtype(config))
 
 
 def _float_dtype(config):

@@ -43,6 +43,7 @@ class Predictor:
     return {"shape_dim": e.shape_dim, "expr_dim": e.expr_dim, "albedo_dim": e.albedo_dim,
             "depth": e.depth, "width": e.width, "rotation": e.rotation,
             "landmark_features": e.landmark_features, "landmark_norm": e.landmark_norm,
+            "shape_from_landmarks": e.shape_from_landmarks,
             "image_size": self.image_size, "window": self.window,
             "crop_margin": self.crop_margin}
 
@@ -74,7 +75,8 @@ def load_predictor(encoder_path, model: FaceModel) -> Predictor:
                     rotation=meta["rotation"],
                     landmark_features=int(meta.get("landmark_features", 0)),
                     # Files written before the landmark BatchNorm existed have none.
-                    landmark_norm=bool(meta.get("landmark_norm", False)))
+                    landmark_norm=bool(meta.get("landmark_norm", False)),
+                    shape_from_landmarks=bool(meta.get("shape_from_landmarks", False)))
   return Predictor(encoder=encoder, variables=variables, model=model,
                    image_size=int(meta["image_size"]), window=int(meta.get("window", 4)),
                    crop_margin=meta.get("crop_margin"))

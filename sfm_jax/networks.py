@@ -23,7 +23,7 @@ a small crop alone does not beat it). Their configuration, centred and scaled to
 (so it says nothing about where the face is), plus its centre and size relative to the image,
 go through a two-layer MLP whose output is concatenated with the pooled image features before
 every head. With `landmark_norm` (the default) each input of the MLP is first standardised by a
-BatchNorm over the batch.
+BatchNorm over the batch. With `shape_from_landmarks` the shape head reads the MLP's output only.
 """
 
 from __future__ import annotations
@@ -163,15 +163,23 @@ class Encoder(nn.Module):
   landmark_features: int = 0
   dtype: jnp.dtype = jnp.float32
   landmark_norm: bool = True
+  shape_from_landmarks: bool = False
 
   @nn.compact
   def __call__(self, images, train: bool = False, landmarks=None):
+    if self.shape_from_landmarks and not self.landmark_features:
+      raise ValueError("Encoder.shape_from_landmarks needs landmark_features > 0")
     features = Trunk(self.depth, self.width, self.landmark_features, self.dtype,
                      self.landmark_norm, name="trunk")(images, train, landmarks)
     head = lambda size, name: nn.Dense(size, kernel_init=nn.initializers.zeros, name=name)(
         features)
+    # With `shape_from_landmarks` the shape code reads only the landmark MLP's features (the
+    # last ones): the pixels cannot tell it which training person this is.
+    shape_features = (features[:, -self.landmark_features:] if self.shape_from_landmarks
+                      else features)
     # The shape head starts small but not at zero: project() needs a direction.
-    z = nn.Dense(self.shape_dim, kernel_init=nn.initializers.lecun_normal(), name="z")(features)
+    z = nn.Dense(self.shape_dim, kernel_init=nn.initializers.lecun_normal(), name="z")(
+        shape_features)
     identity_6d = jnp.asarray([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
     rotation = (head(6, "rotation") + identity_6d if self.rotation == "6d"
                 else head(3, "rotation"))

@@ -104,6 +104,22 @@ def test_landmark_inputs_are_standardised_over_the_batch_in_training(rng):
   np.testing.assert_allclose(features[:, -8:], hidden, rtol=1e-3, atol=1e-4)
 
 
+def test_shape_from_landmarks_ignores_the_pixels_but_not_the_landmarks(rng):
+  encoder = networks.Encoder(shape_dim=4, expr_dim=2, depth="resnet10", width=8,
+                             landmark_features=8, shape_from_landmarks=True)
+  points = jnp.asarray(rng.uniform(10, 30, size=(2, 68, 2)))
+  images = jnp.asarray(rng.uniform(size=(2, 32, 32, 3)))
+  variables = encoder.init(jax.random.key(0), images, landmarks=points)
+  z = lambda images, points: encoder.apply(variables, images, landmarks=points)["z"]
+  np.testing.assert_allclose(z(images[::-1], points), z(images, points), rtol=1e-6)
+  assert not np.allclose(z(images, points[::-1]), z(images, points))
+  # The kernel of the shape head has one row per landmark feature.
+  assert variables["params"]["z"]["kernel"].shape == (8, 4)
+  with pytest.raises(ValueError, match="landmark_features"):
+    networks.Encoder(shape_dim=4, expr_dim=2, depth="resnet10", width=8,
+                     shape_from_landmarks=True).init(jax.random.key(0), images)
+
+
 @pytest.mark.parametrize("size", [(9, 12), (8, 7)])  # odd and even sides
 def test_stem_max_pool_equals_flax_max_pool_in_value_and_gradient(rng, size):
   x = jnp.asarray(rng.normal(size=(2, *size, 3)), jnp.float32)  # no ties

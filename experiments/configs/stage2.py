@@ -73,6 +73,8 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.model.landmark_features = 128   # > 0: the encoder also reads the 68 landmark positions
                                     # (an MLP beside the image trunk); 0: pixels only
   c.model.landmark_norm = True      # standardise the MLP's inputs over the batch (BatchNorm)
+  c.model.shape_from = "all"        # the shape head reads: all features | "landmarks" (the
+                                    # landmark MLP only, so pixels cannot identify trained people)
 
   # The SFM objective: every field of sfm_jax.stage2.Objective with its default (written once,
   # there; code_kind is set per model); 0 switches a term off.
