@@ -44,7 +44,6 @@ RESNETS = {  # name: (blocks per stage, bottleneck blocks)
 }
 
 
-
 def max_pool_3x3_stride_2(x: jax.Array) -> jax.Array:
   """`nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))` of `[B, H, W, C]`, the
   ResNet stem's pooling, as a maximum over three strided rows, then over three strided columns.
@@ -58,6 +57,7 @@ def max_pool_3x3_stride_2(x: jax.Array) -> jax.Array:
   out_h, out_w = (x.shape[1] + 1) // 2, (x.shape[2] + 1) // 2
   rows = functools.reduce(jnp.maximum, [padded[:, i:i + 2 * out_h - 1:2] for i in range(3)])
   return functools.reduce(jnp.maximum, [rows[:, :, j:j + 2 * out_w - 1:2] for j in range(3)])
+
 
 class _Basic(nn.Module):
   filters: int
