@@ -170,7 +170,7 @@ class Encoder(nn.Module):
     if self.shape_from_landmarks and not self.landmark_features:
       raise ValueError("Encoder.shape_from_landmarks needs landmark_features > 0")
     features = Trunk(self.depth, self.width, self.landmark_features, self.dtype,
-                     self.landmark_norm, name="trunk")(images, train, landmarks)
+                     landmark_norm=self.landmark_norm, name="trunk")(images, train, landmarks)
     head = lambda size, name: nn.Dense(size, kernel_init=nn.initializers.zeros, name=name)(
         features)
     # With `shape_from_landmarks` the shape code reads only the landmark MLP's features (the
