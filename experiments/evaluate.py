@@ -103,12 +103,8 @@ def image_mode() -> None:
                                                 landmark_vertices=landmark_vertices,
                                                 batch_size=_BATCH.value, seed=_SEED.value)
   models = {name: predictor.model for name, predictor in predictors.items()}
-  mean_face = data.training_neutral_mean()
-  if mean_face is None:
-    mean_face = np.asarray(first_model.mean)
-  rows.update(inference.reference_rows(models, data.test, mean_face=mean_face,
-                                       image_size=data.test.images.shape[1],
-                                       fit_steps=_CONFIG.value.eval.fit_steps, seed=_SEED.value))
+  rows.update(inference.reference_rows(models, data, fit_steps=_CONFIG.value.eval.fit_steps,
+                                       seed=_SEED.value))
   os.makedirs(_OUT_DIR.value, exist_ok=True)
   table = image_eval.write_results(_OUT_DIR.value, rows, predictions, predictors, data.test,
                                    description=data.description,

@@ -31,7 +31,7 @@ from sfm_jax import evaluation, inference, parallel, stage2, train_loop, viz
 from sfm_jax.errors import InputError
 from sfm_jax.io import atomic_write, write_png
 from sfm_jax.model import FaceModel, load_model, save_model
-from sfm_jax.networks import Encoder, Trunk
+from sfm_jax.networks import LANDMARK_NORMS, Encoder, Trunk, whitening_statistics
 from sfm_jax.progress import Phases, format_seconds
 from sfm_jax.sources import images as image_sources
 from sfm_jax.sources.splits import batch_indices
@@ -49,6 +49,23 @@ def _validate(config) -> None:
                      f"{config.model.shape_from!r}")
   if config.model.shape_from == "landmarks" and config.model.landmark_features <= 0:
     raise InputError("model.shape_from='landmarks' needs model.landmark_features > 0")
+  if config.model.landmark_norm not in LANDMARK_NORMS:
+    raise InputError(f"model.landmark_norm must be one of {LANDMARK_NORMS}, got "
+                     f"{config.model.landmark_norm!r}")
+  image_sources.pretrain_source(config)  # checks pretrain.source
+  if not config.model.whitening_regularisation > 0:
+    raise InputError(f"model.whitening_regularisation must be > 0, got "
+                     f"{config.model.whitening_regularisation}")
+
+
+def landmark_whitening(config, data) -> dict | None:
+  """The encoder's `LandmarkWhitening` statistics from every training image's landmarks (photos
+  and rendered scans), or None when the encoder does not whiten them."""
+  if config.model.landmark_norm != "whiten" or config.model.landmark_features <= 0:
+    return None
+  landmarks = [data.train.landmarks] + ([data.scans.landmarks] if data.scans is not None else [])
+  return whitening_statistics(np.concatenate(landmarks), image_size=data.image_size,
+                              regularisation=config.model.whitening_regularisation)
 
 
 def _load_models(config) -> dict:
@@ -99,6 +116,7 @@ def _encoder(config, model: FaceModel) -> Encoder:
                  albedo_dim=config.model.albedo_dim, depth=config.model.depth,
                  width=config.model.width, landmark_features=config.model.landmark_features,
                  landmark_norm=config.model.landmark_norm,
+                 landmark_linear=config.model.landmark_linear,
                  shape_from_landmarks=config.model.shape_from == "landmarks",
                  dtype=_float_dtype(config))
 
@@ -114,22 +132,30 @@ def _as_dtype(tree, dtype):
       lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-def pretrain(config, workdir, log, mesh):
+def _pretraining_data(config) -> str:
+  p = config.pretrain
+  if image_sources.pretrain_source(config) == "scans":
+    return f"{p.scan_views} renders of each scan of {config.data.scan_dir} (its training people)"
+  return f"{p.identities} face-world identities x {p.images_per_identity} images"
+
+
+def pretrain(config, workdir, log, mesh, model, whitening=None):
   """The identity-pretraining phase (`config.pretrain.steps` > 0), shared by both models:
   returns the trunk's `{"params", "batch_stats"}`, None when off, or "stopped" when
-  `train.stop_after_steps` ended the run in this phase."""
+  `train.stop_after_steps` ended the run in this phase. `model`: the stage-1 SFM model (the
+  topology of rendered scans); `whitening`: `landmark_whitening`."""
   p = config.pretrain
   if p.steps <= 0:
     return None
   if train_loop.is_chief():
-    print(f"identity pretraining: rendering {p.identities} identities x "
-          f"{p.images_per_identity} images ...", flush=True)
-  split = image_sources.pretrain_split(config, seed=config.seed)
+    print(f"identity pretraining: rendering {_pretraining_data(config)} ...", flush=True)
+  split = image_sources.pretrain_split(config, seed=config.seed, model=model)
   trunk = Trunk(config.model.depth, config.model.width, config.model.landmark_features,
-                dtype=_float_dtype(config), landmark_norm=config.model.landmark_norm)
+                dtype=_float_dtype(config), landmark_norm=config.model.landmark_norm,
+                landmark_linear=config.model.landmark_linear)
   params, model_state = _as_dtype(stage2.init_pretrain_params(
       trunk, image_size=config.data.image_size, num_classes=int(split.identity.max()) + 1,
-      seed=config.seed), _float_dtype(config))
+      seed=config.seed, landmark_whitening=whitening), _float_dtype(config))
   tx = stage2.make_pretrain_optimizer(lr_trunk=p.lr, lr_prototypes=p.lr_prototypes,
                                       warmup_steps=p.warmup_steps, total_steps=p.steps)
   state = TrainState.create(params=params, tx=tx, seed=config.seed, model_state=model_state,
@@ -156,14 +182,16 @@ def pretrain(config, workdir, log, mesh):
 
 
 def train(name, model, objective, data, config, workdir, log, mesh, trunk=None,
-          steps_before=0) -> TrainState:
+          steps_before=0, whitening=None) -> TrainState:
   """Trains one reconstruction model (resuming from its checkpoints); `steps_before`: steps of
-  the phases trained before this one (`train.stop_after_steps`)."""
+  the phases trained before this one (`train.stop_after_steps`); `whitening`:
+  `landmark_whitening`."""
   encoder = _encoder(config, model)
   size = data.image_size
   params, model_state = _as_dtype(
       stage2.init_params(encoder, model, image_size=size, num_classes=data.num_classes,
-                         albedo_dim=config.model.albedo_dim, seed=config.seed, trunk=trunk),
+                         albedo_dim=config.model.albedo_dim, seed=config.seed, trunk=trunk,
+                         landmark_whitening=whitening),
       _float_dtype(config))
   loss_fn = stage2.make_loss_fn(encoder, model, objective, image_size=size)
   t = config.train
@@ -209,8 +237,7 @@ def _report(workdir, config, data, table, seen_table, models, elapsed, phases):
        f"{config.train.global_batch_size} per model on {jax.device_count()} device(s); "
        f"{elapsed:.0f} s in all."), "",
       (f"Identity pretraining of the encoder trunk: {config.pretrain.steps} steps of CosFace "
-       f"over {config.pretrain.identities} rendered identities x "
-       f"{config.pretrain.images_per_identity} images (shared by both models)."
+       f"over {_pretraining_data(config)} (shared by both models)."
        if config.pretrain.steps > 0 else "No identity pretraining."), "",
       (f"Started from `{config.init_model}`"
        + (" and its baseline" if "baseline" in models else "") + "."), "",
@@ -269,7 +296,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   cli.end_phase(phases, "data")
   log = train_loop.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
   objective_of = objectives(config)
-  trunk = pretrain(config, workdir, log, mesh)
+  whitening = landmark_whitening(config, data)
+  trunk = pretrain(config, workdir, log, mesh, models["sfm"], whitening)
   if trunk == "stopped":
     return {}
   if config.pretrain.steps > 0:
@@ -278,7 +306,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   steps_before = max(config.pretrain.steps, 0)
   for name, model in models.items():
     state = train(name, model, objective_of[name], data, config, workdir, log, mesh, trunk,
-                  steps_before=steps_before)
+                  steps_before=steps_before, whitening=whitening)
     steps_before += config.train.num_steps
     cli.end_phase(phases, f"train {name}")
     if train_loop.report_stop(name, state, config.train):
@@ -299,15 +327,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   rows, predictions = inference.evaluate_split(
       predictors, data.test, landmark_vertices=np.asarray(models["sfm"].landmarks),
       batch_size=config.eval.batch_size, seed=config.seed)
-  mean_face = data.training_neutral_mean()
-  if mean_face is None:
-    mean_face = np.asarray(models["sfm"].mean)
-  print("references: the mean face and per-image landmark fits of each exported model ...",
-        flush=True)
+  print("references: the mean face, the landmark ridge read-out and per-image landmark fits of "
+        "each exported model ...", flush=True)
   exported = {name: predictor.model for name, predictor in predictors.items()}
-  rows.update(inference.reference_rows(exported, data.test, mean_face=mean_face,
-                                       image_size=data.image_size,
-                                       fit_steps=config.eval.fit_steps, seed=config.seed))
+  rows.update(inference.reference_rows(exported, data, fit_steps=config.eval.fit_steps,
+                                       seed=config.seed))
   seen = inference.evaluate_seen(predictors, data.train, count=config.eval.seen_images,
                                  batch_size=config.eval.batch_size, seed=config.seed)
   cli.end_phase(phases, "evaluate")

@@ -12,13 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sfm_jax import evaluation, fitting, geometry, metrics, sphere, viz
+from sfm_jax import evaluation, fitting, geometry, metrics, readout, sphere, viz
 from sfm_jax.errors import InputError
 from sfm_jax.io.tree import load_tree, save_tree
 from sfm_jax.model import FaceModel, decode, load_model
 from sfm_jax.networks import Encoder
 from sfm_jax.progress import Progress
-from sfm_jax.sources.images import Split
+from sfm_jax.sources.images import ImageData, Split
 from sfm_jax.stage2 import project_faces, render_faces
 
 
@@ -43,7 +43,7 @@ class Predictor:
     return {"shape_dim": e.shape_dim, "expr_dim": e.expr_dim, "albedo_dim": e.albedo_dim,
             "depth": e.depth, "width": e.width, "rotation": e.rotation,
             "landmark_features": e.landmark_features, "landmark_norm": e.landmark_norm,
-            "shape_from_landmarks": e.shape_from_landmarks,
+            "shape_from_landmarks": e.shape_from_landmarks, "landmark_linear": e.landmark_linear,
             "image_size": self.image_size, "window": self.window,
             "crop_margin": self.crop_margin}
 
@@ -74,12 +74,20 @@ def load_predictor(encoder_path, model: FaceModel) -> Predictor:
                     albedo_dim=meta["albedo_dim"], depth=meta["depth"], width=meta["width"],
                     rotation=meta["rotation"],
                     landmark_features=int(meta.get("landmark_features", 0)),
-                    # Files written before the landmark BatchNorm existed have none.
-                    landmark_norm=bool(meta.get("landmark_norm", False)),
-                    shape_from_landmarks=bool(meta.get("shape_from_landmarks", False)))
+                    landmark_norm=_landmark_norm(meta.get("landmark_norm", False)),
+                    shape_from_landmarks=bool(meta.get("shape_from_landmarks", False)),
+                    landmark_linear=bool(meta.get("landmark_linear", False)))
   return Predictor(encoder=encoder, variables=variables, model=model,
                    image_size=int(meta["image_size"]), window=int(meta.get("window", 4)),
                    crop_margin=meta.get("crop_margin"))
+
+
+def _landmark_norm(stored) -> str:
+  """`Encoder.landmark_norm` of an encoder file: older files stored a flag (True: the
+  BatchNorm) or, before the BatchNorm existed, nothing (raw inputs)."""
+  if isinstance(stored, bool):
+    return "batch" if stored else "none"
+  return str(stored)
 
 
 def predict(predictor: Predictor, images: jax.Array, landmarks: jax.Array | None = None) -> dict:
@@ -192,25 +200,41 @@ def evaluate_split(predictors: dict, split: Split, *, landmark_vertices: np.ndar
   return rows, predictions
 
 
-def reference_rows(models: dict, split: Split, *, mean_face: np.ndarray, image_size: int,
-                   fit_steps: int, seed: int) -> dict:
+def reference_rows(models: dict, data: ImageData, *, fit_steps: int, seed: int) -> dict:
   """The rows that say whether a network learned anything (design section 7), scored like its
-  own rows on the same held-out images:
+  own rows on the same held-out images `data.test`:
 
-  - `mean face`: predict `mean_face` `[V, 3]` (the training identities' mean neutral shape) for
-    every image: what a network that ignores the pixels scores (3D error only);
+  - `mean face`: predict the training rows' mean neutral shape (`data.training_neutral_mean`;
+    without training truth, the first model's mean) for every image: what a network that
+    ignores the pixels scores (3D error only);
+  - `landmark ridge`: `readout.fit_landmark_ridge` on the training rows with known neutral
+    shape (photos and rendered scans): what a linear map of the landmarks reaches with the 3D
+    supervision the networks get (3D error only; `ridge_penalty` is its cross-validated
+    penalty);
   - `fit <name>`: per-image landmark fitting (`fitting.fit_landmarks`, no network) of each model
     in `models` to the annotated landmarks: its 3D error, code identity metrics and NME.
   """
   rows = {}
+  split = data.test
   if split.neutral is not None:
     landmark_vertices = np.asarray(next(iter(models.values())).landmarks)
     now = landmark_vertices[list(metrics.NOW_LANDMARKS)]
-    mean = np.broadcast_to(np.asarray(mean_face, np.float32), split.neutral.shape)
-    rows["mean face"] = metrics.error_summary(
-        metrics.now_aligned_errors(mean, split.neutral, now))
+
+    def score(neutral):
+      return metrics.error_summary(metrics.now_aligned_errors(neutral, split.neutral, now))
+
+    mean_face = data.training_neutral_mean()
+    if mean_face is None:
+      mean_face = np.asarray(next(iter(models.values())).mean)
+    rows["mean face"] = score(np.broadcast_to(np.asarray(mean_face, np.float32),
+                                              split.neutral.shape))
+    training = [s for s in (data.train, data.scans) if s is not None and s.has_truth]
+    if training:
+      ridge = readout.fit_landmark_ridge(training, image_size=data.image_size, seed=seed)
+      rows["landmark ridge"] = {**score(ridge.predict(split.landmarks)),
+                                "ridge_penalty": ridge.penalty}
   for name, model in models.items():
-    fit = fitting.fit_landmarks(model, split.landmarks, image_size=image_size,
+    fit = fitting.fit_landmarks(model, split.landmarks, image_size=data.image_size,
                                 visible=split.visible, steps=fit_steps)
     rows[f"fit {name}"] = evaluation.evaluate_images(
         {"shape_codes": fit.shape_codes, "neutral": fit.neutral, "landmarks": fit.landmarks},

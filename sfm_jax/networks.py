@@ -22,8 +22,19 @@ photo reveals (design section 7: a linear read-out of them halves the mean face'
 a small crop alone does not beat it). Their configuration, centred and scaled to unit RMS radius
 (so it says nothing about where the face is), plus its centre and size relative to the image,
 go through a two-layer MLP whose output is concatenated with the pooled image features before
-every head. With `landmark_norm` (the default) each input of the MLP is first standardised by a
-BatchNorm over the batch. With `shape_from_landmarks` the shape head reads the MLP's output only.
+every head. `landmark_norm` says how the MLP's inputs are normalised first:
+
+    "whiten"  a fixed whitening from the training data (`whitening_statistics`, set into the
+              variables before training): centred, decorrelated and scaled to unit variance,
+              the smallest directions damped. The descriptor's 139 coordinates are strongly
+              correlated, so gradient descent on them is ill-conditioned; whitened, a linear map
+              of them (what a ridge regression reads shape out with) is learned in few steps.
+    "batch"   each coordinate standardised over the batch by a BatchNorm;
+    "none"    raw values.
+
+With `landmark_linear` the features also carry the normalised descriptor itself, a linear path
+from the landmarks to every head beside the MLP. With `shape_from_landmarks` the shape head reads
+only the landmark features (the MLP's output and, with `landmark_linear`, the descriptor).
 """
 
 from __future__ import annotations
@@ -35,6 +46,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+LANDMARK_NORMS = ("whiten", "batch", "none")
+DESCRIPTOR_SIZE = 68 * 2 + 3  # D of `landmark_descriptor`
 
 RESNETS = {  # name: (blocks per stage, bottleneck blocks)
     "resnet10": ((1, 1, 1, 1), False),
@@ -120,36 +134,78 @@ class Backbone(nn.Module):
     return jnp.mean(x, axis=(1, 2)).astype(jnp.promote_types(self.dtype, jnp.float32))
 
 
+class LandmarkWhitening(nn.Module):
+  """`[B, D] -> (x - mean) @ matrix`: a fixed linear normalisation whose `mean [D]` and `matrix
+  [D, D]` live in the `batch_stats` collection (identity until `whitening_statistics` are set;
+  training never changes them)."""
+
+  @nn.compact
+  def __call__(self, x):
+    size = x.shape[-1]
+    mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((size,), x.dtype))
+    matrix = self.variable("batch_stats", "matrix", lambda: jnp.eye(size, dtype=x.dtype))
+    return (x - mean.value) @ matrix.value
+
+
+def whitening_statistics(landmarks: np.ndarray, *, image_size: int,
+                         regularisation: float = 1e-2) -> dict:
+  """The `LandmarkWhitening` variables `{"mean" [D], "matrix" [D, D]}` (float32) of training
+  landmarks `[N, 68, 2]` (pixels): with the descriptors' covariance `C = U diag(l) U^T`,
+  `matrix = U diag(1 / sqrt(l + regularisation * max(l))) U^T` (ZCA whitening; directions
+  with variance well below `regularisation` of the largest are damped rather than amplified)."""
+  x = np.asarray(landmark_descriptor(jnp.asarray(landmarks, jnp.float32), image_size=image_size),
+                 np.float64)
+  mean = x.mean(0)
+  variances, directions = np.linalg.eigh(np.cov(x - mean, rowvar=False, bias=True))
+  variances = np.maximum(variances, 0.0)
+  scale = 1.0 / np.sqrt(variances + regularisation * variances.max() + 1e-30)
+  return {"mean": mean.astype(np.float32),
+          "matrix": ((directions * scale) @ directions.T).astype(np.float32)}
+
+
 class Trunk(nn.Module):
   """The encoder's feature extractor: the ResNet backbone (pooled features) and, with
-  `landmark_features`, the landmark MLP beside it; `[B, F]` features. Identity pretraining
-  (`stage2.make_pretrain_loss_fn`) trains this module alone; `Encoder` holds it as `trunk`."""
+  `landmark_features`, the landmark MLP beside it (and with `landmark_linear` the normalised
+  descriptor); `[B, F]` features. Identity pretraining (`stage2.make_pretrain_loss_fn`) trains
+  this module alone; `Encoder` holds it as `trunk`."""
   depth: str = "resnet18"
   width: int = 64
   landmark_features: int = 0
   dtype: jnp.dtype = jnp.float32
-  landmark_norm: bool = True
+  landmark_norm: str = "batch"
+  landmark_linear: bool = False
 
   @nn.compact
   def __call__(self, images, train: bool = False, landmarks=None):
     if self.depth not in RESNETS:
       raise ValueError(f"Encoder.depth must be one of {sorted(RESNETS)}, got {self.depth!r}")
+    if self.landmark_norm not in LANDMARK_NORMS:
+      raise ValueError(f"Encoder.landmark_norm must be one of {LANDMARK_NORMS}, got "
+                       f"{self.landmark_norm!r}")
     stages, bottleneck = RESNETS[self.depth]
     features = Backbone(stages, bottleneck, self.width, self.dtype)(images * 2.0 - 1.0, train)
     if self.landmark_features:
       if landmarks is None:
         raise ValueError("this Encoder reads landmarks (landmark_features > 0): pass them")
       shape = landmark_descriptor(landmarks, image_size=images.shape[1])
-      if self.landmark_norm:
-        # Each coordinate standardised over the batch (running statistics at inference). People
-        # differ by a few percent of the common landmark configuration; on the raw values the
-        # MLP hardly sees that (a ridge regression on standardised ones reads shape out well).
+      if self.landmark_norm == "whiten":
+        shape = LandmarkWhitening(name="landmarks_whitening")(shape)
+      elif self.landmark_norm == "batch":
+        # Each coordinate standardised over the batch (running statistics at inference).
         shape = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              dtype=self.dtype, name="landmarks_norm")(shape)
       hidden = nn.relu(nn.Dense(self.landmark_features, name="landmarks_1")(shape))
       hidden = nn.relu(nn.Dense(self.landmark_features, name="landmarks_2")(hidden))
-      features = jnp.concatenate([features, hidden], axis=-1)
+      features = jnp.concatenate([features, hidden] + ([shape] if self.landmark_linear else []),
+                                 axis=-1)
     return features
+
+  @property
+  def landmark_width(self) -> int:
+    """How many of the last features come from the landmarks."""
+    if not self.landmark_features:
+      return 0
+    return self.landmark_features + (DESCRIPTOR_SIZE if self.landmark_linear else 0)
 
 
 class Encoder(nn.Module):
@@ -162,20 +218,23 @@ class Encoder(nn.Module):
   rotation: str = "6d"
   landmark_features: int = 0
   dtype: jnp.dtype = jnp.float32
-  landmark_norm: bool = True
+  landmark_norm: str = "batch"
   shape_from_landmarks: bool = False
+  landmark_linear: bool = False
 
   @nn.compact
   def __call__(self, images, train: bool = False, landmarks=None):
     if self.shape_from_landmarks and not self.landmark_features:
       raise ValueError("Encoder.shape_from_landmarks needs landmark_features > 0")
-    features = Trunk(self.depth, self.width, self.landmark_features, self.dtype,
-                     landmark_norm=self.landmark_norm, name="trunk")(images, train, landmarks)
+    trunk = Trunk(self.depth, self.width, self.landmark_features, self.dtype,
+                  landmark_norm=self.landmark_norm, landmark_linear=self.landmark_linear,
+                  name="trunk")
+    features = trunk(images, train, landmarks)
     head = lambda size, name: nn.Dense(size, kernel_init=nn.initializers.zeros, name=name)(
         features)
-    # With `shape_from_landmarks` the shape code reads only the landmark MLP's features (the
-    # last ones): the pixels cannot tell it which training person this is.
-    shape_features = (features[:, -self.landmark_features:] if self.shape_from_landmarks
+    # With `shape_from_landmarks` the shape code reads only the landmark features (the last
+    # ones): the pixels cannot tell it which training person this is.
+    shape_features = (features[:, -trunk.landmark_width:] if self.shape_from_landmarks
                       else features)
     # The shape head starts small but not at zero: project() needs a direction.
     z = nn.Dense(self.shape_dim, kernel_init=nn.initializers.lecun_normal(), name="z")(

@@ -71,16 +71,31 @@ class Objective:
 _DUMMY_LANDMARKS = jnp.zeros((1, 68, 2)) + jnp.arange(68.0)[:, None]  # spread: nonzero radius
 
 
+def _set_whitening(trunk_stats: dict, whitening: dict | None) -> dict:
+  """A trunk's `batch_stats` with its `landmarks_whitening` statistics replaced (None: kept)."""
+  if whitening is None:
+    return trunk_stats
+  if "landmarks_whitening" not in trunk_stats:
+    raise ValueError("landmark_whitening given, but the encoder does not whiten its landmarks")
+  return {**trunk_stats, "landmarks_whitening": {key: jnp.asarray(whitening[key])
+                                                 for key in ("mean", "matrix")}}
+
+
 def init_params(encoder: Encoder, model: FaceModel, *, image_size: int, num_classes: int,
-                albedo_dim: int, seed: int, trunk: dict | None = None) -> tuple[dict, dict]:
+                albedo_dim: int, seed: int, trunk: dict | None = None,
+                landmark_whitening: dict | None = None) -> tuple[dict, dict]:
   """(params, model_state) for stage 2 from a stage-1 model; `trunk` (the `pretrain` phase's
-  `{"params", "batch_stats"}`) replaces the encoder trunk's initial variables."""
+  `{"params", "batch_stats"}`) replaces the encoder trunk's initial variables;
+  `landmark_whitening` (`networks.whitening_statistics` of the training landmarks) sets the
+  trunk's fixed landmark whitening."""
   key = jax.random.key(seed)
   variables = encoder.init(key, jnp.zeros((1, image_size, image_size, 3)), train=False,
                            landmarks=_DUMMY_LANDMARKS)
   if trunk is not None:
     variables = {"params": {**variables["params"], "trunk": trunk["params"]},
                  "batch_stats": {**variables["batch_stats"], "trunk": trunk["batch_stats"]}}
+  variables["batch_stats"] = {**variables["batch_stats"], "trunk": _set_whitening(
+      variables["batch_stats"]["trunk"], landmark_whitening)}
   num_vertices = model.num_vertices
   rng = np.random.default_rng(seed)
   directions = rng.normal(size=(num_classes, model.shape_dim))
@@ -196,12 +211,14 @@ def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, im
 # the reconstruction phase starts from the trained trunk. Same `TrainState`, same loop.
 
 
-def init_pretrain_params(trunk, *, image_size: int, num_classes: int,
-                         seed: int) -> tuple[dict, dict]:
+def init_pretrain_params(trunk, *, image_size: int, num_classes: int, seed: int,
+                         landmark_whitening: dict | None = None) -> tuple[dict, dict]:
   """(params `{"trunk", "prototypes" [C, F]}`, model_state `{"batch_stats"}`) of the pretraining
-  phase for a `networks.Trunk`."""
+  phase for a `networks.Trunk`; `landmark_whitening` as in `init_params`."""
   variables = trunk.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)),
                          train=False, landmarks=_DUMMY_LANDMARKS)
+  variables = {**variables, "batch_stats": _set_whitening(variables["batch_stats"],
+                                                          landmark_whitening)}
   features = trunk.apply(variables, jnp.zeros((1, image_size, image_size, 3)), train=False,
                          landmarks=_DUMMY_LANDMARKS).shape[-1]
   rng = np.random.default_rng(seed)

@@ -104,17 +104,66 @@ def test_landmark_inputs_are_standardised_over_the_batch_in_training(rng):
   np.testing.assert_allclose(features[:, -8:], hidden, rtol=1e-3, atol=1e-4)
 
 
-def test_shape_from_landmarks_ignores_the_pixels_but_not_the_landmarks(rng):
+def test_whitening_statistics_decorrelate_the_training_descriptors(rng):
+  points = rng.uniform(10, 50, size=(400, 68, 2))
+  points[:, :, 1] += 0.5 * points[:, :, :1].mean(1)  # correlated coordinates
+  descriptor = np.asarray(networks.landmark_descriptor(jnp.asarray(points), image_size=64),
+                          np.float64)
+  variances = np.linalg.eigvalsh(np.cov(descriptor, rowvar=False, bias=True))
+  for regularisation in (1e-9, 1e-2):
+    stats = networks.whitening_statistics(points, image_size=64, regularisation=regularisation)
+    white = (descriptor - stats["mean"]) @ stats["matrix"].astype(np.float64)
+    np.testing.assert_allclose(white.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(stats["matrix"], stats["matrix"].T, atol=1e-5)  # ZCA: symmetric
+    # Each direction of variance l ends with variance l / (l + regularisation * max l).
+    expected = variances / (variances + regularisation * variances.max())
+    np.testing.assert_allclose(np.linalg.eigvalsh(np.cov(white, rowvar=False, bias=True)),
+                               expected, atol=2e-3)
+  assert expected.min() < 0.5  # the regularisation damps the smallest directions
+
+
+def test_whitening_trunk_uses_fixed_statistics_and_passes_the_descriptor_on(rng):
+  points = jnp.asarray(rng.uniform(10, 50, size=(6, 68, 2)))
+  images = jnp.zeros((6, 32, 32, 3))
+  trunk = networks.Trunk("resnet10", 8, landmark_features=8, landmark_norm="whiten",
+                         landmark_linear=True)
+  variables = trunk.init(jax.random.key(0), images, landmarks=points)
+  stats = networks.whitening_statistics(rng.uniform(10, 50, size=(200, 68, 2)), image_size=32)
+  variables["batch_stats"]["landmarks_whitening"] = stats
+  features, updates = trunk.apply(variables, images, train=True, landmarks=points,
+                                  mutable=["batch_stats"])
+  for key in ("mean", "matrix"):  # training leaves them as they were set
+    np.testing.assert_array_equal(updates["batch_stats"]["landmarks_whitening"][key], stats[key])
+  descriptor = np.asarray(networks.landmark_descriptor(points, image_size=32), np.float64)
+  white = (descriptor - stats["mean"]) @ stats["matrix"]
+  assert features.shape[1] == 8 * 8 + 8 + networks.DESCRIPTOR_SIZE
+  np.testing.assert_allclose(features[:, -networks.DESCRIPTOR_SIZE:], white, rtol=1e-4,
+                             atol=1e-4)
+  dense = variables["params"]["landmarks_1"]
+  hidden = np.maximum(white @ np.asarray(dense["kernel"]) + np.asarray(dense["bias"]), 0)
+  dense = variables["params"]["landmarks_2"]
+  hidden = np.maximum(hidden @ np.asarray(dense["kernel"]) + np.asarray(dense["bias"]), 0)
+  np.testing.assert_allclose(features[:, -networks.DESCRIPTOR_SIZE - 8:-networks.DESCRIPTOR_SIZE],
+                             hidden, rtol=1e-3, atol=1e-4)
+  with pytest.raises(ValueError, match="landmark_norm must be one of"):
+    networks.Trunk("resnet10", 8, landmark_features=8, landmark_norm="pca").init(
+        jax.random.key(0), images, landmarks=points)
+
+
+@pytest.mark.parametrize("linear", [False, True])
+def test_shape_from_landmarks_ignores_the_pixels_but_not_the_landmarks(rng, linear):
   encoder = networks.Encoder(shape_dim=4, expr_dim=2, depth="resnet10", width=8,
-                             landmark_features=8, shape_from_landmarks=True)
+                             landmark_features=8, shape_from_landmarks=True,
+                             landmark_linear=linear)
   points = jnp.asarray(rng.uniform(10, 30, size=(2, 68, 2)))
   images = jnp.asarray(rng.uniform(size=(2, 32, 32, 3)))
   variables = encoder.init(jax.random.key(0), images, landmarks=points)
   z = lambda images, points: encoder.apply(variables, images, landmarks=points)["z"]
   np.testing.assert_allclose(z(images[::-1], points), z(images, points), rtol=1e-6)
   assert not np.allclose(z(images, points[::-1]), z(images, points))
-  # The kernel of the shape head has one row per landmark feature.
-  assert variables["params"]["z"]["kernel"].shape == (8, 4)
+  # The kernel of the shape head has one row per landmark feature (the MLP's, then the
+  # descriptor's).
+  assert variables["params"]["z"]["kernel"].shape == (8 + linear * networks.DESCRIPTOR_SIZE, 4)
   with pytest.raises(ValueError, match="landmark_features"):
     networks.Encoder(shape_dim=4, expr_dim=2, depth="resnet10", width=8,
                      shape_from_landmarks=True).init(jax.random.key(0), images)

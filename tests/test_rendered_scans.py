@@ -246,3 +246,35 @@ def test_scan_split_renders_only_identities_stage1_trained_on(tmp_path):
   small, _ = _world_model(resolution=10)
   with pytest.raises(InputError, match="vertices, the stage-1 model"):
     rendered_scans.scan_split(config, small, seed=0)
+
+
+def test_pretraining_on_scan_dir_renders_its_training_people_afresh(tmp_path):
+  from experiments.configs import stage2 as stage2_configs
+  model, _ = _world_model()
+  scans = face_world.make_scans(10, 2, seed=5, world=face_world.FaceWorld(resolution=12),
+                                noise_mm=0.0)
+  names = [f"id{i}" for i in scans.identity]
+  write_scan_folder(tmp_path, scans.vertices, names, triangles=scans.triangles,
+                    landmarks=scans.landmarks, expression=["neutral", "smile"] * 10)
+  config = stage2_configs.get_config("tiny")
+  config.data.scan_dir, config.data.scan_test_fraction = str(tmp_path), 0.3
+  config.pretrain.scan_views = 3
+  assert image_sources.pretrain_source(config) == "scans"  # "auto" with a scan_dir
+  split = image_sources.pretrain_split(config, seed=0, model=model)
+  training = rendered_scans.scan_split(config.data, model, seed=0)  # reconstruction's renders
+  from sfm_jax.sources.splits import identity_in_test
+  kept = [n for n in names if not identity_in_test(n, 0.3)]
+  assert len(split) == 3 * len(kept) and split.identity.min() == 0
+  # The same people as reconstruction's rendered scans, each labelled, in fresh renders.
+  assert set(split.identity) == set(training.identity)
+  assert np.bincount(split.identity).tolist() == [3 * kept.count(n) for n in dict.fromkeys(kept)]
+  assert not np.array_equal(split.images[:len(training)], training.images)
+  config.pretrain.source = "world"
+  world = image_sources.pretrain_split(config, seed=0)
+  assert len(world) == config.pretrain.identities * config.pretrain.images_per_identity
+  config.data.scan_dir, config.pretrain.source = "", "scans"
+  with pytest.raises(InputError, match="needs data.scan_dir"):
+    image_sources.pretrain_source(config)
+  config.pretrain.source = "photos"
+  with pytest.raises(InputError, match="pretrain.source must be one of"):
+    image_sources.pretrain_source(config)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from sfm_jax import evaluation, face_world, inference, metrics, stage1
+from sfm_jax import evaluation, face_world, inference, metrics, readout, stage1
 from sfm_jax import model as fm
 from sfm_jax.io import read_obj, read_png, write_png, write_pts
 
@@ -97,7 +97,8 @@ def test_exported_models_are_the_stage1_basis_plus_the_residual(trained, stage1_
 def test_evaluation_table_and_the_image_mode_of_evaluate_agree(trained):
   workdir, result = trained
   table = json.loads(open(workdir / "eval.json").read())
-  assert set(table["models"]) == {"sfm", "baseline", "mean face", "fit sfm", "fit baseline"}
+  assert set(table["models"]) == {"sfm", "baseline", "mean face", "landmark ridge", "fit sfm",
+                                  "fit baseline"}
   assert table["test_images"] == 9
   for scores in (table["models"][name] for name in ("sfm", "baseline", "fit sfm")):
     assert set(scores) >= {"median_mm", "mean_mm", "std_mm", "verification_accuracy",
@@ -117,6 +118,18 @@ def test_evaluation_table_and_the_image_mode_of_evaluate_agree(trained):
                                       data.test.neutral, now)
   assert table["models"]["mean face"]["median_mm"] == pytest.approx(np.median(errors), rel=1e-4)
   assert table["models"]["mean face"]["mean_mm"] == pytest.approx(np.mean(errors), rel=1e-4)
+  # The landmark read-out: sklearn's ridge on the z-scored descriptors of the training images,
+  # at the penalty the row reports, scored the same way.
+  from sklearn.linear_model import Ridge
+  row = table["models"]["landmark ridge"]
+  x = readout.descriptors(data.train.landmarks, image_size=32)
+  mean, sd = x.mean(0), np.where(x.std(0) > 1e-12, x.std(0), 1.0)
+  ridge = Ridge(alpha=row["ridge_penalty"] * len(x)).fit(
+      (x - mean) / sd, data.train.neutral.reshape(len(x), -1).astype(np.float64))
+  predicted = ridge.predict((readout.descriptors(data.test.landmarks, image_size=32) - mean) / sd)
+  errors = metrics.now_aligned_errors(predicted.reshape(data.test.neutral.shape),
+                                      data.test.neutral, now)
+  assert row["median_mm"] == pytest.approx(np.median(errors), rel=1e-3)
   # World batches carry the 3D truth of the vertex term: posed = neutral + the expression.
   batch = data.train.batch(np.arange(len(data.train)))
   neutral_rows = np.all(batch["posed"] == batch["neutral"], axis=(1, 2))
@@ -271,6 +284,40 @@ def test_reconstruct_and_stage2_fail_clearly_on_bad_input(trained, reconstructio
   assert "wrote 0 reconstructions" in refused.stdout
   no_run = _run("experiments.reconstruct", f"--workdir={tmp_path}", f"--images={folder}")
   assert no_run.returncode == 1 and "no trained stage-2 model" in no_run.stderr
+
+
+def test_encoder_whitens_landmarks_with_the_training_statistics(trained, tmp_path):
+  """The default encoder whitens its landmark inputs by the training images' descriptors (ZCA,
+  computed here with numpy), and those statistics come back unchanged after training; encoder
+  files from before `landmark_norm` took a name load with their flag's meaning."""
+  from experiments.configs import stage2 as stage2_configs
+  from sfm_jax.io.tree import load_tree, save_tree
+  from sfm_jax.networks import landmark_descriptor
+  from sfm_jax.sources import images as image_sources
+  workdir, _ = trained
+  config = stage2_configs.get_config("tiny")
+  data = image_sources.load(config.data, seed=0)
+  x = np.asarray(landmark_descriptor(data.train.landmarks, image_size=32), np.float64)
+  variances, directions = np.linalg.eigh(np.cov(x, rowvar=False, bias=True))
+  variances = np.maximum(variances, 0)
+  floor = config.model.whitening_regularisation * variances.max()
+  matrix = directions @ np.diag(1 / np.sqrt(variances + floor)) @ directions.T
+  for name in ("sfm", "baseline"):
+    predictor = inference.load_predictor(workdir / f"{name}_encoder.npz",
+                                         fm.load_model(workdir / f"{name}_model.npz"))
+    assert (predictor.encoder.landmark_norm, predictor.encoder.landmark_linear) == ("whiten", True)
+    stats = predictor.variables["batch_stats"]["trunk"]["landmarks_whitening"]
+    np.testing.assert_allclose(stats["mean"], x.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["matrix"], matrix, rtol=1e-3, atol=1e-3 * np.abs(matrix).max())
+  variables, meta = load_tree(workdir / "sfm_encoder.npz")
+  for stored, expected in ((True, "batch"), (False, "none"), (None, "none")):
+    old = {k: v for k, v in meta.items() if k not in ("landmark_norm", "landmark_linear")}
+    if stored is not None:
+      old["landmark_norm"] = stored
+    save_tree(tmp_path / "old.npz", variables, old)
+    loaded = inference.load_predictor(tmp_path / "old.npz",
+                                      fm.load_model(workdir / "sfm_model.npz"))
+    assert (loaded.encoder.landmark_norm, loaded.encoder.landmark_linear) == (expected, False)
 
 
 def test_encoder_model_and_config_mismatches_fail_with_one_clear_error(trained, stage1_models,

@@ -72,9 +72,13 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.model.albedo_dim = 10
   c.model.landmark_features = 128   # > 0: the encoder also reads the 68 landmark positions
                                     # (an MLP beside the image trunk); 0: pixels only
-  c.model.landmark_norm = True      # standardise the MLP's inputs over the batch (BatchNorm)
-  c.model.shape_from = "all"        # the shape head reads: all features | "landmarks" (the
-                                    # landmark MLP only, so pixels cannot identify trained people)
+  c.model.landmark_norm = "whiten"  # the MLP's inputs: whitened with the training data's
+                                    # statistics | "batch" (a BatchNorm) | "none"
+  c.model.whitening_regularisation = 1e-2  # whiten: added to each variance, relative to the largest
+  c.model.landmark_linear = True    # the features also carry the normalised landmarks (a linear
+                                    # path beside the MLP to every head)
+  c.model.shape_from = "landmarks"  # the shape head reads: the landmark features only (so the
+                                    # pixels cannot identify trained people) | "all" features
 
   # The SFM objective: every field of sfm_jax.stage2.Objective with its default (written once,
   # there; code_kind is set per model); 0 switches a term off.
@@ -103,12 +107,15 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.train.float64 = False           # numerical checks: train in float64 (jax_enable_x64)
   c.train.sleep_per_step = 0.0      # testing only: slows training so a test can kill it mid-run
 
-  # Identity pretraining of the encoder trunk (CosFace on its features over many rendered
-  # identities) before reconstruction; shared by both models. 0 steps = off.
+  # Identity pretraining of the encoder trunk (CosFace on its features over rendered people:
+  # the face world's or scan_dir's) before reconstruction; shared by both models. 0 steps = off.
   c.pretrain = ml_collections.ConfigDict()
   c.pretrain.steps = 0
-  c.pretrain.identities = 1000
-  c.pretrain.images_per_identity = 4
+  c.pretrain.source = "auto"        # world (fresh face-world people) | scans (the people of
+                                    # data.scan_dir) | auto: scans when scan_dir is set
+  c.pretrain.identities = 1000      # world: people rendered
+  c.pretrain.images_per_identity = 4  # world: images per person
+  c.pretrain.scan_views = 4         # scans: renders per scan
   c.pretrain.global_batch_size = 64
   c.pretrain.lr = 2e-3
   c.pretrain.lr_prototypes = 1e-2

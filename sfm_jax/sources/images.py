@@ -442,11 +442,39 @@ def _folder(config) -> ImageData:
                                f"{len(test)} held-out images{skipped}{truth})")
 
 
-def pretrain_split(config, *, seed: int) -> Split:
-  """Rendered face-world images for identity pretraining: `config.pretrain.identities` fresh
-  identities (their own seed, so none is a training or held-out person) x
-  `config.pretrain.images_per_identity`, every image labelled, at the stage's image size."""
+PRETRAIN_SOURCES = ("auto", "world", "scans")
+
+
+def pretrain_source(config) -> str:
+  """"world" or "scans": what identity pretraining renders (`config.pretrain.source`; "auto" is
+  the scans when `config.data.scan_dir` is set, else the face world)."""
+  source = config.pretrain.source
+  if source not in PRETRAIN_SOURCES:
+    raise InputError(f"pretrain.source must be one of {PRETRAIN_SOURCES}, got {source!r}")
+  if source == "auto":
+    return "scans" if config.data.get("scan_dir") else "world"
+  if source == "scans" and not config.data.get("scan_dir"):
+    raise InputError("pretrain.source='scans' needs data.scan_dir")
+  return source
+
+
+def pretrain_split(config, *, seed: int, model=None) -> Split:
+  """Rendered images for identity pretraining, every image labelled, at the stage's image size
+  (`pretrain_source`):
+
+  - world: `config.pretrain.identities` fresh face-world identities (their own seed, so none is
+    a training or held-out person) x `config.pretrain.images_per_identity`;
+  - scans: the people of `config.data.scan_dir` that stage 2 trains on (`rendered_scans.
+    scan_split`: stage 1's held-out identities left out), `config.pretrain.scan_views` renders
+    per scan under their own seed's pose, light and albedo; needs `model` (the stage-1 model).
+  """
   data = config.data.copy_and_resolve_references()
+  if pretrain_source(config) == "scans":
+    from sfm_jax.sources import rendered_scans
+    if model is None:
+      raise InputError("pretraining on data.scan_dir needs the stage-1 model")
+    data.scan_views = config.pretrain.scan_views
+    return rendered_scans.scan_split(data, model, seed=split_seed(seed, "pretrain"))
   data.images_per_identity, data.unlabelled_fraction = config.pretrain.images_per_identity, 0.0
   return _world_split(data, config.pretrain.identities, split_seed(seed, "pretrain"), 0,
                       test=False)
