@@ -1,8 +1,8 @@
 """Stage-2 configs: `--config=experiments/configs/stage2.py:VARIANT`, VARIANT one of
 
   demo    rendered face-world images at 96 px (48x48 mesh, 1000 + 100 identities x 2), a
-          ResNet-10 of width 16 reading the landmarks too; both models in about 14 minutes on
-          2 CPU cores. Needs the stage-1 demo run (`runs/stage1/sfm_model.npz` and `baseline_model.npz`).
+          ResNet-10 of width 16 reading the landmarks too; both models in about 7 to 10 minutes
+          on 2 CPU cores. Needs the stage-1 demo run (`runs/stage1/sfm_model.npz` and `baseline_model.npz`).
   folder  a user's photo folder: --config.data.image_dir=DIR (meta.csv + images, a .pts beside
           each or dlib's landmarks; optional meta.csv columns `mesh` and `neutral`, registered
           meshes of the face as photographed and of its person's neutral face), with
