@@ -228,13 +228,20 @@ def test_scan_folders_keep_their_contour(tmp_path):
     read_scan_folder(tmp_path)
 
 
-def test_scan_split_renders_only_identities_stage1_trained_on(tmp_path):
-  model, _ = _world_model()
+def _ten_person_scan_folder(folder) -> list:
+  """A scan folder of 10 face-world people x (neutral, smile) in the 12x12 grid's topology;
+  returns each scan's identity name."""
   scans = face_world.make_scans(10, 2, seed=5, world=face_world.FaceWorld(resolution=12),
                                 noise_mm=0.0)
   names = [f"id{i}" for i in scans.identity]
-  write_scan_folder(tmp_path, scans.vertices, names, triangles=scans.triangles,
+  write_scan_folder(folder, scans.vertices, names, triangles=scans.triangles,
                     landmarks=scans.landmarks, expression=["neutral", "smile"] * 10)
+  return names
+
+
+def test_scan_split_renders_only_identities_stage1_trained_on(tmp_path):
+  model, _ = _world_model()
+  names = _ten_person_scan_folder(tmp_path)
   config = ml_collections.ConfigDict(dict(scan_dir=str(tmp_path), scan_test_fraction=0.3,
                                           scan_views=1, image_size=32, occluder_probability=0.0))
   split = rendered_scans.scan_split(config, model, seed=0)
@@ -251,11 +258,7 @@ def test_scan_split_renders_only_identities_stage1_trained_on(tmp_path):
 def test_pretraining_on_scan_dir_renders_its_training_people_afresh(tmp_path):
   from experiments.configs import stage2 as stage2_configs
   model, _ = _world_model()
-  scans = face_world.make_scans(10, 2, seed=5, world=face_world.FaceWorld(resolution=12),
-                                noise_mm=0.0)
-  names = [f"id{i}" for i in scans.identity]
-  write_scan_folder(tmp_path, scans.vertices, names, triangles=scans.triangles,
-                    landmarks=scans.landmarks, expression=["neutral", "smile"] * 10)
+  names = _ten_person_scan_folder(tmp_path)
   config = stage2_configs.get_config("tiny")
   config.data.scan_dir, config.data.scan_test_fraction = str(tmp_path), 0.3
   config.pretrain.scan_views = 3
