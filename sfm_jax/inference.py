@@ -216,16 +216,16 @@ def reference_rows(models: dict, data: ImageData, *, fit_steps: int, seed: int) 
   """
   rows = {}
   split = data.test
+  first = next(iter(models.values()))
   if split.neutral is not None:
-    landmark_vertices = np.asarray(next(iter(models.values())).landmarks)
-    now = landmark_vertices[list(metrics.NOW_LANDMARKS)]
+    now = np.asarray(first.landmarks)[list(metrics.NOW_LANDMARKS)]
 
     def score(neutral):
       return metrics.error_summary(metrics.now_aligned_errors(neutral, split.neutral, now))
 
     mean_face = data.training_neutral_mean()
     if mean_face is None:
-      mean_face = np.asarray(next(iter(models.values())).mean)
+      mean_face = np.asarray(first.mean)
     rows["mean face"] = score(np.broadcast_to(np.asarray(mean_face, np.float32),
                                               split.neutral.shape))
     training = [s for s in (data.train, data.scans) if s is not None and s.has_truth]

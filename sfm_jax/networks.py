@@ -153,8 +153,7 @@ def whitening_statistics(landmarks: np.ndarray, *, image_size: int,
   landmarks `[N, 68, 2]` (pixels): with the descriptors' covariance `C = U diag(l) U^T`,
   `matrix = U diag(1 / sqrt(l + regularisation * max(l))) U^T` (ZCA whitening; directions
   with variance well below `regularisation` of the largest are damped rather than amplified)."""
-  x = np.asarray(landmark_descriptor(jnp.asarray(landmarks, jnp.float32), image_size=image_size),
-                 np.float64)
+  x = landmark_descriptor_array(landmarks, image_size=image_size)
   mean = x.mean(0)
   variances, directions = np.linalg.eigh(np.cov(x - mean, rowvar=False, bias=True))
   variances = np.maximum(variances, 0.0)
@@ -262,6 +261,13 @@ def landmark_descriptor(landmarks, *, image_size: int):
   shape = (offsets / radius[..., None]).reshape(landmarks.shape[0], -1)
   where = centre[:, 0] / image_size - 0.5
   return jnp.concatenate([shape, where, radius / image_size], axis=-1)
+
+
+def landmark_descriptor_array(landmarks: np.ndarray, *, image_size: int) -> np.ndarray:
+  """`landmark_descriptor` of `[N, 68, 2]` pixels (computed in float32, as the encoder does) as
+  a float64 NumPy `[N, D]`, for the statistics and read-outs computed outside the network."""
+  return np.asarray(landmark_descriptor(jnp.asarray(landmarks, jnp.float32),
+                                        image_size=image_size), np.float64)
 
 
 def parameter_count(tree) -> int:

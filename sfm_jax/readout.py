@@ -6,9 +6,9 @@ landmarks reaches with the same 3D supervision the networks get. A network that 
 landmarks and does worse than this has not learned what its inputs carry.
 
 The inputs are `networks.landmark_descriptor` `[N, D]` (D = 139), each coordinate z-scored over
-the training rows, as the encoder's `landmark_norm` does. The penalty is chosen from `PENALTIES`
-by k-fold cross-validation over identities (a person's rows stay in one fold), on the mean
-squared vertex error. Everything is computed from per-fold sums (counts, sums of descriptors and
+the training rows (as the encoder's `landmark_norm="batch"` does). The penalty is chosen from
+`PENALTIES` by k-fold cross-validation over identities (a person's rows stay in one fold), on the
+mean squared vertex error. Everything is computed from per-fold sums (counts, sums of descriptors and
 vertices, their cross products), so no `[N, V, 3]` array is copied: rows are read in chunks.
 NumPy, float64; nothing here is differentiable.
 """
@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from sfm_jax.networks import DESCRIPTOR_SIZE, landmark_descriptor_array
 from sfm_jax.sources.images import Split
 
 # Penalties per row: the objective is mean_n |y_n - f(x_n)|^2 + penalty * |W|^2.
@@ -36,15 +37,8 @@ class LandmarkRidge:
   cv_errors: dict           # penalty -> cross-validated mean squared vertex error (mm^2)
 
   def predict(self, landmarks: np.ndarray) -> np.ndarray:
-    x = descriptors(landmarks, image_size=self.image_size)
+    x = landmark_descriptor_array(landmarks, image_size=self.image_size)
     return (x @ self.matrix + self.offset).reshape(len(x), -1, 3)
-
-
-def descriptors(landmarks: np.ndarray, *, image_size: int) -> np.ndarray:
-  """`[N, D]` float64 `networks.landmark_descriptor` of `[N, 68, 2]` pixels."""
-  from sfm_jax.networks import landmark_descriptor
-  return np.asarray(landmark_descriptor(np.asarray(landmarks, np.float32),
-                                        image_size=image_size), np.float64)
 
 
 def fold_of_groups(groups: np.ndarray, *, folds: int, seed: int) -> np.ndarray:
@@ -139,13 +133,13 @@ def fit_landmark_ridge(splits: Sequence[Split], *, image_size: int,
   fold = fold_of_groups(groups, folds=folds, seed=seed)
   folds = int(fold.max()) + 1
   reference = rows[0][0].neutral[rows[0][1][0]].reshape(-1).astype(np.float64)  # centres y
-  d, p = descriptors(rows[0][0].landmarks[:1], image_size=image_size).shape[1], len(reference)
-  sums = [_Sums.zeros(d, p) for _ in range(folds)]
+  p = len(reference)
+  sums = [_Sums.zeros(DESCRIPTOR_SIZE, p) for _ in range(folds)]
   start = 0
   for s, index in rows:
     for lo in range(0, len(index), chunk):
       part = index[lo:lo + chunk]
-      x = descriptors(s.landmarks[part], image_size=image_size)
+      x = landmark_descriptor_array(s.landmarks[part], image_size=image_size)
       y = s.neutral[part].reshape(len(part), -1).astype(np.float64) - reference
       in_fold = fold[start + lo:start + lo + len(part)]
       for f in np.unique(in_fold):

@@ -5,6 +5,7 @@ import pytest
 from sklearn.linear_model import Ridge
 
 from sfm_jax import readout
+from sfm_jax.networks import landmark_descriptor_array
 from sfm_jax.sources.images import Split
 
 SIZE = 64
@@ -20,7 +21,7 @@ def _split(landmarks, neutral, identity, weight=None):
 
 def _linear_data(rng, n, vertices, *, noise, coefficients):
   landmarks = rng.uniform(10, SIZE - 10, (n, 68, 2))
-  x = readout.descriptors(landmarks, image_size=SIZE)
+  x = landmark_descriptor_array(landmarks, image_size=SIZE)
   y = x @ coefficients + rng.normal(size=(n, vertices * 3)) * noise + 90.0
   return landmarks, y.reshape(n, vertices, 3), x
 
@@ -62,7 +63,8 @@ def test_ridge_equals_sklearn_and_cross_validates_over_whole_identities():
     assert ridge.cv_errors[penalty] == pytest.approx(squared / 240 / vertices, rel=1e-6)
   assert ridge.penalty == min(ridge.cv_errors, key=ridge.cv_errors.get)
   new = rng.uniform(10, SIZE - 10, (7, 68, 2))
-  expected = _sklearn_fit(x, neutral, ridge.penalty)(readout.descriptors(new, image_size=SIZE))
+  new_x = landmark_descriptor_array(new, image_size=SIZE)
+  expected = _sklearn_fit(x, neutral, ridge.penalty)(new_x)
   np.testing.assert_allclose(ridge.predict(new).reshape(7, -1), expected, atol=1e-4)
 
 

@@ -9,9 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from sfm_jax import evaluation, face_world, inference, metrics, readout, stage1
+from sfm_jax import evaluation, face_world, inference, metrics, stage1
 from sfm_jax import model as fm
 from sfm_jax.io import read_obj, read_png, write_png, write_pts
+from sfm_jax.networks import landmark_descriptor_array
 
 # One worker runs this whole file (`--dist loadfile`), so the trained fixture is built once.
 pytestmark = pytest.mark.slow  # trains networks
@@ -122,11 +123,12 @@ def test_evaluation_table_and_the_image_mode_of_evaluate_agree(trained):
   # at the penalty the row reports, scored the same way.
   from sklearn.linear_model import Ridge
   row = table["models"]["landmark ridge"]
-  x = readout.descriptors(data.train.landmarks, image_size=32)
+  x = landmark_descriptor_array(data.train.landmarks, image_size=32)
   mean, sd = x.mean(0), np.where(x.std(0) > 1e-12, x.std(0), 1.0)
   ridge = Ridge(alpha=row["ridge_penalty"] * len(x)).fit(
       (x - mean) / sd, data.train.neutral.reshape(len(x), -1).astype(np.float64))
-  predicted = ridge.predict((readout.descriptors(data.test.landmarks, image_size=32) - mean) / sd)
+  test_x = landmark_descriptor_array(data.test.landmarks, image_size=32)
+  predicted = ridge.predict((test_x - mean) / sd)
   errors = metrics.now_aligned_errors(predicted.reshape(data.test.neutral.shape),
                                       data.test.neutral, now)
   assert row["median_mm"] == pytest.approx(np.median(errors), rel=1e-3)
@@ -292,12 +294,11 @@ def test_encoder_whitens_landmarks_with_the_training_statistics(trained, tmp_pat
   files from before `landmark_norm` took a name load with their flag's meaning."""
   from experiments.configs import stage2 as stage2_configs
   from sfm_jax.io.tree import load_tree, save_tree
-  from sfm_jax.networks import landmark_descriptor
   from sfm_jax.sources import images as image_sources
   workdir, _ = trained
   config = stage2_configs.get_config("tiny")
   data = image_sources.load(config.data, seed=0)
-  x = np.asarray(landmark_descriptor(data.train.landmarks, image_size=32), np.float64)
+  x = landmark_descriptor_array(data.train.landmarks, image_size=32)
   variances, directions = np.linalg.eigh(np.cov(x, rowvar=False, bias=True))
   variances = np.maximum(variances, 0)
   floor = config.model.whitening_regularisation * variances.max()
