@@ -91,20 +91,47 @@ def rigid_transform(points: Array, rotation: Array, translation: Array) -> Array
 # Mesh differential quantities.
 
 
+def unit_vectors(vectors: Array, *, axis: int = -1, eps: float = 1e-6) -> Array:
+  """`v / max(||v||, eps)` of 3-vectors along `axis` (size 3), per component: fast on every
+  backend, for moderate magnitudes (`||v||^2` finite in the dtype; `sphere.normalize` is the
+  overflow-safe one for codes of any size). Finite gradients everywhere, 0 at v = 0."""
+  x, y, z = (jnp.take(vectors, k, axis=axis) for k in range(3))
+  inverse = jax.lax.rsqrt(jnp.maximum(x * x + y * y + z * z, eps * eps))
+  return vectors * jnp.expand_dims(inverse, axis)
+
+
+def _face_normal_rows(vertices: Array, triangles: Array) -> tuple[Array, tuple]:
+  """(`[T, 3, B]` unnormalised triangle normals `(v1 - v0) x (v2 - v0)` of `vertices [..., V, 3]`
+  flattened to B meshes, one row per triangle (row gathers and scatters are the fast ones), the
+  leading shape)."""
+  lead = vertices.shape[:-2]
+  rows = jnp.transpose(vertices.reshape((-1,) + vertices.shape[-2:]), (1, 2, 0))  # [V, 3, B]
+  v0, v1, v2 = (rows[triangles[:, k]] for k in range(3))
+  a, b = v1 - v0, v2 - v0
+  (ax, ay, az), (bx, by, bz) = (a[:, 0], a[:, 1], a[:, 2]), (b[:, 0], b[:, 1], b[:, 2])
+  return jnp.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx], 1), lead
+
+
+def _from_rows(rows: Array, lead: tuple) -> Array:
+  """`[..., N, 3]` from `[N, 3, B]` rows."""
+  return jnp.transpose(rows, (2, 0, 1)).reshape(lead + rows.shape[:2])
+
+
 def face_normals(vertices: Array, triangles: Array, *, normalized: bool = True) -> Array:
-  """Triangle normals `[..., T, 3]` (`(v1 - v0) x (v2 - v0)`, outward for CCW triangles)."""
-  v0, v1, v2 = (vertices[..., triangles[:, k], :] for k in range(3))
-  n = jnp.cross(v1 - v0, v2 - v0)
-  return normalize(n) if normalized else n
+  """Triangle normals `[..., T, 3]` (`(v1 - v0) x (v2 - v0)`, outward for CCW triangles) of
+  `vertices [..., V, 3]`; unit length with `normalized`."""
+  rows, lead = _face_normal_rows(vertices, triangles)
+  return _from_rows(unit_vectors(rows, axis=1) if normalized else rows, lead)
 
 
 def vertex_normals(vertices: Array, triangles: Array) -> Array:
-  """Area-weighted unit vertex normals `[..., V, 3]` (scatter-add of unnormalised face normals)."""
-  n = face_normals(vertices, triangles, normalized=False)
-  total = jnp.zeros_like(vertices)
+  """Area-weighted unit vertex normals `[..., V, 3]` of `vertices [..., V, 3]` (scatter-add of
+  the unnormalised face normals)."""
+  normals, lead = _face_normal_rows(vertices, triangles)
+  total = jnp.zeros((vertices.shape[-2],) + normals.shape[1:], normals.dtype)
   for k in range(3):
-    total = total.at[..., triangles[:, k], :].add(n)
-  return normalize(total)
+    total = total.at[triangles[:, k]].add(normals)
+  return _from_rows(unit_vectors(total, axis=1), lead)
 
 
 def mesh_edges(triangles: np.ndarray) -> np.ndarray:

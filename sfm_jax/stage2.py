@@ -130,10 +130,10 @@ def render_faces(pixels: jax.Array, camera: jax.Array, albedo: jax.Array, light:
   left out, 0 = exact) of faces: `pixels [B, V, 3]` and `camera [B, V, 3]` (for the normals) from
   `project_faces`, per-vertex `albedo [B, V, 3]` (clipped to [0, 1]), SH `light [B, 9, 3]`.
   Differentiable in everything but the triangle selection."""
-  normals = jax.vmap(lambda v: geometry.vertex_normals(v, triangles))(camera)
-  rendered, mask, fragments = jax.vmap(lambda p, a, n, l: render.render(
-      p, triangles, a, n, l, height=image_size, width=image_size, window=window))(
-          pixels, jnp.clip(albedo, 0.0, 1.0), normals, light)
+  normals = geometry.vertex_normals(camera, triangles)
+  rendered, mask, fragments = render.render(pixels, triangles, jnp.clip(albedo, 0.0, 1.0),
+                                            normals, light, height=image_size,
+                                            width=image_size, window=window)
   return rendered, mask, fragments.overflow
 
 

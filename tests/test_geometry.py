@@ -94,6 +94,44 @@ def test_normals_of_a_tetrahedron_and_plane(x64):
                              np.tile([0.0, 0.0, 1.0], (3, 1)), atol=1e-12)
 
 
+def test_unit_vectors_match_numpy_with_finite_gradients(x64, rng):
+  from jax.test_util import check_grads
+  vectors = rng.normal(size=(5, 4, 3)) * np.exp(rng.uniform(-3, 3, size=(5, 4, 1)))
+  vectors[0, 0] = 0.0  # below eps: v / eps, here 0
+  vectors[0, 1] = [3e-7, 0.0, -4e-7]  # norm 5e-7 < eps = 1e-6
+  norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+  expected = vectors / np.maximum(norms, 1e-6)
+  np.testing.assert_allclose(np.asarray(geometry.unit_vectors(vectors)), expected, rtol=1e-12,
+                             atol=1e-15)
+  # Along another axis: the same vectors laid out as [3, ...].
+  np.testing.assert_allclose(np.asarray(geometry.unit_vectors(np.moveaxis(vectors, -1, 0),
+                                                              axis=0)),
+                             np.moveaxis(expected, -1, 0), rtol=1e-12, atol=1e-15)
+  check_grads(geometry.unit_vectors, (vectors[1:],), order=2, modes=["fwd", "rev"])
+  grad = jax.grad(lambda v: jnp.sum(geometry.unit_vectors(v) * jnp.arange(3.0)))(
+      jnp.zeros(3))
+  np.testing.assert_allclose(np.asarray(grad), np.arange(3.0) / 1e-6)  # x / eps: finite
+
+
+def test_normals_of_a_batch_equal_each_mesh_alone(x64, rng):
+  vertices = rng.normal(size=(2, 3, 6, 3))
+  triangles = np.array([[0, 1, 2], [1, 3, 2], [2, 3, 4], [3, 5, 4]])
+  face = np.asarray(geometry.face_normals(vertices, triangles))
+  vertex = np.asarray(geometry.vertex_normals(vertices, triangles))
+  assert face.shape == (2, 3, 4, 3) and vertex.shape == (2, 3, 6, 3)
+  for i in range(2):
+    for j in range(3):
+      v0, v1, v2 = (vertices[i, j][triangles[:, k]] for k in range(3))
+      cross = np.cross(v1 - v0, v2 - v0)
+      np.testing.assert_allclose(face[i, j], cross / np.linalg.norm(cross, axis=1, keepdims=True),
+                                 rtol=1e-12)
+      total = np.zeros_like(vertices[i, j])
+      for k in range(3):
+        np.add.at(total, triangles[:, k], cross)
+      np.testing.assert_allclose(vertex[i, j], total / np.linalg.norm(total, axis=1,
+                                                                      keepdims=True), rtol=1e-12)
+
+
 def test_uniform_laplacian_matches_dense_and_batches(x64, rng):
   triangles = np.array([[0, 1, 2], [1, 3, 2], [2, 3, 4]])
   edges = geometry.mesh_edges(triangles)

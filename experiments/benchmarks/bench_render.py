@@ -5,7 +5,9 @@ r"""Renderer speed: forward and forward + backward of a batch of faces.
 
 `--resolution=71` gives a 5041-vertex face mesh (9800 triangles); `--resolution=230` 52900
 vertices (paper scale). The backward pass differentiates a photometric loss with respect to
-vertex positions and colours. Compile time apart from the median step.
+vertex positions and colours. Compile time apart from the median step. Two ways of rendering the
+batch, measured in the same run: `batched` (the renderer's leading batch dims, what stage 2 and
+the face world use) and `vmap` (one mesh, vmapped), with their ratio.
 """
 
 
@@ -45,36 +47,42 @@ def main(argv):
   triangles = jnp.asarray(template.triangles)
   target = jnp.asarray(rng.uniform(size=(batch, size, size, 3)).astype(np.float32))
 
-  def forward(vertices, colours):
-    return jax.vmap(lambda p, c: render.render(
-        p, triangles, c, normals, light, height=size, width=size,
-        window=_WINDOW.value or None, max_large=_MAX_LARGE.value,
-        max_huge=_MAX_HUGE.value)[0])(vertices, colours)
-
-  def loss(vertices, colours):
-    return jnp.mean(jnp.abs(forward(vertices, colours) - target))
-
-  fwd = jax.jit(forward)
-  bwd = jax.jit(jax.grad(loss, argnums=(0, 1)))
-  compile_f, step_f = time_jax(fwd, vertices, colours, repeats=_REPEATS.value)
-  compile_b, step_b = time_jax(bwd, vertices, colours, repeats=_REPEATS.value)
+  normals = jnp.broadcast_to(normals, vertices.shape)
+  lights = jnp.broadcast_to(light, (batch,) + light.shape)
+  settings = dict(height=size, width=size, window=_WINDOW.value or None,
+                  max_large=_MAX_LARGE.value, max_huge=_MAX_HUGE.value)
+  ways = {
+      "batched": lambda p, c: render.render(p, triangles, c, normals, lights, **settings)[0],
+      "vmap": jax.vmap(lambda p, c, n, l: render.render(p, triangles, c, n, l, **settings)[0]),
+  }
   device = jax.devices()[0]
   tests = size * size * template.triangles.shape[0] * batch
+  mode = f"window {_WINDOW.value}" if _WINDOW.value else "exact"
   result = dict(device=f"{device.platform}:{device.device_kind}", batch=batch,
                 vertices=int(v.shape[0]), triangles=int(template.triangles.shape[0]),
-                image_size=size, forward_ms=step_f * 1e3, forward_compile_s=compile_f,
-                backward_ms=step_b * 1e3, backward_compile_s=compile_b,
-                forward_ms_per_image=step_f * 1e3 / batch,
-                backward_ms_per_image=step_b * 1e3 / batch,
-                pixel_triangle_tests_per_s=tests / step_f)
-  mode = f"window {_WINDOW.value}" if _WINDOW.value else "exact"
-  result["mode"] = mode
+                image_size=size, mode=mode)
   print(f"render B={batch} V={v.shape[0]} T={template.triangles.shape[0]} at {size}x{size} on "
         f"{result['device']}, rasteriser {mode}")
-  print(f"  forward   {step_f * 1e3:9.1f} ms ({step_f * 1e3 / batch:.2f} ms/image), compile "
-        f"{compile_f:.1f} s; {tests / step_f / 1e9:.2f} G pixel-triangle tests/s (exact-path equivalent)")
-  print(f"  fwd+bwd   {step_b * 1e3:9.1f} ms ({step_b * 1e3 / batch:.2f} ms/image), compile "
-        f"{compile_b:.1f} s")
+  print("| way | forward (ms) | fwd+bwd (ms) | forward / image (ms) | compile fwd, fwd+bwd (s) |")
+  print("|---|---|---|---|---|")
+  for name, way in ways.items():
+    forward = way if name == "batched" else (lambda w: lambda p, c: w(p, c, normals, lights))(way)
+    loss = lambda p, c, forward=forward: jnp.mean(jnp.abs(forward(p, c) - target))
+    compile_f, step_f = time_jax(jax.jit(forward), vertices, colours, repeats=_REPEATS.value)
+    compile_b, step_b = time_jax(jax.jit(jax.grad(loss, argnums=(0, 1))), vertices, colours,
+                                 repeats=_REPEATS.value)
+    result[name] = dict(forward_ms=step_f * 1e3, forward_compile_s=compile_f,
+                        backward_ms=step_b * 1e3, backward_compile_s=compile_b,
+                        forward_ms_per_image=step_f * 1e3 / batch,
+                        backward_ms_per_image=step_b * 1e3 / batch,
+                        pixel_triangle_tests_per_s=tests / step_f)
+    print(f"| {name} | {step_f * 1e3:.1f} | {step_b * 1e3:.1f} | {step_f * 1e3 / batch:.2f} | "
+          f"{compile_f:.1f}, {compile_b:.1f} |")
+  fast, slow = result["batched"], result["vmap"]
+  print(f"batched is {slow['forward_ms'] / fast['forward_ms']:.2f}x vmap's speed forward, "
+        f"{slow['backward_ms'] / fast['backward_ms']:.2f}x forward + backward; "
+        f"{fast['pixel_triangle_tests_per_s'] / 1e9:.2f} G pixel-triangle tests/s batched "
+        "(exact-path equivalent)")
   if _JSON.value:
     write_json(_JSON.value, result)
 

@@ -77,13 +77,13 @@ def _batch_renderer(size: int, window: int | None):
 
   from sfm_jax import render as render_lib
 
-  def one(v, triangles, a, n, l):
+  def batch(v, triangles, a, n, l):
     image, mask, fragments = render_lib.render(v, triangles, a, n, l, height=size, width=size,
                                                window=window)
     visible = render_lib.vertex_visibility(v, fragments, tolerance=2.0)
     return image, mask, visible, fragments.overflow
 
-  return jax.jit(jax.vmap(one, in_axes=(0, None, 0, 0, 0)))
+  return jax.jit(batch)
 
 
 def _render_batch(vertices_px, triangles, albedo, normals, light, size):
