@@ -170,20 +170,22 @@ def test_jit_eager_vmap_and_batch_agree(rng):
   batched = jax.jit(lambda v, c: render.render(v, triangles, c, jnp.stack([normals] * 2),
                                                jnp.stack([light] * 2), height=H, width=W)[0])(
                                                    *stacked)
+  render_jit = jax.jit(render_one)
   for k, (v, c) in enumerate(zip(*stacked)):
-    one = render_one(v, c)
+    one = render_jit(v, c)
     np.testing.assert_allclose(np.asarray(vmapped[k]), np.asarray(one), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(np.asarray(batched[k]), np.asarray(one), rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(np.asarray(batched[0]) * 0.5, np.asarray(
-      render_one(vertices, colours * 0.5)), rtol=1e-6, atol=1e-7)
+      render_jit(vertices, colours * 0.5)), rtol=1e-6, atol=1e-7)
   # Gradients of the batch (flat gathers, their scatters dropping the pixels that hit nothing)
   # are each mesh's own.
   probe = jnp.asarray(rng.normal(size=(2, H, W, 3)).astype(np.float32))
-  batch_grads = jax.grad(lambda v, c: jnp.sum(probe * render.render(
+  batch_grads = jax.jit(jax.grad(lambda v, c: jnp.sum(probe * render.render(
       v, triangles, c, jnp.stack([normals] * 2), jnp.stack([light] * 2), height=H,
-      width=W)[0]), argnums=(0, 1))(*stacked)
+      width=W)[0]), argnums=(0, 1)))(*stacked)
+  one_grad = jax.jit(jax.grad(lambda v, c, p: jnp.sum(p * render_one(v, c)), argnums=(0, 1)))
   for k, (v, c) in enumerate(zip(*stacked)):
-    one = jax.grad(lambda v, c: jnp.sum(probe[k] * render_one(v, c)), argnums=(0, 1))(v, c)
+    one = one_grad(v, c, probe[k])
     for batch_grad, grad in zip(batch_grads, one):
       assert float(jnp.max(jnp.abs(grad))) > 1e-2
       np.testing.assert_allclose(np.asarray(batch_grad[k]), np.asarray(grad), rtol=1e-5,
@@ -205,19 +207,23 @@ def test_a_batch_rasterises_as_its_meshes_do_one_by_one(window):
   meshes = jnp.asarray(np.stack(meshes).reshape(3, 1, -1, 3), jnp.float32)  # leading [3, 1]
   triangles = jnp.asarray(template.triangles)
   settings = dict(height=size, width=size, window=window, max_large=2, max_huge=1)
-  batch = render.rasterize(meshes, triangles, **settings)
+
+  @jax.jit
+  def rasterise(vertices):  # the same function for one mesh and for the batch
+    fragments = render.rasterize(vertices, triangles, **settings)
+    return (fragments, render.vertex_visibility(vertices, fragments, tolerance=1.0),
+            render.barycentrics(vertices, triangles, fragments))
+
+  batch, visible, weights = rasterise(meshes)
   assert batch.triangle_id.shape == (3, 1, size, size) and batch.overflow.shape == (3, 1)
-  visible = render.vertex_visibility(meshes, batch, tolerance=1.0)
-  weights = render.barycentrics(meshes, triangles, batch)
   for k in range(3):
-    one = render.rasterize(meshes[k, 0], triangles, **settings)
+    one, one_visible, one_weights = rasterise(meshes[k, 0])
     np.testing.assert_array_equal(np.asarray(batch.triangle_id[k, 0]), np.asarray(one.triangle_id))
     np.testing.assert_array_equal(np.asarray(batch.depth[k, 0]), np.asarray(one.depth))
     assert int(batch.overflow[k, 0]) == int(one.overflow)
-    np.testing.assert_array_equal(np.asarray(visible[k, 0]), np.asarray(
-        render.vertex_visibility(meshes[k, 0], one, tolerance=1.0)))
-    np.testing.assert_allclose(np.asarray(weights[k, 0]), np.asarray(
-        render.barycentrics(meshes[k, 0], triangles, one)), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(visible[k, 0]), np.asarray(one_visible))
+    np.testing.assert_allclose(np.asarray(weights[k, 0]), np.asarray(one_weights), rtol=1e-6,
+                               atol=1e-6)
   assert np.unique(np.asarray(batch.triangle_id)).size > 100  # the meshes really cover pixels
 
 
