@@ -321,7 +321,8 @@ _SH_CONSTANTS = np.array([
 def _sh_terms(x: Array, y: Array, z: Array) -> list:
   """The 9 basis functions of `sh_basis` at unit normals given per component (arrays `[...]`)."""
   terms = [jnp.ones_like(x), y, z, x, x * y, y * z, 3 * z * z - 1, x * z, x * x - y * y]
-  return [term * constant for term, constant in zip(terms, _SH_CONSTANTS.astype(np.float32))]
+  # Python floats: weakly typed, so the terms keep the normals' dtype (float32 or float64).
+  return [term * float(constant) for term, constant in zip(terms, _SH_CONSTANTS)]
 
 
 def sh_basis(normals: Array) -> Array:

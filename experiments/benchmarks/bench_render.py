@@ -51,10 +51,9 @@ def main(argv):
   lights = jnp.broadcast_to(light, (batch,) + light.shape)
   settings = dict(height=size, width=size, window=_WINDOW.value or None,
                   max_large=_MAX_LARGE.value, max_huge=_MAX_HUGE.value)
-  ways = {
-      "batched": lambda p, c: render.render(p, triangles, c, normals, lights, **settings)[0],
-      "vmap": jax.vmap(lambda p, c, n, l: render.render(p, triangles, c, n, l, **settings)[0]),
-  }
+  one_mesh = lambda p, c, n, l: render.render(p, triangles, c, n, l, **settings)[0]
+  ways = {"batched": lambda p, c: one_mesh(p, c, normals, lights),  # leading dims: the batch
+          "vmap": lambda p, c: jax.vmap(one_mesh)(p, c, normals, lights)}
   device = jax.devices()[0]
   tests = size * size * template.triangles.shape[0] * batch
   mode = f"window {_WINDOW.value}" if _WINDOW.value else "exact"
@@ -65,8 +64,7 @@ def main(argv):
         f"{result['device']}, rasteriser {mode}")
   print("| way | forward (ms) | fwd+bwd (ms) | forward / image (ms) | compile fwd, fwd+bwd (s) |")
   print("|---|---|---|---|---|")
-  for name, way in ways.items():
-    forward = way if name == "batched" else (lambda w: lambda p, c: w(p, c, normals, lights))(way)
+  for name, forward in ways.items():
     loss = lambda p, c, forward=forward: jnp.mean(jnp.abs(forward(p, c) - target))
     compile_f, step_f = time_jax(jax.jit(forward), vertices, colours, repeats=_REPEATS.value)
     compile_b, step_b = time_jax(jax.jit(jax.grad(loss, argnums=(0, 1))), vertices, colours,
