@@ -1,11 +1,33 @@
-"""Shared test helpers. Tests run on CPU; float64 is enabled per test with `jax.enable_x64`."""
+"""Shared test helpers. Tests run on CPU; float64 is enabled per test with `jax.enable_x64`.
+
+Compiled programs are kept in a persistent XLA cache for the session (one temporary folder,
+shared by the xdist workers and the subprocesses they start, removed at the end). Many tests
+compile the same tiny training step again (each run, stop and resume of an entry point); with
+the cache they load the compiled executable instead of recompiling it. JAX reads these settings
+from the environment when it is imported, so they are set here, before any test imports it. A
+cache the caller set up (`JAX_COMPILATION_CACHE_DIR`) is used as it is and kept.
+"""
 
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
 
 SURREY_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "surrey")
+
+_OWNED_CACHE = "SFM_JAX_TEST_CACHE_OWNER"
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the first process of the session (xdist's
+  # controller, or the only one): workers inherit its environment, so they share the folder
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="sfm_jax_xla_cache_")
+  os.environ[_OWNED_CACHE] = str(os.getpid())
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+
+def pytest_unconfigure(config):
+  if os.environ.get(_OWNED_CACHE) == str(os.getpid()):
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture
