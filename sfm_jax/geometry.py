@@ -96,8 +96,19 @@ def unit_vectors(vectors: Array, *, axis: int = -1, eps: float = 1e-6) -> Array:
   backend, for moderate magnitudes (`||v||^2` finite in the dtype; `sphere.normalize` is the
   overflow-safe one for codes of any size). Finite gradients everywhere, 0 at v = 0."""
   x, y, z = (jnp.take(vectors, k, axis=axis) for k in range(3))
-  inverse = jax.lax.rsqrt(jnp.maximum(x * x + y * y + z * z, eps * eps))
-  return vectors * jnp.expand_dims(inverse, axis)
+  return vectors * jnp.expand_dims(_inverse_norm(x, y, z, eps), axis)
+
+
+def unit_components(vectors: Array, *, axis: int = -1, eps: float = 1e-6) -> tuple:
+  """The three components of `unit_vectors(vectors)` as separate arrays (`axis` removed), for
+  per-component arithmetic that follows (SH shading)."""
+  x, y, z = (jnp.take(vectors, k, axis=axis) for k in range(3))
+  inverse = _inverse_norm(x, y, z, eps)
+  return x * inverse, y * inverse, z * inverse
+
+
+def _inverse_norm(x: Array, y: Array, z: Array, eps: float) -> Array:
+  return jax.lax.rsqrt(jnp.maximum(x * x + y * y + z * z, eps * eps))
 
 
 def _face_normal_rows(vertices: Array, triangles: Array) -> tuple[Array, tuple]:

@@ -245,7 +245,9 @@ def _rasterize_window(vertices, triangles, *, height, width, window, max_large, 
   triangle_id = jnp.where(triangle_id == big, -1, triangle_id).reshape(batch, pixels)
   depth = depth.reshape(batch, pixels)
   overflow = jnp.maximum(jnp.sum(large, axis=1) - chosen.shape[1], 0)
-  if large_window < max(height, width):  # static: boxes can exceed the larger window
+  if large_window < max(height, width) and max_huge == 0:  # huge triangles are all dropped
+    overflow += jnp.sum(huge, axis=1)
+  elif large_window < max(height, width):  # static: boxes can exceed the larger window
     chosen = _first_where(huge, min(max_huge, num_triangles))
     exact_depth, exact_id = jax.vmap(lambda v, ids: _rasterize_exact(
         v, triangles, height=height, width=width, chunk=chunk, ids=ids))(vertices, chosen)
@@ -340,20 +342,21 @@ def shade_sh(albedo: Array, normals: Array, sh_coefficients: Array) -> Array:
     sh_coefficients: `[..., 9, 3]` lighting per colour channel (`[1, 0...]` * 1/pi-ish is
       ambient), its leading dims broadcast against the points'.
 
-  The irradiance is summed term by term per colour channel: a contraction over 9 with 3 outputs
-  is far slower as an `einsum` on CPU.
+  Everything is computed per component and per colour channel, on `[...]` arrays: a contraction
+  over 9 with 3 outputs is far slower as an `einsum` on CPU, and so are the products and
+  reductions over a trailing axis of 3 (and their gradients).
   """
-  unit = geometry.unit_vectors(normals)
-  terms = _sh_terms(unit[..., 0], unit[..., 1], unit[..., 2])
-  irradiance = [sum(term * sh_coefficients[..., k, channel] for k, term in enumerate(terms))
-                for channel in range(3)]
-  return albedo * jnp.stack(irradiance, -1)
+  terms = _sh_terms(*geometry.unit_components(normals))
+  return jnp.stack([albedo[..., channel] * sum(term * sh_coefficients[..., k, channel]
+                                               for k, term in enumerate(terms))
+                    for channel in range(3)], -1)
 
 
 def render(vertices_px: Array, triangles: Array, albedo: Array, normals_model: Array,
            sh_coefficients: Array, *, height: int, width: int,
            background: Array | float = 0.0, window: int | None = None,
-           max_large: int = 64, max_huge: int = 4) -> tuple[Array, Array, Fragments]:
+           max_large: int = 64, large_window: int | None = None,
+           max_huge: int = 4) -> tuple[Array, Array, Fragments]:
   """Renders one mesh, or a batch (leading dims `[...]`, the same in every argument but
   `triangles`): rasterise, interpolate albedo and normals, shade, composite.
 
@@ -365,14 +368,14 @@ def render(vertices_px: Array, triangles: Array, albedo: Array, normals_model: A
     sh_coefficients: `[..., 9, 3]`.
     height, width: image size.
     background: colour where no triangle is hit.
-    window, max_large, max_huge: rasteriser mode (see `rasterize`; `window=None`: exact for any
-      triangle size).
+    window, max_large, large_window, max_huge: rasteriser mode (see `rasterize`; `window=None`:
+      exact for any triangle size).
 
   Returns:
     (`[..., H, W, 3]` image, `[..., H, W]` coverage mask, the fragments).
   """
   fragments = rasterize(vertices_px, triangles, height=height, width=width, window=window,
-                        max_large=max_large, max_huge=max_huge)
+                        max_large=max_large, large_window=large_window, max_huge=max_huge)
   weights = barycentrics(vertices_px, triangles, fragments)
   pixel_albedo = interpolate(albedo, triangles, fragments, weights)
   pixel_normals = interpolate(normals_model, triangles, fragments, weights)

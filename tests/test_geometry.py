@@ -107,7 +107,13 @@ def test_unit_vectors_match_numpy_with_finite_gradients(x64, rng):
   np.testing.assert_allclose(np.asarray(geometry.unit_vectors(np.moveaxis(vectors, -1, 0),
                                                               axis=0)),
                              np.moveaxis(expected, -1, 0), rtol=1e-12, atol=1e-15)
+  components = geometry.unit_components(vectors)
+  for k in range(3):
+    np.testing.assert_allclose(np.asarray(components[k]), expected[..., k], rtol=1e-12,
+                               atol=1e-15)
   check_grads(geometry.unit_vectors, (vectors[1:],), order=2, modes=["fwd", "rev"])
+  check_grads(lambda v: jnp.stack(geometry.unit_components(v)), (vectors[1:],), order=2,
+              modes=["fwd", "rev"])
   grad = jax.grad(lambda v: jnp.sum(geometry.unit_vectors(v) * jnp.arange(3.0)))(
       jnp.zeros(3))
   np.testing.assert_allclose(np.asarray(grad), np.arange(3.0) / 1e-6)  # x / eps: finite

@@ -272,3 +272,11 @@ def test_window_mode_equals_exact_mode(rng):
   # Too many triangles for either tier: every one left out is counted, not silently wrong.
   starved = window_mode(max_large=2, max_huge=3)
   assert int(starved.overflow) == (num_large - 2) + (num_huge - 3)
+  # No exact tier (`max_huge=0`): every huge triangle is counted, and where the exact path's
+  # nearest hit is not a huge triangle, the windows find the same one.
+  windows_only = window_mode(max_large=num_large, max_huge=0)
+  assert int(windows_only.overflow) == num_huge
+  exact_id = np.asarray(exact.triangle_id)
+  kept = (exact_id >= 0) & ~huge[np.maximum(exact_id, 0)]
+  assert kept.sum() > 0.5 * (exact_id >= 0).sum()
+  np.testing.assert_array_equal(np.asarray(windows_only.triangle_id)[kept], exact_id[kept])
