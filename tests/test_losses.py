@@ -145,6 +145,13 @@ def test_photometric_loss_matches_numpy(x64, rng):
     expected = np.mean((per_pixel * mask).sum((1, 2)) / mask.sum((1, 2)))
     np.testing.assert_allclose(losses.photometric_loss(rendered, target, mask, kind=kind),
                                expected, rtol=1e-12)
+  check_grads(lambda r: losses.photometric_loss(r, target, mask), (rendered,), order=2,
+              modes=["fwd", "rev"])
+  # A pixel that matches exactly: gradient 0 there (not NaN), the rest unchanged.
+  matched = rendered.copy()
+  matched[0, 0, 0] = target[0, 0, 0]
+  grad = np.asarray(jax.grad(lambda r: losses.photometric_loss(r, target, mask))(matched))
+  assert np.all(np.isfinite(grad)) and np.all(grad[0, 0, 0] == 0)
 
 
 def test_basis_regularisers_match_numpy(x64, rng):
