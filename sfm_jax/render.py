@@ -74,6 +74,15 @@ def _edge_weights(px, py, ax, ay, bx, by, cx, cy):
   return w0, w1, w2
 
 
+def _covered(w0, w1, w2):
+  """(inside, signed area) of points with edge weights `w0, w1, w2`: inside for either winding,
+  all weights sharing the sign of the (non-zero) area."""
+  area = w0 + w1 + w2
+  inside = (area != 0) & (((w0 >= 0) & (w1 >= 0) & (w2 >= 0) & (area > 0))
+                          | ((w0 <= 0) & (w1 <= 0) & (w2 <= 0) & (area < 0)))
+  return inside, area
+
+
 def _flatten_batch(x: Array, trailing: int) -> tuple[Array, tuple]:
   """(`x` as `[B, *x.shape[-trailing:]]`, its leading shape `[...]`)."""
   lead = x.shape[:x.ndim - trailing]
@@ -141,10 +150,7 @@ def _rasterize_exact(vertices, triangles, *, height, width, chunk, ids=None):
     bx, by, bz = (tri[:, 1, i][None] for i in range(3))
     cx, cy, cz = (tri[:, 2, i][None] for i in range(3))
     w0, w1, w2 = _edge_weights(px[:, None], py[:, None], ax, ay, bx, by, cx, cy)  # [P, chunk]
-    area = w0 + w1 + w2
-    # Inside for either winding: all weights share the sign of the (non-zero) area.
-    inside = (area != 0) & (((w0 >= 0) & (w1 >= 0) & (w2 >= 0) & (area > 0))
-                            | ((w0 <= 0) & (w1 <= 0) & (w2 <= 0) & (area < 0)))
+    inside, area = _covered(w0, w1, w2)
     safe_area = jnp.where(area != 0, area, 1.0)
     depth = (w0 * az + w1 * bz + w2 * cz) / safe_area
     depth = jnp.where(inside, depth, jnp.inf)
@@ -186,9 +192,7 @@ def _window_hits(tri, ids, col0, row0, drawn, *, window, height, width):
   corner = lambda k, axis: tri[..., k, axis][..., None, None]
   w0, w1, w2 = _edge_weights(px, py, corner(0, 0), corner(0, 1), corner(1, 0), corner(1, 1),
                              corner(2, 0), corner(2, 1))
-  area = w0 + w1 + w2
-  inside = (area != 0) & (((w0 >= 0) & (w1 >= 0) & (w2 >= 0) & (area > 0))
-                          | ((w0 <= 0) & (w1 <= 0) & (w2 <= 0) & (area < 0)))
+  inside, area = _covered(w0, w1, w2)
   inside &= (cols < width) & (rows < height) & drawn[..., None, None]  # boxes start inside
   depth = (w0 * corner(0, 2) + w1 * corner(1, 2) + w2 * corner(2, 2)) / jnp.where(
       area != 0, area, 1.0)
@@ -245,17 +249,16 @@ def _rasterize_window(vertices, triangles, *, height, width, window, max_large, 
   triangle_id = jnp.where(triangle_id == big, -1, triangle_id).reshape(batch, pixels)
   depth = depth.reshape(batch, pixels)
   overflow = jnp.maximum(jnp.sum(large, axis=1) - chosen.shape[1], 0)
-  if large_window < max(height, width) and max_huge == 0:  # huge triangles are all dropped
-    overflow += jnp.sum(huge, axis=1)
-  elif large_window < max(height, width):  # static: boxes can exceed the larger window
+  if large_window < max(height, width):  # static: boxes can exceed the larger window
     chosen = _first_where(huge, min(max_huge, num_triangles))
-    exact_depth, exact_id = jax.vmap(lambda v, ids: _rasterize_exact(
-        v, triangles, height=height, width=width, chunk=chunk, ids=ids))(vertices, chosen)
-    # Only hits of huge triangles count (unused slots repeat triangle 0).
-    from_huge = (exact_id >= 0) & jnp.take_along_axis(huge, jnp.maximum(exact_id, 0), axis=1)
-    use_exact = from_huge & (exact_depth < depth)
-    depth = jnp.where(use_exact, exact_depth, depth)
-    triangle_id = jnp.where(use_exact, exact_id, triangle_id)
+    if chosen.shape[1]:  # static: `max_huge=0` leaves every huge triangle to the overflow
+      exact_depth, exact_id = jax.vmap(lambda v, ids: _rasterize_exact(
+          v, triangles, height=height, width=width, chunk=chunk, ids=ids))(vertices, chosen)
+      # Only hits of huge triangles count (unused slots repeat triangle 0).
+      from_huge = (exact_id >= 0) & jnp.take_along_axis(huge, jnp.maximum(exact_id, 0), axis=1)
+      use_exact = from_huge & (exact_depth < depth)
+      depth = jnp.where(use_exact, exact_depth, depth)
+      triangle_id = jnp.where(use_exact, exact_id, triangle_id)
     overflow += jnp.maximum(jnp.sum(huge, axis=1) - chosen.shape[1], 0)
   return depth, triangle_id, overflow.astype(jnp.int32)
 
