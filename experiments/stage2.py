@@ -53,6 +53,8 @@ def _validate(config) -> None:
     raise InputError(f"model.landmark_norm must be one of {LANDMARK_NORMS}, got "
                      f"{config.model.landmark_norm!r}")
   image_sources.pretrain_source(config)  # checks pretrain.source
+  if not config.model.shape_head_scale > 0:
+    raise InputError(f"model.shape_head_scale must be > 0, got {config.model.shape_head_scale}")
   if not config.model.whitening_regularisation > 0:
     raise InputError(f"model.whitening_regularisation must be > 0, got "
                      f"{config.model.whitening_regularisation}")
@@ -118,7 +120,7 @@ def _encoder(config, model: FaceModel) -> Encoder:
                  landmark_norm=config.model.landmark_norm,
                  landmark_linear=config.model.landmark_linear,
                  shape_from_landmarks=config.model.shape_from == "landmarks",
-                 dtype=_float_dtype(config))
+                 shape_head_scale=config.model.shape_head_scale, dtype=_float_dtype(config))
 
 
 def _float_dtype(config):
@@ -272,8 +274,8 @@ def _report(workdir, config, data, table, seen_table, models, elapsed, phases):
 def train_and_evaluate(config, workdir: str) -> dict:
   """Stage 2 end to end (see the module docstring); resumes from `workdir`'s checkpoints.
 
-  Returns the contents of `eval.json` (on the chief process; {} elsewhere, and when
-  `train.stop_after_steps` stopped the run early).
+  Returns the contents of `eval.json` (on the chief process; {} elsewhere, when
+  `train.stop_after_steps` stopped the run early, and with `eval.enabled` False).
   """
   _validate(config)
   if config.train.float64:
@@ -323,6 +325,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   for name, predictor in predictors.items():
     save_model(os.path.join(workdir, f"{name}_model.npz"), predictor.model)
     inference.save_encoder(os.path.join(workdir, f"{name}_encoder.npz"), predictor)
+  if not config.eval.enabled:
+    print(f"done in {format_seconds(time.perf_counter() - start)} (eval.enabled=False: the "
+          f"models and encoders are in {workdir}, nothing was evaluated)", flush=True)
+    return {}
   print(f"evaluating on {len(data.test)} held-out images ...", flush=True)
   rows, predictions = inference.evaluate_split(
       predictors, data.test, landmark_vertices=np.asarray(models["sfm"].landmarks),

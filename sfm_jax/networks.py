@@ -220,6 +220,7 @@ class Encoder(nn.Module):
   landmark_norm: str = "batch"
   shape_from_landmarks: bool = False
   landmark_linear: bool = False
+  shape_head_scale: float = 1.0
 
   @nn.compact
   def __call__(self, images, train: bool = False, landmarks=None):
@@ -235,9 +236,12 @@ class Encoder(nn.Module):
     # ones): the pixels cannot tell it which training person this is.
     shape_features = (features[:, -trunk.landmark_width:] if self.shape_from_landmarks
                       else features)
-    # The shape head starts small but not at zero: project() needs a direction.
-    z = nn.Dense(self.shape_dim, kernel_init=nn.initializers.lecun_normal(), name="z")(
-        shape_features)
+    # The shape head starts small but not at zero: project() needs a direction. Its initial
+    # kernel is LeCun normal times `shape_head_scale`. An SFM code R z / |z| does not depend on
+    # that size, but its step does: Adam moves the kernel by about the learning rate whatever
+    # its size, so a smaller kernel turns the code's direction faster.
+    z = nn.Dense(self.shape_dim, name="z", kernel_init=nn.initializers.variance_scaling(
+        self.shape_head_scale ** 2, "fan_in", "truncated_normal"))(shape_features)
     identity_6d = jnp.asarray([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
     rotation = (head(6, "rotation") + identity_6d if self.rotation == "6d"
                 else head(3, "rotation"))

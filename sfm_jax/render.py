@@ -359,7 +359,7 @@ def render(vertices_px: Array, triangles: Array, albedo: Array, normals_model: A
            sh_coefficients: Array, *, height: int, width: int,
            background: Array | float = 0.0, window: int | None = None,
            max_large: int = 64, large_window: int | None = None,
-           max_huge: int = 4) -> tuple[Array, Array, Fragments]:
+           max_huge: int = 4, groups: int = 1) -> tuple[Array, Array, Fragments]:
   """Renders one mesh, or a batch (leading dims `[...]`, the same in every argument but
   `triangles`): rasterise, interpolate albedo and normals, shade, composite.
 
@@ -373,10 +373,23 @@ def render(vertices_px: Array, triangles: Array, albedo: Array, normals_model: A
     background: colour where no triangle is hit.
     window, max_large, large_window, max_huge: rasteriser mode (see `rasterize`; `window=None`:
       exact for any triangle size).
+    groups: render a batch `[B, ...]` as this many independent groups of meshes (when it
+      divides B; every other rank renders as one). The result is the same; on CPU, XLA runs
+      the groups' scatters and gathers side by side and on smaller buffers (the stage-2 `demo`
+      step on 2 cores 12% faster with 4). Mesh b goes to group b mod `groups`, so a batch
+      sharded over devices along B splits into groups on each device without moving data.
 
   Returns:
     (`[..., H, W, 3]` image, `[..., H, W]` coverage mask, the fragments).
   """
+  settings = dict(height=height, width=width, background=background, window=window,
+                  max_large=max_large, large_window=large_window, max_huge=max_huge)
+  batch = vertices_px.shape[0] if vertices_px.ndim == 3 else 0
+  if groups > 1 and batch % groups == 0 and jnp.ndim(background) == 0:
+    split = lambda x, g: x.reshape((batch // groups, groups) + x.shape[1:])[:, g]
+    parts = [render(split(vertices_px, g), triangles, split(albedo, g), split(normals_model, g),
+                    split(sh_coefficients, g), **settings) for g in range(groups)]
+    return jax.tree.map(lambda *x: jnp.stack(x, 1).reshape((batch,) + x[0].shape[1:]), *parts)
   fragments = rasterize(vertices_px, triangles, height=height, width=width, window=window,
                         max_large=max_large, large_window=large_window, max_huge=max_huge)
   weights = barycentrics(vertices_px, triangles, fragments)

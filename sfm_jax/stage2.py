@@ -61,11 +61,16 @@ class Objective:
   weight_residual: float = 1e-3
   window: int = 4               # rasteriser window (see `render.rasterize`); the logged
                                 # `render_overflow` counts triangles it dropped (0 = exact)
+  render_groups: int = 4        # the batch rendered as this many independent groups (the
+                                # same images; faster on CPU, see `render.render`)
 
   def __post_init__(self):
     if self.code_kind not in ("sphere", "gaussian"):
       raise InputError(f"Objective.code_kind must be 'sphere' or 'gaussian', got "
                        f"{self.code_kind!r}")
+    if not (isinstance(self.render_groups, int) and self.render_groups >= 1):
+      raise InputError(f"Objective.render_groups must be an int >= 1, got "
+                       f"{self.render_groups!r}")
 
 
 _DUMMY_LANDMARKS = jnp.zeros((1, 68, 2)) + jnp.arange(68.0)[:, None]  # spread: nonzero radius
@@ -125,15 +130,15 @@ def project_faces(vertices: jax.Array, out: dict, *, image_size: int) -> tuple[j
 
 def render_faces(pixels: jax.Array, camera: jax.Array, albedo: jax.Array, light: jax.Array,
                  triangles: jax.Array, *, image_size: int,
-                 window: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+                 window: int, groups: int = 1) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(`[B, S, S, 3]` shaded images, `[B, S, S]` masks, `[B]` rasteriser overflow counts: triangles
   left out, 0 = exact) of faces: `pixels [B, V, 3]` and `camera [B, V, 3]` (for the normals) from
   `project_faces`, per-vertex `albedo [B, V, 3]` (clipped to [0, 1]), SH `light [B, 9, 3]`.
-  Differentiable in everything but the triangle selection."""
+  `groups`: see `render.render`. Differentiable in everything but the triangle selection."""
   normals = geometry.vertex_normals(camera, triangles)
   rendered, mask, fragments = render.render(pixels, triangles, jnp.clip(albedo, 0.0, 1.0),
                                             normals, light, height=image_size,
-                                            width=image_size, window=window)
+                                            width=image_size, window=window, groups=groups)
   return rendered, mask, fragments.overflow
 
 
@@ -179,7 +184,8 @@ def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, im
       albedo = params["albedo"]["mean"] + jnp.einsum(
           "ba,avc->bvc", out["albedo"], params["albedo"]["basis"])
       rendered, mask, overflow = render_faces(pixels, camera, albedo, out["light"], triangles,
-                                              image_size=image_size, window=objective.window)
+                                              image_size=image_size, window=objective.window,
+                                              groups=objective.render_groups)
       terms["photometric"] = losses.photometric_loss(rendered, batch["images"], mask)
     if sphere_model:
       u = s / frozen.radius

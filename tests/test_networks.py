@@ -37,6 +37,23 @@ def test_encoder_outputs_and_initial_predictions():
   assert float(jnp.max(jnp.abs(out["z"][0] - out["z"][1]))) > 0
 
 
+def test_shape_head_scale_scales_the_initial_kernel_not_the_sphere_codes():
+  """`shape_head_scale` multiplies the shape head's initial kernel (the same draw; 1 is LeCun
+  normal, flax's default for Dense); the SFM codes R z / |z| at initialisation do not change."""
+  images = jax.random.uniform(jax.random.key(1), (4, 64, 64, 3))
+  init = lambda **kw: networks.Encoder(shape_dim=8, expr_dim=5, depth="resnet10", width=8,
+                                       **kw).init(jax.random.key(0), images, train=False)
+  default, half = init(), init(shape_head_scale=0.5)
+  kernel = default["params"]["z"]["kernel"]
+  np.testing.assert_allclose(half["params"]["z"]["kernel"], 0.5 * kernel, rtol=1e-6)
+  fan_in = kernel.shape[0]  # LeCun normal: std 1 / sqrt(fan_in) (truncated at 2 std)
+  assert 0.8 < float(jnp.std(kernel)) * np.sqrt(fan_in) < 1.0
+  apply = lambda v: networks.Encoder(shape_dim=8, expr_dim=5, depth="resnet10", width=8).apply(
+      v, images, train=False)["z"]
+  np.testing.assert_allclose(sphere.project(apply(half), 3.0), sphere.project(apply(default), 3.0),
+                             rtol=1e-5, atol=1e-6)
+
+
 def test_batch_norm_statistics_update_only_in_training():
   encoder = networks.Encoder(shape_dim=4, expr_dim=2, depth="resnet10", width=8)
   images = jax.random.uniform(jax.random.key(2), (3, 32, 32, 3))

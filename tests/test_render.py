@@ -192,6 +192,37 @@ def test_jit_eager_vmap_and_batch_agree(rng):
                                  atol=1e-5)
 
 
+@pytest.mark.parametrize("window", [None, 4])
+def test_a_batch_rendered_in_groups_is_the_batch_rendered_at_once(rng, window):
+  """`groups`: mesh b goes to group b mod groups; the images, masks, fragments and gradients are
+  those of one program (a count that does not divide the batch renders it as one)."""
+  vertices, triangles, colours, normals, light = _scene(rng)
+  shifts = jnp.asarray(rng.uniform(-3.0, 3.0, size=(6, 1, 3)).astype(np.float32))
+  batch = (vertices[None] + shifts, colours[None] * jnp.linspace(0.4, 1.0, 6)[:, None, None],
+           jnp.stack([normals] * 6), light[None] * jnp.linspace(0.5, 1.5, 6)[:, None, None])
+  probe = jnp.asarray(rng.normal(size=(6, H, W, 3)).astype(np.float32))
+
+  def rendered(groups):
+    draw = lambda v, c: render.render(v, triangles, c, batch[2], batch[3], height=H, width=W,
+                                      window=window, max_large=8, groups=groups)
+    image, mask, fragments = jax.jit(draw)(*batch[:2])
+    grads = jax.jit(jax.grad(lambda v, c: jnp.sum(probe * draw(v, c)[0]), argnums=(0, 1)))(
+        *batch[:2])
+    return image, mask, fragments, grads
+
+  image, mask, fragments, grads = rendered(1)
+  assert 0.05 < float(jnp.mean(mask)) < 0.95 and float(jnp.max(jnp.abs(grads[0]))) > 1e-2
+  for groups in (2, 3, 4):  # 4 does not divide 6
+    g_image, g_mask, g_fragments, g_grads = rendered(groups)
+    np.testing.assert_array_equal(np.asarray(g_fragments.triangle_id),
+                                  np.asarray(fragments.triangle_id))
+    np.testing.assert_array_equal(np.asarray(g_fragments.overflow), np.asarray(fragments.overflow))
+    np.testing.assert_array_equal(np.asarray(g_mask), np.asarray(mask))
+    np.testing.assert_allclose(np.asarray(g_image), np.asarray(image), rtol=1e-6, atol=1e-7)
+    for g_grad, grad in zip(g_grads, grads):
+      np.testing.assert_allclose(np.asarray(g_grad), np.asarray(grad), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("window", [None, 3])
 def test_a_batch_rasterises_as_its_meshes_do_one_by_one(window):
   """Leading dims are a batch of meshes (flat scatters over the whole batch): the fragments,

@@ -345,6 +345,12 @@ def test_encoder_model_and_config_mismatches_fail_with_one_clear_error(trained, 
   with pytest.raises(InputError, match=r"data.scan_fraction must be in \(0, 1\)"):
     _train("tiny", tmp_path / "e", init_model=str(stage1_models / "sfm_model.npz"),
            **{"data.scan_dir": str(tmp_path), "data.scan_fraction": 1.0})
+  with pytest.raises(InputError, match="Objective.render_groups must be an int >= 1, got 0"):
+    _train("tiny", tmp_path / "f", init_model=str(stage1_models / "sfm_model.npz"),
+           **{"objective.render_groups": 0})
+  with pytest.raises(InputError, match="model.shape_head_scale must be > 0, got 0.0"):
+    _train("tiny", tmp_path / "g", init_model=str(stage1_models / "sfm_model.npz"),
+           **{"model.shape_head_scale": 0.0})
 
 
 def test_image_metrics_on_known_answers():

@@ -79,6 +79,8 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
                                     # path beside the MLP to every head)
   c.model.shape_from = "landmarks"  # the shape head reads: the landmark features only (so the
                                     # pixels cannot identify trained people) | "all" features
+  c.model.shape_head_scale = 1.0    # the shape head's initial kernel, times LeCun normal's: an
+                                    # SFM code R z/|z| turns faster from a smaller one
 
   # The SFM objective: every field of sfm_jax.stage2.Objective with its default (written once,
   # there; code_kind is set per model); 0 switches a term off.
@@ -131,6 +133,8 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.parallel.process_id = -1
 
   c.eval = ml_collections.ConfigDict()
+  c.eval.enabled = True             # False: train and export the models only (no evaluation,
+                                    # report or pictures)
   c.eval.batch_size = 64
   c.eval.gallery = 6                # held-out images shown in gallery.png
   c.eval.seen_images = 300          # labelled training images of the seen-identity diagnostic
@@ -144,6 +148,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.data.image_size, c.data.resolution = 224, 230  # the stage-1 paper grid (52900 vertices)
     c.data.train_identities, c.data.test_identities, c.data.images_per_identity = 2000, 200, 8
     c.model.depth, c.model.width, c.model.albedo_dim = "resnet50", 64, 80
+    c.objective.render_groups = 1  # the groups help XLA:CPU; sized for an accelerator
     c.train.num_steps, c.train.global_batch_size = 50000, 64
     c.train.log_every, c.train.checkpoint_every = 200, 2000
   elif variant == "tiny":
