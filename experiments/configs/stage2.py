@@ -155,6 +155,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.data.image_size, c.data.resolution = 32, 12  # the stage-1 tiny grid
     c.data.train_identities, c.data.test_identities, c.data.images_per_identity = 6, 3, 3
     c.data.occluder_probability = 0.0
+    c.objective.render_groups = 1  # one program compiles faster, and batches of 8 gain nothing
     c.model.width, c.model.albedo_dim, c.model.landmark_features = 8, 2, 16
     c.train.num_steps, c.train.global_batch_size = 12, 8
     c.train.log_every, c.train.checkpoint_every = 2, 4
