@@ -62,7 +62,8 @@ class Objective:
   window: int = 4               # rasteriser window (see `render.rasterize`); the logged
                                 # `render_overflow` counts triangles it dropped (0 = exact)
   render_groups: int = 4        # the batch rendered as this many independent groups (the
-                                # same images; faster on CPU, see `render.render`)
+                                # same images; faster on CPU, slower to compile: see
+                                # `render.render`)
 
   def __post_init__(self):
     if self.code_kind not in ("sphere", "gaussian"):

@@ -212,7 +212,7 @@ def test_a_batch_rendered_in_groups_is_the_batch_rendered_at_once(rng, window):
 
   image, mask, fragments, grads = rendered(1)
   assert 0.05 < float(jnp.mean(mask)) < 0.95 and float(jnp.max(jnp.abs(grads[0]))) > 1e-2
-  for groups in (2, 3, 4):  # 4 does not divide 6
+  for groups in (3, 4):  # 4 does not divide 6
     g_image, g_mask, g_fragments, g_grads = rendered(groups)
     np.testing.assert_array_equal(np.asarray(g_fragments.triangle_id),
                                   np.asarray(fragments.triangle_id))

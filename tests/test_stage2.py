@@ -434,7 +434,7 @@ def test_photo_folder_variant_crops_around_landmarks_and_reconstruct_follows(sta
          baseline_model="none",
          **{"data.image_dir": str(photos), "data.image_size": 32, "data.test_fraction": 0.5,
             "model.width": 8, "model.albedo_dim": 2, "train.num_steps": 2,
-            "train.global_batch_size": 4, "train.log_every": 1})
+            "train.global_batch_size": 4, "train.log_every": 1, "objective.render_groups": 1})
   assert not (photos / ".tfds").exists() and sorted(os.listdir(photos))[0] == "meta.csv"
   table = json.loads(open(workdir / "eval.json").read())
   assert table["ground_truth_3d"] is False and "median_mm" not in table["models"]["sfm"]
@@ -473,7 +473,8 @@ def test_rendered_scans_join_every_batch_with_3d_truth_and_the_loss_falls(stage1
             "data.scan_dir": str(tmp_path / "scans"), "data.scan_test_fraction": 0.2,
             "data.scan_views": 2, "model.width": 8, "model.albedo_dim": 2,
             "model.landmark_features": 16, "train.num_steps": 30,
-            "train.global_batch_size": 16, "train.log_every": 5, "eval.fit_steps": 20})
+            "train.global_batch_size": 16, "train.log_every": 5, "eval.fit_steps": 20,
+            "objective.render_groups": 1})
   rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   table = json.loads(open(workdir / "eval.json").read())
   assert "renders of scans" in table["data"] and table["ground_truth_3d"] is False

@@ -27,7 +27,8 @@ def test_every_term_active_and_the_loss_decreases(problem, code_kind):
   model, batch = problem
   model = model.replace(code_kind=code_kind)
   encoder = Encoder(shape_dim=4, expr_dim=3, albedo_dim=2, depth="resnet10", width=8)
-  objective = stage2.Objective(code_kind=code_kind, weight_shape_prior=1e-3)
+  # One render program (groups compile longer; test_render checks they render the same).
+  objective = stage2.Objective(code_kind=code_kind, weight_shape_prior=1e-3, render_groups=1)
   params, model_state = stage2.init_params(encoder, model, image_size=32, num_classes=4,
                                            albedo_dim=2, seed=0)
   loss_fn = stage2.make_loss_fn(encoder, model, objective, image_size=32)

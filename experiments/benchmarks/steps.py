@@ -69,7 +69,8 @@ def stage1_step(*, vertices: int, shape_dim: int, expr_dim: int, num_scans: int,
 
 def stage2_step(*, image_size: int, resolution: int, depth: str, width: int, shape_dim: int,
             expr_dim: int, albedo_dim: int, classes: int, global_batch: int, window: int,
-            repeats: int, encoder_split: bool = True) -> dict:
+            repeats: int, encoder_split: bool = True,
+            render_groups: int = stage2.Objective.render_groups) -> dict:
   """One stage-2 train step at these shapes on every local device: compile time, median step
   time, images per second, and (with `encoder_split`) the encoder's forward + backward alone."""
   size, b = image_size, global_batch
@@ -94,7 +95,7 @@ def stage2_step(*, image_size: int, resolution: int, depth: str, width: int, sha
                     width=width)
   params, model_state = stage2.init_params(encoder, model, image_size=size, num_classes=classes,
                                            albedo_dim=albedo_dim, seed=0)
-  objective = stage2.Objective(window=window)
+  objective = stage2.Objective(window=window, render_groups=render_groups)
   loss_fn = stage2.make_loss_fn(encoder, model, objective, image_size=size)
   tx = stage2.make_optimizer(lr_encoder=1e-3, lr_residual=1e-4, lr_albedo=1e-2, lr_identity=1e-2)
   mesh = parallel.make_mesh()
