@@ -31,6 +31,7 @@ The two stages mirror each other: `Objective`, `init_params(..., seed)`, `make_l
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +78,14 @@ class Objective:
 _DUMMY_LANDMARKS = jnp.zeros((1, 68, 2)) + jnp.arange(68.0)[:, None]  # spread: nonzero radius
 
 
+@functools.partial(jax.jit, static_argnames=("module", "image_size"))
+def _initial_variables(module, *, image_size: int, seed) -> dict:
+  """A Flax encoder's or trunk's initial variables, in one compiled program (initialised op by
+  op, every kernel shape's initialiser compiles on its own: seconds on a CPU); the same values."""
+  return module.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)),
+                     train=False, landmarks=_DUMMY_LANDMARKS)
+
+
 def _set_whitening(trunk_stats: dict, whitening: dict | None) -> dict:
   """A trunk's `batch_stats` with its `landmarks_whitening` statistics replaced (None: kept)."""
   if whitening is None:
@@ -94,9 +103,7 @@ def init_params(encoder: Encoder, model: FaceModel, *, image_size: int, num_clas
   `{"params", "batch_stats"}`) replaces the encoder trunk's initial variables;
   `landmark_whitening` (`networks.whitening_statistics` of the training landmarks) sets the
   trunk's fixed landmark whitening."""
-  key = jax.random.key(seed)
-  variables = encoder.init(key, jnp.zeros((1, image_size, image_size, 3)), train=False,
-                           landmarks=_DUMMY_LANDMARKS)
+  variables = _initial_variables(encoder, image_size=image_size, seed=seed)
   if trunk is not None:
     variables = {"params": {**variables["params"], "trunk": trunk["params"]},
                  "batch_stats": {**variables["batch_stats"], "trunk": trunk["batch_stats"]}}
@@ -222,12 +229,12 @@ def init_pretrain_params(trunk, *, image_size: int, num_classes: int, seed: int,
                          landmark_whitening: dict | None = None) -> tuple[dict, dict]:
   """(params `{"trunk", "prototypes" [C, F]}`, model_state `{"batch_stats"}`) of the pretraining
   phase for a `networks.Trunk`; `landmark_whitening` as in `init_params`."""
-  variables = trunk.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)),
-                         train=False, landmarks=_DUMMY_LANDMARKS)
+  variables = _initial_variables(trunk, image_size=image_size, seed=seed)
   variables = {**variables, "batch_stats": _set_whitening(variables["batch_stats"],
                                                           landmark_whitening)}
-  features = trunk.apply(variables, jnp.zeros((1, image_size, image_size, 3)), train=False,
-                         landmarks=_DUMMY_LANDMARKS).shape[-1]
+  features = jax.eval_shape(lambda v: trunk.apply(v, jnp.zeros((1, image_size, image_size, 3)),
+                                                  train=False, landmarks=_DUMMY_LANDMARKS),
+                            variables).shape[-1]
   rng = np.random.default_rng(seed)
   prototypes = rng.normal(size=(num_classes, features))
   prototypes /= np.linalg.norm(prototypes, axis=1, keepdims=True)

@@ -3,9 +3,16 @@
 Compiled programs are kept in a persistent XLA cache for the session (one temporary folder,
 shared by the xdist workers and the subprocesses they start, removed at the end). Many tests
 compile the same tiny training step again (each run, stop and resume of an entry point); with
-the cache they load the compiled executable instead of recompiling it. JAX reads these settings
-from the environment when it is imported, so they are set here, before any test imports it. A
-cache the caller set up (`JAX_COMPILATION_CACHE_DIR`) is used as it is and kept.
+the cache they load the compiled executable instead of recompiling it. A cache the caller set up
+(`JAX_COMPILATION_CACHE_DIR`) is used as it is and kept.
+
+Tests check values, not speed, and at their tiny shapes compiling costs more than running, so
+XLA's backend optimisation is off (`--xla_backend_optimization_level=0`, added to `XLA_FLAGS`
+unless the caller's flags already set a level): measured on the render and stage-2 objective
+tests, 118 s -> 81 s. The programs compute the same functions (results agree to float rounding;
+the benchmarks and every entry point keep XLA's defaults). `SFM_JAX_TEST_XLA_OPTIMISE=1` keeps
+the default level. JAX reads these settings from the environment when it is imported, so they
+are set here, before any test imports it; subprocesses inherit them.
 """
 
 import os
@@ -23,6 +30,16 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the first process of the se
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="sfm_jax_xla_cache_")
   os.environ[_OWNED_CACHE] = str(os.getpid())
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+_flags = os.environ.get("XLA_FLAGS", "")
+if (os.environ.get("SFM_JAX_TEST_XLA_OPTIMISE") != "1"
+    and "xla_backend_optimization_level" not in _flags):
+  os.environ["XLA_FLAGS"] = f"{_flags} --xla_backend_optimization_level=0".strip()
+
+
+def with_devices(env: dict, count: int) -> dict:
+  """`env` with `count` fake host devices added to its `XLA_FLAGS` (for a subprocess)."""
+  return {**env, "XLA_FLAGS": f"{env.get('XLA_FLAGS', '')} "
+                              f"--xla_force_host_platform_device_count={count}".strip()}
 
 
 def pytest_unconfigure(config):

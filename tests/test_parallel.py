@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from sfm_jax import model as fm
+from tests.conftest import with_devices
 
 pytestmark = pytest.mark.slow  # subprocesses
 
@@ -25,8 +26,7 @@ def _stage1(workdir, devices, *flags, extra_env=None, log=None):
   """Runs stage 1; with `log` (a path prefix) it starts it in the background, writing
   `log.out` / `log.err` (files, not pipes: a full pipe would stall a process whose peer waits
   for it in a collective) and returns the Popen."""
-  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-         "JAX_PLATFORMS": "cpu", **(extra_env or {})}
+  env = {**with_devices(os.environ, devices), "JAX_PLATFORMS": "cpu", **(extra_env or {})}
   command = [sys.executable, "-m", "experiments.stage1",
              "--config=experiments/configs/stage1.py:tiny", f"--workdir={workdir}", *STEPS, *flags]
   if log is not None:
@@ -66,7 +66,7 @@ def test_eight_devices_match_one(one_device, tmp_path, mode):
 
 
 def test_global_batch_must_divide_by_devices(tmp_path):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  env = with_devices(os.environ, 8)
   result = subprocess.run(
       [sys.executable, "-m", "experiments.stage1", "--config=experiments/configs/stage1.py:tiny",
        f"--workdir={tmp_path}", "--config.train.global_batch_size=12"],
@@ -139,8 +139,7 @@ def test_stage2_on_eight_devices_matches_one(tmp_path):
   runs = {}
   for devices in (1, 8):
     workdir = tmp_path / f"d{devices}"
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "JAX_PLATFORMS": "cpu"}
+    env = {**with_devices(os.environ, devices), "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(
         [sys.executable, "-m", "experiments.stage2", "--config=experiments/configs/stage2.py:tiny",
          f"--workdir={workdir}", f"--config.init_model={tmp_path / 'sfm_model.npz'}",

@@ -5,9 +5,10 @@
 - the mesh, `.pts` and model-file readers raise nothing but their documented `ValueError`
   (`InputError`) on random bytes and on truncations of valid files.
 
-Examples: the spherical property runs 10^4 in the suite (`default` profile) and 10^5 with
-`HYPOTHESIS_PROFILE=slow`; each reader property 300 (random bytes) or 200 (truncations, two reads
-each) per file kind, 10x with `slow`.
+Examples: the spherical property checks 10^4 problems in the suite (`default` profile: 200 drawn
+examples of 50 problems, each example one vmapped call) and 10^5 with `HYPOTHESIS_PROFILE=slow`;
+each reader property 300 (random bytes) or 200 (truncations, two reads each) per file kind, 10x
+with `slow`.
 """
 
 import os
@@ -33,10 +34,10 @@ _READER_SCALE = 10 if os.environ.get("HYPOTHESIS_PROFILE") == "slow" else 1
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 B, K, C = 6, 4, 3
+PROBLEMS = 50  # problems per drawn example, checked by one vmapped call
 SCALES = (0.0, 1e-38, 1e-30, 1e-6, 1.0, 1e6, 1e30, 3e38)
 
 
-@jax.jit
 def _value_and_grads(z, labels, prototypes):
   def total(z, prototypes):
     s = sphere.project(z, 2.0)
@@ -48,25 +49,30 @@ def _value_and_grads(z, labels, prototypes):
             # The soft sphere's ring acts on free codes; its square overflows float32 beyond
             # norms of ~1e19, so it is checked on codes of norm up to ~1e18.
             + losses.ring_loss(jnp.clip(z, -1e18, 1e18), 2.0))
-  return jax.value_and_grad(total, argnums=(0, 1))(z, prototypes)
+  value, grads = jax.value_and_grad(total, argnums=(0, 1))(z, prototypes)
+  return value, grads, sphere.project(z, 2.0)
 
+
+# Each problem alone (vmap keeps the problems independent): `[P, ...]` in, `[P, ...]` out.
+_check_problems = jax.jit(jax.vmap(_value_and_grads))
 
 free_vectors = st.tuples(
-    hnp.arrays(np.float32, (B, K), elements=st.floats(-1.0, 1.0, width=32)),
-    st.lists(st.sampled_from(SCALES), min_size=B, max_size=B))
+    hnp.arrays(np.float32, (PROBLEMS, B, K), elements=st.floats(-1.0, 1.0, width=32)),
+    hnp.arrays(np.float32, (PROBLEMS, B), elements=st.sampled_from(SCALES)))
 
 
-@given(free_vectors, hnp.arrays(np.int32, (B,), elements=st.integers(-1, C - 1)),
-       hnp.arrays(np.float32, (C, K), elements=st.floats(-1.0, 1.0, width=32)))
+@settings(max_examples=max(1, settings().max_examples // PROBLEMS))
+@given(free_vectors, hnp.arrays(np.int32, (PROBLEMS, B), elements=st.integers(-1, C - 1)),
+       hnp.arrays(np.float32, (PROBLEMS, C, K), elements=st.floats(-1.0, 1.0, width=32)))
 def test_spherical_terms_are_finite_in_value_and_gradient(vectors, labels, prototypes):
   base, scales = vectors
-  z = base * np.asarray(scales, np.float32)[:, None]
-  value, (grad_z, grad_prototypes) = _value_and_grads(jnp.asarray(z), jnp.asarray(labels),
-                                                      jnp.asarray(prototypes))
-  assert np.isfinite(float(value))
+  z = base * scales[..., None]
+  value, (grad_z, grad_prototypes), s = _check_problems(
+      jnp.asarray(z), jnp.asarray(labels), jnp.asarray(prototypes))
+  assert np.all(np.isfinite(np.asarray(value)))
   assert np.all(np.isfinite(np.asarray(grad_z))) and np.all(np.isfinite(grad_prototypes))
-  s = np.asarray(sphere.project(jnp.asarray(z), 2.0))
-  assert np.all(np.isfinite(s)) and np.all(np.linalg.norm(s, axis=1) <= 2.0 * (1 + 1e-5))
+  s = np.asarray(s)
+  assert np.all(np.isfinite(s)) and np.all(np.linalg.norm(s, axis=-1) <= 2.0 * (1 + 1e-5))
 
 
 def _valid_files(directory):
