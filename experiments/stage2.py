@@ -318,7 +318,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     predictors[name] = inference.Predictor(
         encoder=_encoder(config, model), variables=variables,
         model=stage2.export_model(params, model), image_size=data.image_size,
-        window=objective_of[name].window,
+        window=objective_of[name].window, sphere_map=objective_of[name].sphere_map,
         crop_margin=config.data.crop_margin if config.data.source == "folder" else None)
   if not chief:
     return {}

@@ -12,14 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sfm_jax import evaluation, fitting, geometry, metrics, readout, sphere, viz
+from sfm_jax import evaluation, fitting, geometry, metrics, readout, viz
 from sfm_jax.errors import InputError
 from sfm_jax.io.tree import load_tree, save_tree
 from sfm_jax.model import FaceModel, decode, load_model
 from sfm_jax.networks import Encoder
 from sfm_jax.progress import Progress
 from sfm_jax.sources.images import ImageData, Split
-from sfm_jax.stage2 import project_faces, render_faces
+from sfm_jax.stage2 import project_faces, render_faces, sphere_codes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Predictor:
   image_size: int
   window: int = 4
   crop_margin: float | None = None
+  sphere_map: str = "radial"  # `stage2.Objective.sphere_map` it was trained with
 
   def metadata(self) -> dict:
     e = self.encoder
@@ -45,7 +46,7 @@ class Predictor:
             "landmark_features": e.landmark_features, "landmark_norm": e.landmark_norm,
             "shape_from_landmarks": e.shape_from_landmarks, "landmark_linear": e.landmark_linear,
             "image_size": self.image_size, "window": self.window,
-            "crop_margin": self.crop_margin}
+            "crop_margin": self.crop_margin, "sphere_map": self.sphere_map}
 
 
 def save_encoder(path, predictor: Predictor) -> None:
@@ -79,7 +80,8 @@ def load_predictor(encoder_path, model: FaceModel) -> Predictor:
                     landmark_linear=bool(meta.get("landmark_linear", False)))
   return Predictor(encoder=encoder, variables=variables, model=model,
                    image_size=int(meta["image_size"]), window=int(meta.get("window", 4)),
-                   crop_margin=meta.get("crop_margin"))
+                   crop_margin=meta.get("crop_margin"),
+                   sphere_map=str(meta.get("sphere_map", "radial")))
 
 
 def _landmark_norm(stored) -> str:
@@ -102,7 +104,7 @@ def predict(predictor: Predictor, images: jax.Array, landmarks: jax.Array | None
   model = jax.tree_util.tree_map(jnp.asarray, predictor.model)
   size = predictor.image_size
   out = predictor.encoder.apply(predictor.variables, images, train=False, landmarks=landmarks)
-  s = sphere.shape_codes(out["z"], model.code_kind, model.radius)
+  s = sphere_codes(out["z"], model, sphere_map=predictor.sphere_map)
   zeros = jnp.zeros_like(out["expression"])
   neutral = decode(model, s, zeros)
   vertices = decode(model, s, out["expression"])

@@ -169,3 +169,66 @@ def sample_vmf(key: jax.Array, mean_direction: Array, kappa: Array, num_samples:
   v = normalize(tangent_project(mu, jax.random.normal(key_v, (num_samples, dim), dtype)))
   x = w[:, None] * mu + jnp.sqrt(jnp.clip(1.0 - w ** 2, 0.0))[:, None] * v
   return radius * x
+
+
+def basis_gram(shape_basis: Array) -> Array:
+  """`G = W W^T` `[K, K]` of a shape basis `W` `[K, V, 3]` (mm^2 per unit code^2): the squared
+  shape distance of two codes is `(a - b)^T G (a - b)`."""
+  flat = jnp.reshape(shape_basis, (shape_basis.shape[0], -1))
+  return flat @ flat.T
+
+
+def metric_project(z: Array, radius: Array, gram: Array, *, eps: float = DEFAULT_EPS,
+                   bisections: int = 40) -> Array:
+  """The code on the sphere of radius R nearest to `z` in the metric `gram`:
+  `argmin_{||s|| = R} (z - s)^T G (z - s)`. With `G = basis_gram(W)` that is the sphere code
+  whose decoded shape lies nearest to the (unconstrained) shape `W^T z`.
+
+  The solution is `s = (G + l I)^-1 G z` with the `l > -lambda_min(G)` at which `||s|| = R` (the
+  trust-region secular equation, unique for `z` with a component along G's smallest
+  eigenvector): found by bisection on `1 / ||s(l)||` (no gradient), then one Newton step written
+  in `z` and R, whose derivative at the root is the implicit one; the result is brought exactly
+  onto the sphere by `project`. For `G = c I` it is the radial `project(z, R)`.
+
+  Args:
+    z: `[..., K]` free vectors (finite, |z| below ~1e18).
+    radius: scalar sphere radius R.
+    gram: `[K, K]` symmetric positive definite metric, treated as a constant (no gradient).
+    eps: as in `project`; `z` of norm below it map as `project` maps them.
+    bisections: bisection steps (40: float32 precision on any bracket).
+
+  Returns:
+    `[..., K]` codes with `||s|| = R`; differentiable in `z` and `radius` (first order).
+  """
+  lam, vecs = jnp.linalg.eigh(jax.lax.stop_gradient(gram))
+  lam = jnp.maximum(lam / lam[-1], 1e-9)  # scale-free; the solution does not depend on G's scale
+  small = safe_norm(z, keepdims=True) < eps  # those go to `project`; a safe stand-in here
+  a = (jnp.where(small, jnp.ones_like(z), z) @ vecs) * lam  # G z in G's eigenbasis, [..., K]
+  a_fixed = jax.lax.stop_gradient(a)
+  r_fixed = jax.lax.stop_gradient(radius)
+
+  def inverse_norm(coefficients, shift):  # 1 / ||s(shift)||, s_i = a_i / (lambda_i + shift)
+    denominator = jnp.maximum(lam + shift[..., None], 1e-30)
+    return 1.0 / jnp.maximum(safe_norm(coefficients / denominator), 1e-30)
+
+  # The root lies in [lo, hi]: at lo the smallest-eigenvalue component alone has length R, at hi
+  # every component is at most |a_i| R / |a|.
+  lo = -lam[0] + jnp.abs(a_fixed[..., 0]) / r_fixed
+  hi = -lam[0] + safe_norm(a_fixed) / r_fixed
+
+  def bisect(_, bounds):
+    low, high = bounds
+    middle = 0.5 * (low + high)
+    longer = inverse_norm(a_fixed, middle) < 1.0 / r_fixed  # ||s|| > R: the root is to the right
+    return jnp.where(longer, middle, low), jnp.where(longer, high, middle)
+
+  low, high = jax.lax.fori_loop(0, bisections, bisect, (lo, hi))
+  shift0 = jax.lax.stop_gradient(0.5 * (low + high))
+  # One Newton step on psi(l) = 1/||s(l)|| - 1/R, written in a and R (the implicit derivative).
+  denominator = lam + shift0[..., None]
+  norm = safe_norm(a / denominator)
+  slope = jnp.sum(jnp.square(a) / denominator ** 3, axis=-1) / jnp.maximum(norm, 1e-30) ** 3
+  psi = 1.0 / jnp.maximum(norm, 1e-30) - 1.0 / radius
+  shift = shift0 - psi / jnp.maximum(slope, 1e-30)
+  codes = (a / (lam + shift[..., None])) @ vecs.T
+  return jnp.where(small, project(z, radius, eps=eps), project(codes, radius, eps=eps))

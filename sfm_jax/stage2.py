@@ -45,6 +45,22 @@ from sfm_jax.networks import Encoder
 from sfm_jax.train_state import adam, grouped_optimizer
 
 
+SPHERE_MAPS = ("radial", "metric")
+
+
+def sphere_codes(z: jax.Array, model: FaceModel, *, sphere_map: str) -> jax.Array:
+  """The shape codes `[B, K]` of an encoder's free vectors `z` under `model` (its current basis):
+  Gaussian models use `z`; sphere models map it onto the sphere of radius R radially
+  (`sphere.project`) or, with `sphere_map="metric"`, to the sphere code whose decoded shape is
+  nearest to the unconstrained shape `W^T z` (`sphere.metric_project` in the basis' Gram
+  metric, held constant): a linear read-out then lands where the shape says, not where the
+  direction of z points, which the radial map distorts when the basis' directions have very
+  different sizes."""
+  if model.code_kind == "sphere" and sphere_map == "metric":
+    return sphere.metric_project(z, model.radius, sphere.basis_gram(model.shape_basis))
+  return sphere.shape_codes(z, model.code_kind, model.radius)
+
+
 @dataclasses.dataclass(frozen=True)
 class Objective:
   """Stage-2 objective settings; a weight of 0 switches a term off."""
@@ -65,11 +81,17 @@ class Objective:
   render_groups: int = 4        # the batch rendered as this many independent groups (the
                                 # same images; faster on CPU, slower to compile: see
                                 # `render.render`)
+  sphere_map: str = "radial"    # how an SFM network's free vector z becomes its code: "radial"
+                                # (R z / |z|) or "metric" (the sphere code whose shape is nearest
+                                # to the shape of z: `sphere_codes`); unused by Gaussian codes
 
   def __post_init__(self):
     if self.code_kind not in ("sphere", "gaussian"):
       raise InputError(f"Objective.code_kind must be 'sphere' or 'gaussian', got "
                        f"{self.code_kind!r}")
+    if self.sphere_map not in SPHERE_MAPS:
+      raise InputError(f"Objective.sphere_map must be one of {SPHERE_MAPS}, got "
+                       f"{self.sphere_map!r}")
     if not (isinstance(self.render_groups, int) and self.render_groups >= 1):
       raise InputError(f"Objective.render_groups must be an int >= 1, got "
                        f"{self.render_groups!r}")
@@ -171,9 +193,10 @@ def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, im
     out, updates = encoder.apply({"params": params["encoder"], **model_state}, batch["images"],
                                  train=True, landmarks=batch["landmarks"],
                                  mutable=["batch_stats"])
-    s = sphere.shape_codes(out["z"], objective.code_kind, frozen.radius)
     face = frozen.replace(shape_basis=frozen.shape_basis + params["residual"]["shape"],
-                          expr_basis=frozen.expr_basis + params["residual"]["expr"])
+                          expr_basis=frozen.expr_basis + params["residual"]["expr"],
+                          code_kind=objective.code_kind)
+    s = sphere_codes(out["z"], face, sphere_map=objective.sphere_map)
     vertices = decode(face, s, out["expression"])
     pixels, camera = project_faces(vertices, out, image_size=image_size)
     terms = {}
@@ -273,7 +296,7 @@ def baseline_objective(objective: Objective, **overrides) -> Objective:
   """The PCA-Gaussian baseline's objective beside `objective`: the same terms with Gaussian codes
   and no identity terms (design section 8), then `overrides` (e.g. its Tikhonov weight)."""
   return dataclasses.replace(objective, code_kind="gaussian", weight_margin=0.0,
-                             weight_center=0.0, **overrides)
+                             weight_center=0.0, sphere_map="radial", **overrides)
 
 
 def make_optimizer(*, lr_encoder: float, lr_residual: float, lr_albedo: float,
