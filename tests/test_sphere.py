@@ -62,6 +62,54 @@ def test_project_huge_norms_float32(rng, magnitude):
                              atol=max(1e-6 * np.abs(expected).max(), np.finfo(np.float32).tiny))
 
 
+def _anisotropic_gram(rng, k):
+  """A positive definite `[k, k]` Gram matrix whose eigenvalues span 1e4 (as a face basis')."""
+  q, _ = np.linalg.qr(rng.normal(size=(k, k)))
+  return (q * np.logspace(2, -2, k)) @ q.T
+
+
+def test_metric_project_is_the_nearest_sphere_code_in_the_metric(x64, rng):
+  """Checked against the global optimality conditions of the trust-region problem
+  min_{|s| = R} (z - s)^T G (z - s) (More and Sorensen): |s| = R, and some l with
+  (G + l I) s = G z and G + l I positive semidefinite; for G = c I it is the radial projection."""
+  k, radius = 6, 2.0
+  gram = _anisotropic_gram(rng, k)
+  z = rng.normal(size=(40, k)) * rng.uniform(0.05, 20.0, size=(40, 1))
+  s = np.asarray(sphere.metric_project(jnp.asarray(z), radius, jnp.asarray(gram)))
+  np.testing.assert_allclose(np.linalg.norm(s, axis=1), radius, rtol=1e-12)
+  lowest = np.linalg.eigvalsh(gram)[0]
+  for zi, si in zip(z, s):
+    multiplier = float(si @ (gram @ (zi - si))) / radius ** 2  # from (G + l I) s = G z
+    np.testing.assert_allclose(gram @ si + multiplier * si, gram @ zi, atol=1e-7 * np.abs(
+        gram @ zi).max())
+    assert multiplier >= -lowest * (1 + 1e-6)  # G + l I is positive semidefinite: the global one
+    # No other sphere point of a random sample is nearer.
+    others = rng.normal(size=(2000, k))
+    others *= radius / np.linalg.norm(others, axis=1, keepdims=True)
+    distance = lambda p: np.einsum("...i,ij,...j->...", zi - p, gram, zi - p)
+    assert distance(si) <= distance(others).min() + 1e-9
+  np.testing.assert_allclose(
+      sphere.metric_project(jnp.asarray(z), radius, 3.0 * jnp.eye(k)),
+      sphere.project(jnp.asarray(z), radius), rtol=1e-12)
+
+
+def test_metric_project_gradients_and_float32(x64, rng):
+  k, radius = 5, 1.5
+  gram = jnp.asarray(_anisotropic_gram(rng, k))
+  z = jnp.asarray(rng.normal(size=(4, k)) * 3.0)
+  check_grads(lambda z: sphere.metric_project(z, radius, gram), (z,), order=1,
+              modes=("fwd", "rev"))
+  check_grads(lambda r: sphere.metric_project(z, r, gram), (jnp.asarray(radius),), order=1,
+              modes=("fwd", "rev"))
+  exact = np.asarray(sphere.metric_project(z, radius, gram))
+  single = np.asarray(sphere.metric_project(z.astype(jnp.float32), radius,
+                                            gram.astype(jnp.float32)))
+  np.testing.assert_allclose(single, exact, atol=1e-4 * radius)
+  zero = jnp.zeros((1, k))
+  value, grad = jax.value_and_grad(lambda z: sphere.metric_project(z, radius, gram).sum())(zero)
+  assert np.all(np.asarray(value) == 0) and np.all(np.isfinite(grad))  # as `project` at 0
+
+
 def test_cosine_and_geodesic_match_numpy(x64, rng):
   a, b = rng.normal(size=(10, 4)), rng.normal(size=(10, 4))
   cos = np.sum(a * b, -1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)

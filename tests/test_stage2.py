@@ -351,6 +351,58 @@ def test_encoder_model_and_config_mismatches_fail_with_one_clear_error(trained, 
   with pytest.raises(InputError, match="model.shape_head_scale must be > 0, got 0.0"):
     _train("tiny", tmp_path / "g", init_model=str(stage1_models / "sfm_model.npz"),
            **{"model.shape_head_scale": 0.0})
+  with pytest.raises(InputError, match=r"Objective.sphere_map must be one of \('radial', "
+                                       r"'metric'\), got 'spherical'"):
+    _train("tiny", tmp_path / "h", init_model=str(stage1_models / "sfm_model.npz"),
+           **{"objective.sphere_map": "spherical"})
+
+
+def _nearest_sphere_code(z, gram, radius):
+  """Numpy, float64: argmin_{|s| = R} (z - s)^T G (z - s) by bisection on the multiplier l of
+  s = (G + l I)^-1 G z over (-lambda_min, inf), written independently of `sphere`."""
+  lam, q = np.linalg.eigh(gram)
+  a = lam * (q.T @ z)
+  low, high = -lam[0] + 1e-12, -lam[0] + np.linalg.norm(a) / radius + 1.0
+  for _ in range(200):
+    middle = 0.5 * (low + high)
+    low, high = ((middle, high) if np.linalg.norm(a / (lam + middle)) > radius
+                 else (low, middle))
+  return q @ (a / (lam + 0.5 * (low + high)))
+
+
+def test_the_sphere_map_is_stored_with_the_encoder_and_maps_its_free_vectors(
+    trained, reconstruction_set, tmp_path):
+  """An encoder file records `sphere_map` (older files: radial); `predict` turns the encoder's
+  free vectors z into R z / |z| (radial) or the sphere code nearest in the exported basis' Gram
+  metric (metric), computed here in numpy."""
+  import dataclasses
+
+  from sfm_jax.io.tree import load_tree, save_tree
+  workdir, _ = trained
+  _, images = reconstruction_set
+  model = fm.load_model(workdir / "sfm_model.npz")
+  radial = inference.load_predictor(workdir / "sfm_encoder.npz", model)
+  assert radial.sphere_map == "radial"
+  variables, meta = load_tree(workdir / "sfm_encoder.npz")
+  save_tree(tmp_path / "old.npz", variables, {k: v for k, v in meta.items() if k != "sphere_map"})
+  assert inference.load_predictor(tmp_path / "old.npz", model).sphere_map == "radial"
+  inference.save_encoder(tmp_path / "metric.npz", dataclasses.replace(radial, sphere_map="metric"))
+  metric = inference.load_predictor(tmp_path / "metric.npz", model)
+  assert metric.sphere_map == "metric"
+  pixels = images.images[:4].astype(np.float32) / 255.0
+  z = np.asarray(radial.encoder.apply(radial.variables, pixels, train=False,
+                                      landmarks=images.landmarks[:4])["z"], np.float64)
+  radius = float(model.radius)
+  codes = {name: inference.predict_all(predictor, images.images[:4], images.landmarks[:4],
+                                       keys=("shape_codes",))["shape_codes"]
+           for name, predictor in (("radial", radial), ("metric", metric))}
+  np.testing.assert_allclose(codes["radial"], radius * z / np.linalg.norm(z, axis=1,
+                                                                          keepdims=True),
+                             atol=1e-5 * radius)
+  flat = np.asarray(model.shape_basis, np.float64).reshape(model.shape_dim, -1)
+  expected = np.stack([_nearest_sphere_code(zi, flat @ flat.T, radius) for zi in z])
+  np.testing.assert_allclose(codes["metric"], expected, atol=1e-3 * radius)
+  assert np.abs(codes["metric"] - codes["radial"]).max() > 1e-2 * radius  # the maps differ
 
 
 def test_image_metrics_on_known_answers():

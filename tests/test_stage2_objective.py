@@ -24,11 +24,14 @@ def problem():
 
 @pytest.mark.parametrize("code_kind", ["sphere", "gaussian"])
 def test_every_term_active_and_the_loss_decreases(problem, code_kind):
+  """(The sphere case maps with `sphere_map="metric"`; the stage-2 entry-point tests train the
+  radial default.)"""
   model, batch = problem
   model = model.replace(code_kind=code_kind)
   encoder = Encoder(shape_dim=4, expr_dim=3, albedo_dim=2, depth="resnet10", width=8)
   # One render program (groups compile longer; test_render checks they render the same).
-  objective = stage2.Objective(code_kind=code_kind, weight_shape_prior=1e-3, render_groups=1)
+  objective = stage2.Objective(code_kind=code_kind, weight_shape_prior=1e-3, render_groups=1,
+                               sphere_map="metric")
   params, model_state = stage2.init_params(encoder, model, image_size=32, num_classes=4,
                                            albedo_dim=2, seed=0)
   loss_fn = stage2.make_loss_fn(encoder, model, objective, image_size=32)
