@@ -44,7 +44,6 @@ from sfm_jax.model import FaceModel, decode
 from sfm_jax.networks import Encoder
 from sfm_jax.train_state import adam, grouped_optimizer
 
-
 SPHERE_MAPS = ("radial", "metric")
 
 
