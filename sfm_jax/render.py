@@ -374,7 +374,8 @@ def render(vertices_px: Array, triangles: Array, albedo: Array, normals_model: A
     window, max_large, large_window, max_huge: rasteriser mode (see `rasterize`; `window=None`:
       exact for any triangle size).
     groups: render a batch `[B, V, 3]` as this many independent groups of meshes (when it
-      divides B and `background` is a number; otherwise as one). The result is the same. On
+      divides B, `background` is a number and the batch has one leading dimension; otherwise
+      as one program). The result is the same. On
       CPU, XLA runs the groups' scatters and gathers side by side and on smaller buffers: the
       stage-2 `demo` step on 2 cores was 7% faster with 4, and took 10 s to compile instead of
       7. Mesh b goes to group b mod `groups`, so a batch sharded over devices along B splits
