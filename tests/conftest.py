@@ -33,7 +33,8 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the first process of the se
 _flags = os.environ.get("XLA_FLAGS", "")
 if (os.environ.get("SFM_JAX_TEST_XLA_OPTIMISE") != "1"
     and "xla_backend_optimization_level" not in _flags):
-  os.environ["XLA_FLAGS"] = f"{_flags} --xla_backend_optimization_level=0".strip()
+  os.environ["XLA_FLAGS"] = (f"{_flags} --xla_backend_optimization_level=0"
+                             " --xla_cpu_use_fusion_emitters=false").strip()
 
 
 def with_devices(env: dict, count: int) -> dict:

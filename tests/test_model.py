@@ -74,7 +74,7 @@ def test_add_to_each_derivatives_are_those_of_the_broadcast_add(x64, rng):
   np.testing.assert_allclose(jax.grad(loss, argnums=1)(batch, row), d_row, rtol=1e-12)
   _, tangent = jax.jvp(lambda r: fm.add_to_each(batch, r), (row,), (weights[0],))
   np.testing.assert_allclose(tangent, np.broadcast_to(weights[0], batch.shape), rtol=1e-12)
-  check_grads(loss, (batch, row), order=2, modes=("fwd", "rev"))
+  check_grads(jax.jit(loss), (batch, row), order=2, modes=("fwd", "rev"))
 
 
 @pytest.mark.parametrize("albedo", [False, True])
