@@ -437,7 +437,7 @@ def test_image_metrics_on_known_answers():
 def test_reconstruct_landmark_error_of_a_trained_network_is_below_the_bound(trained,
                                                                              stage1_models,
                                                                              tmp_path):
-  """300 steps on the tiny set: reconstructing its (rendered) training faces through the whole
+  """150 steps on the tiny set: reconstructing its (rendered) training faces through the whole
   command (PNG in, crop, network, landmarks mapped back) gives NME below 0.25 of the inter-ocular
   distance, and clearly below the 12-step network's."""
   from experiments.configs import stage2 as stage2_configs
@@ -450,7 +450,8 @@ def test_reconstruct_landmark_error_of_a_trained_network_is_below_the_bound(trai
     write_pts(photos / f"t{i}.pts", data.train.landmarks[i])
   longer = tmp_path / "longer"
   _train("tiny", longer, init_model=str(stage1_models / "sfm_model.npz"), baseline_model="none",
-         **{"train.num_steps": 300, "train.log_every": 100, "train.checkpoint_every": 300})
+         **{"train.num_steps": 150, "train.log_every": 50, "train.checkpoint_every": 150,
+            "eval.enabled": False})  # measured: NME 0.11 after 150 steps, 0.23 after 12
   errors = {}
   for name, workdir in (("short", trained[0]), ("long", longer)):
     out = tmp_path / name
