@@ -181,3 +181,31 @@ def test_fit_command_skips_bad_photos_in_one_line_each_and_fits_the_rest(problem
   assert "fitted 1 face(s)" in result.stdout and "3 photo(s) skipped" in result.stdout
   saved = np.load(tmp_path / "out" / "face0.npz")
   assert float(saved["nme_box"]) < float(saved["nme"])  # the box is larger than the eye span
+
+
+def test_shape_floor_of_faces_a_model_spans_is_zero_and_reports_their_code_norms():
+  """`experiments.studies.shape_floor.floor_errors`: faces decoded from known shape codes of a
+  model (norm R for the sphere model, any norms for the Gaussian one) are fitted back exactly,
+  with or without the expression basis, and the reported norm percentiles are the codes'."""
+  from experiments.studies.shape_floor import floor_errors
+  from sfm_jax import model as fm
+  rng = np.random.default_rng(3)
+  world = face_world.FaceWorld(resolution=12)
+  template = world.template
+  v = template.vertices.shape[0]
+  basis = rng.normal(scale=0.5, size=(4, v, 3)).astype(np.float32)
+  expressions = rng.normal(scale=0.5, size=(2, v, 3)).astype(np.float32)
+  gaussian = fm.FaceModel(mean=template.vertices.astype(np.float32), shape_basis=basis,
+                          expr_basis=expressions, radius=np.asarray(2.0, np.float32),
+                          triangles=template.triangles, landmarks=template.landmarks,
+                          code_kind="gaussian")
+  codes = rng.normal(size=(12, 4))
+  for model, scale in ((gaussian, rng.uniform(0.5, 1.5, size=(12, 1))),
+                       (gaussian.replace(code_kind="sphere"), 2.0 / np.linalg.norm(codes, axis=1,
+                                                                                  keepdims=True))):
+    shape_codes = codes * scale
+    faces = template.vertices + np.einsum("nk,kvc->nvc", shape_codes, basis)
+    result = floor_errors(model, faces.astype(np.float32))
+    assert result["shape and expression"] < 1e-3 and result["shape only"] < 1e-3, result
+    np.testing.assert_allclose(result["code norm / R"], np.percentile(
+        np.linalg.norm(shape_codes, axis=1) / 2.0, [5, 50, 95]), rtol=1e-3)
