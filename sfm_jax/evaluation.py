@@ -39,6 +39,25 @@ IMAGE_COLUMNS = (("median_mm", "3D median (mm)"), ("mean_mm", "3D mean (mm)"),
                  ("silhouette", "silhouette"), ("nmi", "NMI"), ("nme", "landmark NME"))
 
 
+def representation_floor(model: FaceModel, neutral: np.ndarray) -> dict:
+  """How close `model` can come to true neutral faces `[N, V, 3]` (mm) at all: the NoW-aligned
+  median error (mm) of its best fit (`fitting.fit_scans`) with every code free (`shape and
+  expression`) and with the shape code alone (`shape only`, the expression basis off: what a
+  predicted neutral is), and the 5th, 50th and 95th percentiles of the shape-only codes' norms
+  over R (`code norm / R`; 1 on the sphere)."""
+  landmarks = np.asarray(model.landmarks)[list(metrics.NOW_LANDMARKS)]
+  result = {}
+  for name, fitted in (("shape and expression", model),
+                       ("shape only", model.replace(expr_basis=np.zeros_like(model.expr_basis)))):
+    fit = fitting.fit_scans(fitted, neutral)
+    errors = metrics.now_aligned_errors(fit.reconstruction, neutral, landmarks)
+    result[name] = float(np.median(errors))
+    if name == "shape only":
+      norms = np.linalg.norm(fit.shape_codes, axis=1) / float(model.radius)
+      result["code norm / R"] = np.percentile(norms, [5, 50, 95])
+  return result
+
+
 def evaluate_images(predictions: dict, *, identity: np.ndarray, landmarks: np.ndarray,
                     visible: np.ndarray, landmark_vertices: np.ndarray,
                     neutral: np.ndarray | None = None, seed: int = 0) -> dict:

@@ -184,11 +184,11 @@ def test_fit_command_skips_bad_photos_in_one_line_each_and_fits_the_rest(problem
 
 
 def test_shape_floor_of_faces_a_model_spans_is_zero_and_reports_their_code_norms():
-  """`experiments.studies.shape_floor.floor_errors`: faces decoded from known shape codes of a
+  """`evaluation.representation_floor` (the shape-floor study's fit): faces decoded from known shape codes of a
   model (norm R for the sphere model, any norms for the Gaussian one) are fitted back exactly,
   with or without the expression basis, and the reported norm percentiles are the codes'."""
-  from experiments.studies.shape_floor import floor_errors
   from sfm_jax import model as fm
+  from sfm_jax.evaluation import representation_floor
   rng = np.random.default_rng(3)
   world = face_world.FaceWorld(resolution=12)
   template = world.template
@@ -205,7 +205,7 @@ def test_shape_floor_of_faces_a_model_spans_is_zero_and_reports_their_code_norms
                                                                                   keepdims=True))):
     shape_codes = codes * scale
     faces = template.vertices + np.einsum("nk,kvc->nvc", shape_codes, basis)
-    result = floor_errors(model, faces.astype(np.float32))
+    result = representation_floor(model, faces.astype(np.float32))
     assert result["shape and expression"] < 1e-3 and result["shape only"] < 1e-3, result
     np.testing.assert_allclose(result["code norm / R"], np.percentile(
         np.linalg.norm(shape_codes, axis=1) / 2.0, [5, 50, 95]), rtol=1e-3)

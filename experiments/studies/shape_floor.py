@@ -5,8 +5,8 @@ r"""Study: how close each model can come to held-out neutral faces at all (its r
 
 A stage-2 network predicts a neutral face as the decoded shape code (expression 0). However well it
 reads the pixels, it cannot beat the best shape code of its model. This study fits each model
-directly to the true neutral faces of fresh face-world people (`fitting.fit_scans`, the routine
-of every 3D evaluation; no images, no network), in two ways:
+directly to the true neutral faces of fresh face-world people (`evaluation.representation_floor`:
+`fitting.fit_scans`, the routine of every 3D evaluation; no images, no network), in two ways:
   - `shape and expression`: every code free, as stage 1's evaluation fits scans;
   - `shape only`: the expression basis off, so only the shape code can explain the face, as in
     a predicted neutral.
@@ -25,7 +25,7 @@ import numpy as np
 from absl import flags
 
 from experiments import cli
-from sfm_jax import face_world, fitting, metrics
+from sfm_jax import evaluation, face_world, metrics
 from sfm_jax import model as fm
 from sfm_jax.errors import InputError
 from sfm_jax.io import atomic_write
@@ -35,22 +35,6 @@ _STAGE2 = flags.DEFINE_list("stage2", [], "stage-2 workdirs trained from them (o
 _IDENTITIES = flags.DEFINE_integer("identities", 100, "fresh face-world people")
 _SEED = flags.DEFINE_integer("seed", 12345, "seed of those people (not a training seed)")
 _OUT = flags.DEFINE_string("out", None, "also write the table (markdown) here")
-
-
-def floor_errors(model: fm.FaceModel, neutral: np.ndarray) -> dict:
-  """NoW-aligned median error (mm) of `model`'s best fit to each `[N, V, 3]` neutral face, with
-  all codes free and with the shape code alone; the norm spread of the fitted shape codes."""
-  landmarks = np.asarray(model.landmarks)[list(metrics.NOW_LANDMARKS)]
-  result = {}
-  for name, fitted in (("shape and expression", model),
-                       ("shape only", model.replace(expr_basis=np.zeros_like(model.expr_basis)))):
-    fit = fitting.fit_scans(fitted, neutral)
-    errors = metrics.now_aligned_errors(fit.reconstruction, neutral, landmarks)
-    result[name] = float(np.median(errors))
-    if name == "shape only":
-      norms = np.linalg.norm(fit.shape_codes, axis=1) / float(model.radius)
-      result["code norm / R"] = np.percentile(norms, [5, 50, 95])
-  return result
 
 
 def _mean_std(values) -> str:
@@ -80,7 +64,7 @@ def main(argv):
           raise InputError(f"{path}: {model.num_vertices} vertices; this study uses the face "
                            f"world's {neutral.shape[1]} (`:demo`)")
         print(f"run {run}: fitting {stage} {name} to {len(neutral)} neutral faces ...", flush=True)
-        scores = floor_errors(model, neutral)
+        scores = evaluation.representation_floor(model, neutral)
         for column, value in scores.items():
           rows.setdefault((stage, name), {}).setdefault(column, []).append(value)
         if stage == "stage 1" and name == "baseline":
