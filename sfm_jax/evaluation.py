@@ -43,15 +43,16 @@ def representation_floor(model: FaceModel, neutral: np.ndarray) -> dict:
   """How close `model` can come to true neutral faces `[N, V, 3]` (mm) at all: the NoW-aligned
   median error (mm) of its best fit (`fitting.fit_scans`) with every code free (`shape and
   expression`) and with the shape code alone (`shape only`, the expression basis off: what a
-  predicted neutral is), and the 5th, 50th and 95th percentiles of the shape-only codes' norms
-  over R (`code norm / R`; 1 on the sphere)."""
+  predicted neutral is), the same error of the model's mean face (`mean face`, the reference), and
+  the 5th, 50th and 95th percentiles of the shape-only codes' norms over R (`code norm / R`; 1 on
+  the sphere)."""
   landmarks = np.asarray(model.landmarks)[list(metrics.NOW_LANDMARKS)]
-  result = {}
+  score = lambda faces: float(np.median(metrics.now_aligned_errors(faces, neutral, landmarks)))
+  result = {"mean face": score(np.broadcast_to(np.asarray(model.mean), neutral.shape))}
   for name, fitted in (("shape and expression", model),
                        ("shape only", model.replace(expr_basis=np.zeros_like(model.expr_basis)))):
     fit = fitting.fit_scans(fitted, neutral)
-    errors = metrics.now_aligned_errors(fit.reconstruction, neutral, landmarks)
-    result[name] = float(np.median(errors))
+    result[name] = score(fit.reconstruction)
     if name == "shape only":
       norms = np.linalg.norm(fit.shape_codes, axis=1) / float(model.radius)
       result["code norm / R"] = np.percentile(norms, [5, 50, 95])

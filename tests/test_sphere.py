@@ -17,7 +17,8 @@ def test_project_lands_on_sphere_and_keeps_direction(rng):
 def test_project_gradients_random_points(x64, rng):
   z = jnp.asarray(rng.normal(size=(4, 6)))
   check_grads(jax.jit(lambda z: sphere.project(z, 1.7)), (z,), order=2, modes=("fwd", "rev"))
-  check_grads(jax.jit(lambda r: sphere.project(z, r)), (jnp.asarray(1.7),), order=2, modes=("fwd", "rev"))
+  check_grads(jax.jit(lambda r: sphere.project(z, r)), (jnp.asarray(1.7),), order=2,
+              modes=("fwd", "rev"))
 
 
 @pytest.mark.parametrize("norm", [0.0, 3e-7, 2e-6, 1e-6 + 1e-7])
@@ -28,8 +29,8 @@ def test_project_gradients_near_zero(x64, rng, norm):
   # so second-order finite differences are not swamped by rounding (steps stay on one side of
   # the floor eps = 1e-6, whose kink is a genuine discontinuity of the first derivative).
   w = z / 1e-6
-  check_grads(jax.jit(lambda w: sphere.project(1e-6 * w, 2.0)), (w,), order=2, modes=("fwd", "rev"),
-              eps=1e-5)
+  check_grads(jax.jit(lambda w: sphere.project(1e-6 * w, 2.0)), (w,), order=2,
+              modes=("fwd", "rev"), eps=1e-5)
   value, jac = sphere.project(z, 2.0), jax.jacfwd(lambda z: sphere.project(z, 2.0))(z)
   assert np.all(np.isfinite(value)) and np.all(np.isfinite(jac))
   if norm < 1e-6:  # linear below the floor: R z / eps

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sfm_jax import face_world, stage1, stage2
+from sfm_jax import face_world, metrics, stage1, stage2
 from sfm_jax.networks import Encoder
 from sfm_jax.train_state import TrainState, jit_train_step
 
@@ -83,7 +83,7 @@ def test_projection_of_frontal_and_turned_heads_matches_the_camera_formula(probl
 
 
 def test_landmark_fitting_reprojects_rendered_faces(problem):
-  from sfm_jax import fitting, metrics
+  from sfm_jax import fitting
   model, batch = problem
   landmarks = np.asarray(batch["landmarks"])
   visible = np.asarray(batch["visible"])
@@ -184,9 +184,10 @@ def test_fit_command_skips_bad_photos_in_one_line_each_and_fits_the_rest(problem
 
 
 def test_shape_floor_of_faces_a_model_spans_is_zero_and_reports_their_code_norms():
-  """`evaluation.representation_floor` (the shape-floor study's fit): faces decoded from known shape codes of a
-  model (norm R for the sphere model, any norms for the Gaussian one) are fitted back exactly,
-  with or without the expression basis, and the reported norm percentiles are the codes'."""
+  """`evaluation.representation_floor` (the shape-floor study's fit): faces decoded from known
+  shape codes of a model (norm R for the sphere model, any norms for the Gaussian one) are
+  fitted back exactly, with or without the expression basis; the reported norm percentiles are
+  the codes', and the mean face scores the NoW-aligned median computed here."""
   from sfm_jax import model as fm
   from sfm_jax.evaluation import representation_floor
   rng = np.random.default_rng(3)
@@ -209,3 +210,16 @@ def test_shape_floor_of_faces_a_model_spans_is_zero_and_reports_their_code_norms
     assert result["shape and expression"] < 1e-3 and result["shape only"] < 1e-3, result
     np.testing.assert_allclose(result["code norm / R"], np.percentile(
         np.linalg.norm(shape_codes, axis=1) / 2.0, [5, 50, 95]), rtol=1e-3)
+    # The mean face after the 7-landmark similarity alignment, in numpy (Umeyama, float64).
+    now = template.landmarks[list(metrics.NOW_LANDMARKS)]
+    mean_errors = []
+    for face in faces.astype(np.float64):
+      src, dst = template.vertices[now].astype(np.float64), face[now]
+      mu_s, mu_d = src.mean(0), dst.mean(0)
+      u, sigma, vt = np.linalg.svd((dst - mu_d).T @ (src - mu_s) / len(now))
+      d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+      rotation = u @ d @ vt
+      scale = np.trace(np.diag(sigma) @ d) / np.mean(np.sum((src - mu_s) ** 2, axis=1))
+      aligned = scale * (template.vertices - mu_s) @ rotation.T + mu_d
+      mean_errors.append(np.linalg.norm(aligned - face, axis=1))
+    np.testing.assert_allclose(result["mean face"], np.median(mean_errors), rtol=1e-4)
