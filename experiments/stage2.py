@@ -206,8 +206,8 @@ def train(name, model, objective, data, config, workdir, log, mesh, trunk=None,
     return data.training_batch(step, rows, batch_size=t.global_batch_size, seed=config.seed)
 
   def summary(metrics):
-    parts = [f"{key} {metrics[key]:.4f}" for key in ("landmark", "photometric", "vertex", "margin",
-                                                     "center") if key in metrics]
+    parts = [f"{key} {metrics[key]:.4f}" for key in ("landmark", "photometric", "vertex", "code",
+                                                     "margin", "center") if key in metrics]
     return "  ".join(parts)
 
   return train_loop.run(name, state, batch_for_step, train_config=t,
@@ -220,6 +220,7 @@ def _curves(workdir, log, names):
             ("photometric", {m: log.series(m, "photometric") for m in names}),
             ("total loss", {m: log.series(m, "loss") for m in names}),
             ("3D vertex (mm)", {m: log.series(m, "vertex") for m in names}),
+            ("code to the oracle code (/ R^2)", {m: log.series(m, "code") for m in names}),
             ("SFM identity terms", {k: log.series("sfm", k) for k in ("margin", "center")
                                     if log.series("sfm", k)[0]}),
             ("identity pretraining", {k: log.series("pretrain", k)
@@ -246,13 +247,21 @@ def _report(workdir, config, data, table, seen_table, models, elapsed, phases):
       "- **sfm**: codes on the sphere, margin + centre terms on labelled images.",
       ("- **baseline**: the same pipeline from the stage-1 PCA-Gaussian baseline, Tikhonov "
        "prior, no identity term."), "",
+      ("3D supervision where an image's 3D is known: vertex term weight "
+       f"{config.objective.weight_vertex:g}; code term (the shape code to the stage-1 model's "
+       "best code for the true neutral) weight "
+       + ", ".join(f"{objective.weight_code:g} ({name})"
+                   for name, objective in objectives(config).items() if name in models)
+       + "."), "",
       ("Held-out identities only. 3D: the predicted neutral shape (expression zeroed) against "
        "the ground-truth neutral mesh after a similarity alignment on the 7 NoW landmarks, "
        "per-vertex distances in mm. Identity: 10-fold verification accuracy, silhouette and NMI "
        "of the predicted shape codes across images of one identity (different pose, light, "
        "expression). NME: visible landmarks, normalised by the inter-ocular distance."), "",
       ("References: **mean face** predicts the training identities' mean neutral shape for "
-       "every image (a network that ignores the pixels; the first row to beat); **fit sfm** / "
+       "every image (a network that ignores the pixels; the first row to beat); **landmark "
+       "ridge** maps the landmarks linearly to the neutral shape (fitted on the training "
+       "images with known 3D); **fit sfm** / "
        "**fit baseline** fit each exported model (the stage-1 basis + `W_t`, the model its "
        "network predicts codes of) to the image's annotated landmarks by optimisation (no "
        "network)."), "",

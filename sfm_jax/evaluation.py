@@ -59,6 +59,38 @@ def representation_floor(model: FaceModel, neutral: np.ndarray) -> dict:
   return result
 
 
+def code_agreement(predicted: np.ndarray, oracle: np.ndarray, shape_basis: np.ndarray, *,
+                   groups: int = 4) -> dict:
+  """How well predicted shape codes point where the oracle codes do (e.g.
+  `stage2.oracle_codes` of each image's true neutral face): a diagnostic of what a network reads.
+
+  Args:
+    predicted, oracle: `[N, K]` shape codes.
+    shape_basis: `[K, V, 3]` the basis they decode with (mm per unit code).
+    groups: the K directions are ranked by their basis column's size (largest first) and split
+      into this many near-equal groups.
+
+  Returns `{"cosine": median over images of cos(predicted, oracle), "group cosine": [groups]
+  the median cosine of the sub-vectors of each group, "group size (mm)": [groups] the mean
+  column norm of each group, "norm ratio": 5th, 50th, 95th percentile of |predicted| / |oracle|}`.
+  Cosine verification weighs every direction alike; a vertex loss weighs each by its squared
+  column size.
+  """
+  predicted, oracle = np.asarray(predicted, np.float64), np.asarray(oracle, np.float64)
+  sizes = np.linalg.norm(np.reshape(shape_basis, (len(shape_basis), -1)), axis=1)
+  order = np.array_split(np.argsort(-sizes, kind="stable"), groups)
+
+  def median_cosine(a, b):
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.median(np.sum(a * b, axis=1) / np.maximum(norms, 1e-30)))
+
+  return {"cosine": median_cosine(predicted, oracle),
+          "group cosine": [median_cosine(predicted[:, g], oracle[:, g]) for g in order],
+          "group size (mm)": [float(sizes[g].mean()) for g in order],
+          "norm ratio": np.percentile(np.linalg.norm(predicted, axis=1)
+                                      / np.linalg.norm(oracle, axis=1), [5, 50, 95])}
+
+
 def evaluate_images(predictions: dict, *, identity: np.ndarray, landmarks: np.ndarray,
                     visible: np.ndarray, landmark_vertices: np.ndarray,
                     neutral: np.ndarray | None = None, seed: int = 0) -> dict:

@@ -16,6 +16,12 @@ identity labels (-1 unlabelled), the objective is
                  per-vertex distance (mm) of the decoded neutral and posed shapes, each centred
                  (`losses.centred_vertex_errors`), averaged over the shapes whose
                  `neutral_weight` / `posed_weight` is 1
+    code         where `neutral` is known: the squared distance of the predicted shape code
+                 to the stage-1 model's best code for that neutral (`oracle_codes`), over R^2
+                 (on the sphere `2 (1 - cos)`). The vertex term pulls on a code direction in
+                 proportion to its basis column's squared size (on `demo` about 170x more on the
+                 largest than on the smallest); this term pulls on every direction alike, as
+                 cosine verification weighs them
     margin, center   identity terms on the predicted shape directions (labelled images; SFM)
     shape_prior  Tikhonov on Gaussian shape codes (baseline)
     expr_prior, albedo_prior   Tikhonov on the predicted codes
@@ -68,6 +74,7 @@ class Objective:
   margin: float = 0.35
   weight_landmark: float = 10.0
   weight_vertex: float = 1.0    # 3D supervision (mm) on images whose 3D is known
+  weight_code: float = 0.25     # shape codes to the oracle codes of the known neutrals (/ R^2)
   weight_photometric: float = 1.0
   weight_margin: float = 0.05
   weight_center: float = 0.5
@@ -171,6 +178,25 @@ def render_faces(pixels: jax.Array, camera: jax.Array, albedo: jax.Array, light:
   return rendered, mask, fragments.overflow
 
 
+def oracle_codes(model: FaceModel, neutral: jax.Array) -> jax.Array:
+  """`[B, K]` the shape codes of `model` whose decoded neutral faces (expression 0) lie nearest
+  to `neutral` `[B, V, 3]` (mm, model space), each face and decoded shape centred (as the vertex
+  term sees them): least squares, then for sphere models the sphere code nearest to it in the
+  basis' metric (`sphere.metric_project`), which is the constrained least-squares code.
+  No gradient (a target)."""
+  centre = lambda x: x - jnp.mean(x, axis=-2, keepdims=True)
+  basis = centre(jnp.asarray(model.shape_basis))
+  flat = basis.reshape(basis.shape[0], -1)
+  gram = sphere.basis_gram(basis)
+  offsets = (centre(neutral) - centre(jnp.asarray(model.mean))).reshape(neutral.shape[0], -1)
+  rhs = jnp.matmul(offsets, flat.T, precision=geometry.HIGHEST)
+  ridge = 1e-9 * jnp.trace(gram) / gram.shape[0]  # guards a degenerate basis, else negligible
+  codes = jnp.linalg.solve(gram + ridge * jnp.eye(gram.shape[0], dtype=gram.dtype), rhs.T).T
+  if model.code_kind == "sphere":
+    codes = sphere.metric_project(codes, model.radius, gram)
+  return jax.lax.stop_gradient(codes)
+
+
 def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, image_size: int):
   """The stage-2 `loss_fn(params, model_state, batch, rng)` for `TrainState`.
 
@@ -210,6 +236,11 @@ def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, im
                 losses.centred_vertex_errors(vertices, batch["posed"]))
       terms["vertex"] = (sum(jnp.sum(w * e) for w, e in zip(known, errors))
                          / jnp.maximum(known[0].sum() + known[1].sum(), 1.0))
+    if objective.weight_code and "neutral" in batch:
+      target = oracle_codes(frozen.replace(code_kind=objective.code_kind), batch["neutral"])
+      distance = jnp.sum(jnp.square(s - target), axis=-1) / jnp.square(frozen.radius)
+      known = batch["neutral_weight"]
+      terms["code"] = jnp.sum(known * distance) / jnp.maximum(known.sum(), 1.0)
     if objective.weight_photometric:
       albedo = params["albedo"]["mean"] + jnp.einsum(
           "ba,avc->bvc", out["albedo"], params["albedo"]["basis"])

@@ -62,9 +62,9 @@ def test_every_term_is_logged_and_the_loss_falls(trained):
   sfm = [r for r in rows if r["model"] == "sfm"]
   baseline = [r for r in rows if r["model"] == "baseline"]
   assert [r["step"] for r in sfm] == list(range(2, 13, 2))  # log_every 2, 12 steps
-  assert {"landmark", "photometric", "vertex", "margin", "center", "expr_prior",
+  assert {"landmark", "photometric", "vertex", "code", "margin", "center", "expr_prior",
           "albedo_prior", "residual"} <= set(sfm[0])
-  assert "shape_prior" in baseline[0] and "margin" not in baseline[0]
+  assert {"shape_prior", "code"} <= set(baseline[0]) and "margin" not in baseline[0]
   assert all(r["render_overflow"] == 0 for r in rows)  # the window rasteriser was exact
   for series in (sfm, baseline):
     losses = [r["loss"] for r in series]
@@ -534,6 +534,7 @@ def test_rendered_scans_join_every_batch_with_3d_truth_and_the_loss_falls(stage1
   for model in ("sfm", "baseline"):
     series = [r for r in rows if r["model"] == model]
     assert len(series) == 6 and all(np.isfinite(r["vertex"]) and r["vertex"] > 0 for r in series)
+    assert all(np.isfinite(r["code"]) and r["code"] > 0 for r in series)  # from the scans' truth
     losses = [r["loss"] for r in series]
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
     assert np.mean([r["vertex"] for r in series[-2:]]) < np.mean([r["vertex"] for r in series[:2]])

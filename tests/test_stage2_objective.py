@@ -1,9 +1,11 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sfm_jax import face_world, metrics, stage1, stage2
+from sfm_jax import evaluation, face_world, metrics, stage1, stage2
 from sfm_jax.networks import Encoder
 from sfm_jax.train_state import TrainState, jit_train_step
 
@@ -223,3 +225,90 @@ def test_shape_floor_of_faces_a_model_spans_is_zero_and_reports_their_code_norms
       aligned = scale * (template.vertices - mu_s) @ rotation.T + mu_d
       mean_errors.append(np.linalg.norm(aligned - face, axis=1))
     np.testing.assert_allclose(result["mean face"], np.median(mean_errors), rtol=1e-4)
+
+
+@pytest.mark.parametrize("code_kind", ["sphere", "gaussian"])
+def test_oracle_codes_recover_the_codes_of_spanned_faces_wherever_they_sit(problem, code_kind):
+  model, _ = problem
+  model = model.replace(code_kind=code_kind)
+  rng = np.random.default_rng(0)
+  codes = rng.normal(size=(5, model.shape_dim))
+  if code_kind == "sphere":
+    codes *= float(model.radius) / np.linalg.norm(codes, axis=1, keepdims=True)
+  faces = np.asarray(model.mean) + np.einsum("bk,kvc->bvc", codes, np.asarray(model.shape_basis))
+  faces += rng.normal(size=(5, 1, 3)) * 20.0  # the vertex term is blind to translation
+  np.testing.assert_allclose(stage2.oracle_codes(model, jnp.asarray(faces, jnp.float32)), codes,
+                             atol=2e-3 * float(model.radius))
+
+
+def test_sphere_oracle_codes_solve_the_constrained_least_squares_fit(problem):
+  """Targets off the model: the code satisfies the global optimality conditions of
+  min ||W^T s - x||^2 over ||s|| = R (centred), (G + l I) s = W x with G + l I >= 0, and no
+  random sphere code fits better."""
+  model, _ = problem
+  rng = np.random.default_rng(1)
+  faces = np.asarray(model.mean) + rng.normal(size=(3, model.num_vertices, 3)) * 3.0
+  codes = np.asarray(stage2.oracle_codes(model, jnp.asarray(faces, jnp.float32)), np.float64)
+  radius = float(model.radius)
+  centre = lambda x: x - x.mean(axis=-2, keepdims=True)
+  basis = centre(np.asarray(model.shape_basis, np.float64)).reshape(model.shape_dim, -1)
+  gram = basis @ basis.T
+  targets = (centre(faces) - centre(np.asarray(model.mean, np.float64))).reshape(3, -1)
+  np.testing.assert_allclose(np.linalg.norm(codes, axis=1), radius, rtol=1e-5)
+  trials = rng.normal(size=(2000, model.shape_dim))
+  trials *= radius / np.linalg.norm(trials, axis=1, keepdims=True)
+  for code, target in zip(codes, targets):
+    rhs = basis @ target
+    multiplier = code @ (rhs - gram @ code) / (code @ code)  # l of (G + l I) s = W x
+    np.testing.assert_allclose((gram + multiplier * np.eye(len(code))) @ code, rhs,
+                               atol=1e-3 * np.abs(rhs).max())
+    assert multiplier >= -np.linalg.eigvalsh(gram)[0] * (1 + 1e-4)
+    cost = lambda s: np.sum(np.square(s @ basis - target), axis=-1)
+    assert cost(code) <= cost(trials).min()
+
+
+def test_code_term_is_the_known_rows_mean_squared_code_distance_to_the_oracle(problem):
+  model, batch = problem
+  world = face_world.FaceWorld(resolution=16)
+  images = face_world.make_images(4, 2, seed=1, world=world, image_size=32,
+                                  occluder_probability=0.0, max_yaw_degrees=20.0)
+  known = np.array([1, 0, 1, 1, 0, 1, 1, 1], np.float32)
+  batch = {**batch, "neutral": jnp.asarray(images.neutral), "posed": jnp.asarray(images.neutral),
+           "neutral_weight": jnp.asarray(known), "posed_weight": jnp.asarray(known)}
+  encoder = Encoder(shape_dim=4, expr_dim=3, albedo_dim=2, depth="resnet10", width=8)
+  params, model_state = stage2.init_params(encoder, model, image_size=32, num_classes=4,
+                                           albedo_dim=2, seed=0)
+  objective = stage2.Objective(weight_code=2.0, weight_photometric=0.0)
+  loss_fn = jax.jit(stage2.make_loss_fn(encoder, model, objective, image_size=32))
+  _, (terms, _) = loss_fn(params, model_state, batch, None)
+  out = encoder.apply({"params": params["encoder"], **model_state}, batch["images"], train=True,
+                      landmarks=batch["landmarks"], mutable=["batch_stats"])[0]
+  z = np.asarray(out["z"], np.float64)
+  radius = float(model.radius)
+  codes = radius * z / np.linalg.norm(z, axis=1, keepdims=True)
+  target = np.asarray(stage2.oracle_codes(model, jnp.asarray(images.neutral)))
+  distance = np.sum(np.square(codes - target), axis=1) / radius ** 2
+  np.testing.assert_allclose(float(terms["code"]), np.sum(known * distance) / known.sum(),
+                             rtol=1e-4)
+  without = stage2.make_loss_fn(encoder, model, dataclasses.replace(objective, weight_code=0.0),
+                                image_size=32)
+  assert "code" not in jax.jit(without)(params, model_state, batch, None)[1][0]
+
+
+def test_code_agreement_ranks_directions_by_basis_size_and_scores_each_group():
+  rng = np.random.default_rng(2)
+  sizes = np.array([1.0, 50.0, 5.0, 20.0, 2.0, 10.0, 8.0, 3.0])  # ranked: 1 3 5 6 2 7 4 0
+  basis = rng.normal(size=(8, 30, 3))
+  basis *= (sizes / np.linalg.norm(basis.reshape(8, -1), axis=1))[:, None, None]
+  oracle = rng.normal(size=(9, 8))
+  predicted = oracle.copy()
+  predicted[:, [4, 0]] *= -1.0  # the two smallest directions point the other way
+  predicted *= np.linspace(0.5, 1.5, 9)[:, None]
+  result = evaluation.code_agreement(predicted, oracle, basis)
+  np.testing.assert_allclose(result["group cosine"], [1.0, 1.0, 1.0, -1.0], atol=1e-12)
+  np.testing.assert_allclose(result["group size (mm)"], [35.0, 9.0, 4.0, 1.5])
+  flipped = np.sum(oracle[:, [4, 0]] ** 2, axis=1)
+  cosines = (np.sum(oracle ** 2, axis=1) - 2 * flipped) / np.sum(oracle ** 2, axis=1)
+  np.testing.assert_allclose(result["cosine"], np.median(cosines))
+  np.testing.assert_allclose(result["norm ratio"], np.percentile(np.linspace(0.5, 1.5, 9),
+                                                                 [5, 50, 95]))
