@@ -16,6 +16,15 @@ from absl import app, flags, logging
 
 from sfm_jax import parallel
 from sfm_jax.errors import InputError, NonFiniteError
+from sfm_jax.io import atomic_write
+
+
+def print_table(table: str, out: str | None = None) -> None:
+  """Prints a study's markdown table and, with `out`, also writes it there (atomically)."""
+  print(table)
+  if out:
+    with atomic_write(out, "w") as f:
+      f.write(table + "\n")
 
 
 def run(main) -> None:

@@ -21,7 +21,6 @@ from experiments import cli
 from experiments.configs import stage2 as stage2_configs
 from sfm_jax import evaluation, inference, stage2
 from sfm_jax.errors import InputError
-from sfm_jax.io import atomic_write
 from sfm_jax.sources import images as image_sources
 
 _STAGE2 = flags.DEFINE_list("stage2", None, "stage-2 workdirs", required=True)
@@ -68,10 +67,7 @@ def main(argv):
   lines.append("groups: the K directions ranked by basis column size, SFM's mean column norm "
                "per group (mm): " + ", ".join(f"{x:.1f}" for x in sizes))
   table = "\n".join(lines)
-  print(table)
-  if _OUT.value:
-    with atomic_write(_OUT.value, "w") as f:
-      f.write(table + "\n")
+  cli.print_table(table, _OUT.value)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from experiments import cli
 from sfm_jax import evaluation, face_world
 from sfm_jax import model as fm
 from sfm_jax.errors import InputError
-from sfm_jax.io import atomic_write
 
 _STAGE1 = flags.DEFINE_list("stage1", None, "stage-1 workdirs, one per seed", required=True)
 _STAGE2 = flags.DEFINE_list("stage2", [], "stage-2 workdirs trained from them (optional)")
@@ -81,10 +80,7 @@ def main(argv):
                  f"{norms[0]:.3f}, {norms[1]:.3f}, {norms[2]:.3f} |")
   lines.append(f"| | mean face | {_mean_std(mean_face)} | | |")
   table = "\n".join(lines)
-  print(table)
-  if _OUT.value:
-    with atomic_write(_OUT.value, "w") as f:
-      f.write(table + "\n")
+  cli.print_table(table, _OUT.value)
 
 
 if __name__ == "__main__":
