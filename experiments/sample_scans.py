@@ -2,7 +2,7 @@ r"""Sample a scan folder from a Gaussian face model (e.g. the Surrey model): peo
 and the scanner, written in the scan-folder format stage 1 and stage 2 read.
 
   python -m experiments.sample_scans --model=../shared/data/surrey --out=runs/surrey_scans \
-      --identities=150 --scans_per_identity=4
+      --identities=1000 --scans_per_identity=2
 
 `meta.csv` gets an `expression` column (`neutral` for scans without expression, else the active
 components `e0+e5`), `template.obj` the topology, `landmarks.txt` the model's iBUG vertices and

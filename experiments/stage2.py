@@ -134,6 +134,14 @@ def _as_dtype(tree, dtype):
       lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
+def _identity_terms(objective) -> str:
+  """The SFM identity terms that are on, with their weights (for the report)."""
+  terms = [f"{title} (weight {objective[f'weight_{name}']:g})"
+           for name, title in (("margin", "margin softmax"), ("center", "centre"))
+           if objective[f"weight_{name}"]]
+  return ", ".join(terms) or "none"
+
+
 def _pretraining_data(config) -> str:
   p = config.pretrain
   if image_sources.pretrain_source(config) == "scans":
@@ -244,9 +252,10 @@ def _report(workdir, config, data, table, seen_table, models, elapsed, phases):
        if config.pretrain.steps > 0 else "No identity pretraining."), "",
       (f"Started from `{config.init_model}`"
        + (" and its baseline" if "baseline" in models else "") + "."), "",
-      "- **sfm**: codes on the sphere, margin + centre terms on labelled images.",
-      ("- **baseline**: the same pipeline from the stage-1 PCA-Gaussian baseline, Tikhonov "
-       "prior, no identity term."), "",
+      "- **sfm**: codes on the sphere; identity terms on labelled images: "
+      + _identity_terms(config.objective) + ".",
+      *(["- **baseline**: the same pipeline from the stage-1 PCA-Gaussian baseline, Tikhonov "
+         "prior, no identity term."] if "baseline" in models else []), "",
       ("3D supervision where an image's 3D is known: vertex term weight "
        f"{config.objective.weight_vertex:g}; code term (the shape code to the stage-1 model's "
        "best code for the true neutral) weight "

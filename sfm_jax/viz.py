@@ -175,7 +175,7 @@ def plot_curves(panels: list, *, log_y: tuple = ()) -> np.ndarray:
     if title in log_y:
       axis.set_yscale("log")
     axis.grid(alpha=0.3)
-    if len(series) > 1:
+    if series:  # even one line is named: a panel may hold one of several models or terms
       axis.legend(fontsize=8)
   figure.tight_layout()
   return _figure_to_image(figure)

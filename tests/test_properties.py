@@ -75,8 +75,13 @@ def test_spherical_terms_are_finite_in_value_and_gradient(vectors, labels, proto
   assert np.all(np.isfinite(s)) and np.all(np.linalg.norm(s, axis=-1) <= 2.0 * (1 + 1e-5))
 
 
-def _valid_files(directory):
-  """One small valid file per reader: {reader: bytes}."""
+def _valid_files():
+  """One small valid file per reader: {reader: bytes} (written in a temporary folder, removed)."""
+  with tempfile.TemporaryDirectory(prefix="sfm_valid_") as directory:
+    return _write_valid_files(directory)
+
+
+def _write_valid_files(directory):
   vertices = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]], np.float32)
   triangles = np.array([[0, 1, 2], [1, 3, 2]], np.int32)
   write_obj(os.path.join(directory, "m.obj"), vertices, triangles)
@@ -92,7 +97,7 @@ def _valid_files(directory):
 
 
 READERS = {"obj": read_obj, "ply": read_ply, "pts": read_pts, "model": fm.load_model}
-_VALID = _valid_files(tempfile.mkdtemp(prefix="sfm_valid_"))
+_VALID = _valid_files()
 
 
 def _read(kind, data):

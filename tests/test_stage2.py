@@ -149,6 +149,11 @@ def test_evaluation_table_and_the_image_mode_of_evaluate_agree(trained):
   assert gallery.shape[0] > 3 * 32 and gallery.shape[1] > 5 * 32  # 3 rows, 5 columns
   for name in ("loss_curves.png", "codes_2d.png", "report.md", "sfm_encoder.npz"):
     assert (workdir / name).exists()
+  from experiments.configs import stage2 as stage2_configs
+  objective = stage2_configs.get_config("tiny").objective  # the report names the terms run
+  report = open(workdir / "report.md").read()
+  assert (f"margin softmax (weight {objective.weight_margin:g}), centre (weight "
+          f"{objective.weight_center:g})") in report
 
 
 def test_stopped_in_each_phase_and_resumed_gives_identical_parameters(trained, stage1_models,
