@@ -134,11 +134,13 @@ def _as_dtype(tree, dtype):
       lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
+_IDENTITY_TERMS = {"margin": "margin softmax", "center": "centre"}  # SFM's, with their titles
+
+
 def _identity_terms(objective) -> str:
   """The SFM identity terms that are on, with their weights (for the report)."""
   terms = [f"{title} (weight {objective[f'weight_{name}']:g})"
-           for name, title in (("margin", "margin softmax"), ("center", "centre"))
-           if objective[f"weight_{name}"]]
+           for name, title in _IDENTITY_TERMS.items() if objective[f"weight_{name}"]]
   return ", ".join(terms) or "none"
 
 
@@ -215,7 +217,7 @@ def train(name, model, objective, data, config, workdir, log, mesh, trunk=None,
 
   def summary(metrics):
     parts = [f"{key} {metrics[key]:.4f}" for key in ("landmark", "photometric", "vertex", "code",
-                                                     "margin", "center") if key in metrics]
+                                                     *_IDENTITY_TERMS) if key in metrics]
     return "  ".join(parts)
 
   return train_loop.run(name, state, batch_for_step, train_config=t,
@@ -229,7 +231,7 @@ def _curves(workdir, log, names):
             ("total loss", {m: log.series(m, "loss") for m in names}),
             ("3D vertex (mm)", {m: log.series(m, "vertex") for m in names}),
             ("code to the oracle code (/ R^2)", {m: log.series(m, "code") for m in names}),
-            ("SFM identity terms", {k: log.series("sfm", k) for k in ("margin", "center")
+            ("SFM identity terms", {k: log.series("sfm", k) for k in _IDENTITY_TERMS
                                     if log.series("sfm", k)[0]}),
             ("identity pretraining", {k: log.series("pretrain", k)
                                       for k in ("margin", "accuracy")})]
