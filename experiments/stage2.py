@@ -35,7 +35,9 @@ from sfm_jax.networks import LANDMARK_NORMS, Encoder, Trunk, whitening_statistic
 from sfm_jax.progress import Phases, format_seconds
 from sfm_jax.sources import images as image_sources
 from sfm_jax.sources.splits import batch_indices
-from sfm_jax.train_state import TrainState
+from sfm_jax.train_state import TrainState, parameter_average
+
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def _validate(config) -> None:
@@ -43,6 +45,15 @@ def _validate(config) -> None:
     raise InputError("stage 2 runs with parallel.mode='jit' only (its BatchNorm statistics are "
                      "global under jit sharding; pmap would make them per device)")
   cli.check_train_config(config.train)
+  if config.train.lr_schedule not in LR_SCHEDULES:
+    raise InputError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got "
+                     f"{config.train.lr_schedule!r}")
+  if not 0 <= config.train.warmup_steps < config.train.num_steps:
+    raise InputError(f"train.warmup_steps must be >= 0 and below train.num_steps "
+                     f"({config.train.num_steps}), got {config.train.warmup_steps}")
+  if not 0.0 <= config.train.parameter_average < 1.0:
+    raise InputError(f"train.parameter_average must be in [0, 1) (0 = off), got "
+                     f"{config.train.parameter_average}")
   stage2.Objective(**config.objective.to_dict())  # checks its fields
   if config.model.shape_from not in ("all", "landmarks"):
     raise InputError(f"model.shape_from must be 'all' or 'landmarks', got "
@@ -207,8 +218,12 @@ def train(name, model, objective, data, config, workdir, log, mesh, trunk=None,
       _float_dtype(config))
   loss_fn = stage2.make_loss_fn(encoder, model, objective, image_size=size)
   t = config.train
+  decay = t.lr_schedule == "cosine"
   tx = stage2.make_optimizer(lr_encoder=t.lr_encoder, lr_residual=t.lr_residual,
-                             lr_albedo=t.lr_albedo, lr_identity=t.lr_identity)
+                             lr_albedo=t.lr_albedo, lr_identity=t.lr_identity,
+                             warmup_steps=t.warmup_steps if decay else 0,
+                             total_steps=t.num_steps if decay else None,
+                             average_decay=t.parameter_average)
   state = TrainState.create(params=params, tx=tx, loss_fn=loss_fn, seed=config.seed,
                             model_state=model_state)
 
@@ -333,7 +348,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     cli.end_phase(phases, f"train {name}")
     if train_loop.report_stop(name, state, config.train):
       return {}
-    params = parallel.to_host(state.params)
+    average = parameter_average(state.opt_state)  # train.parameter_average > 0
+    params = parallel.to_host(state.params if average is None else average)
     variables = {"params": params["encoder"], **parallel.to_host(state.model_state)}
     predictors[name] = inference.Predictor(
         encoder=_encoder(config, model), variables=variables,

@@ -269,7 +269,7 @@ def evaluate_seen(predictors: dict, split: Split, *, count: int, batch_size: int
 def gallery(predictors: dict, split: Split, *, count: int) -> np.ndarray:
   """A picture, one row per held-out image: the input, then per model the rendered
   reconstruction over the input (green: annotated landmarks, red: predicted) and its neutral
-  mesh."""
+  mesh; each column titled."""
   # Images spread over the split (different identities), not the first few.
   index = np.linspace(0, len(split) - 1, min(count, len(split))).astype(int)
   batch = split.batch(index)["images"]
@@ -284,4 +284,6 @@ def gallery(predictors: dict, split: Split, *, count: int) -> np.ndarray:
     columns.append([viz.shade_mesh(out["neutral"][i], np.asarray(predictor.model.triangles),
                                    size=size) for i in range(len(index))])
   cells = [column[row] for row in range(len(index)) for column in columns]
-  return viz.image_grid(cells, columns=len(columns))
+  titles = ["input"] + [f"{name}\n{part}" for name in predictors
+                        for part in ("reconstruction", "neutral")]
+  return viz.with_column_titles(viz.image_grid(cells, columns=len(columns)), titles, width=size)

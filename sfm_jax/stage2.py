@@ -48,7 +48,7 @@ from sfm_jax import camera, geometry, losses, render, sphere
 from sfm_jax.errors import InputError
 from sfm_jax.model import FaceModel, decode
 from sfm_jax.networks import Encoder
-from sfm_jax.train_state import adam, grouped_optimizer
+from sfm_jax.train_state import adam, grouped_optimizer, track_parameter_average
 
 SPHERE_MAPS = ("radial", "metric")
 
@@ -330,16 +330,21 @@ def baseline_objective(objective: Objective, **overrides) -> Objective:
 
 
 def make_optimizer(*, lr_encoder: float, lr_residual: float, lr_albedo: float,
-                   lr_identity: float, warmup_steps: int = 0,
-                   total_steps: int | None = None) -> optax.GradientTransformation:
+                   lr_identity: float, warmup_steps: int = 0, total_steps: int | None = None,
+                   average_decay: float = 0.0) -> optax.GradientTransformation:
   """Adam per parameter group: encoder, basis residual (small), albedo model, prototypes and
-  centres; with `total_steps`, warm-up and cosine decay (`train_state.adam`)."""
+  centres; with `total_steps`, warm-up and cosine decay (`train_state.adam`); with
+  `average_decay` > 0, a moving average of the parameters in the optimizer state
+  (`train_state.track_parameter_average`, read with `train_state.parameter_average`)."""
   schedule = dict(warmup_steps=warmup_steps, total_steps=total_steps)
-  return grouped_optimizer(
+  grouped = grouped_optimizer(
       {"encoder": adam(lr_encoder, **schedule), "residual": adam(lr_residual, **schedule),
        "albedo": adam(lr_albedo, **schedule), "identity": adam(lr_identity, **schedule)},
       {"encoder": "encoder", "residual": "residual", "albedo": "albedo",
        "prototypes": "identity", "centers": "identity"})
+  if average_decay > 0.0:
+    return optax.chain(grouped, track_parameter_average(average_decay))
+  return grouped
 
 
 def export_model(params: dict, base: FaceModel) -> FaceModel:

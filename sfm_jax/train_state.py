@@ -16,7 +16,7 @@ uninterrupted run would.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -111,6 +111,42 @@ def train_step(state: TrainState, batch: Any, *, axis_name: str | None = None,
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                             model_state=model_state)
   return new_state, metrics
+
+
+class ParameterAverageState(NamedTuple):
+  """`count`: int32 scalar, updates seen; `parameter_average`: a pytree like the params."""
+  count: jax.Array
+  parameter_average: Any
+
+
+def track_parameter_average(decay: float) -> optax.GradientTransformation:
+  """Passes the updates through unchanged and keeps a moving average of the parameters after
+  each update: at update t (from 0) `average = d_t * average + (1 - d_t) * params` with
+  `d_t = min(decay, t / (t + 1))`, so the first updates average evenly (no pull towards zero
+  or towards the initialisation) and later ones decay exponentially with a window of about
+  `1 / (1 - decay)` updates. Chain it last (`optax.chain(tx, track_parameter_average(d))`); read
+  it with `parameter_average`. Lives in the optimizer state, so checkpoints carry it."""
+  if not 0.0 < decay < 1.0:
+    raise ValueError(f"track_parameter_average: decay must be in (0, 1), got {decay}")
+
+  def init(params):
+    return ParameterAverageState(jnp.zeros((), jnp.int32),
+                                 jax.tree_util.tree_map(jnp.zeros_like, params))
+
+  def update(updates, state, params):
+    t = state.count.astype(jnp.float32)
+    keep = jnp.minimum(decay, t / (t + 1.0))
+    new_params = optax.apply_updates(params, updates)
+    average = jax.tree_util.tree_map(lambda a, p: (keep * a + (1.0 - keep) * p).astype(a.dtype),
+                                     state.parameter_average, new_params)
+    return updates, ParameterAverageState(state.count + 1, average)
+
+  return optax.GradientTransformation(init, update)
+
+
+def parameter_average(opt_state: Any) -> Any:
+  """The parameter average `track_parameter_average` keeps in `opt_state`, or None."""
+  return optax.tree_utils.tree_get(opt_state, "parameter_average")
 
 
 def grouped_optimizer(transforms: dict, group_of: dict) -> optax.GradientTransformation:

@@ -123,6 +123,20 @@ def image_grid(images: list[np.ndarray], *, columns: int, pad: int = 4,
   return grid
 
 
+def with_column_titles(grid: np.ndarray, titles: list[str], *, width: int, pad: int = 4,
+                       height: int = 30) -> np.ndarray:
+  """`grid` (an `image_grid` of cells `width` pixels wide) with a white strip of `height` pixels
+  on top naming each column, the text (one or two lines) centred over its column."""
+  figure, _ = _figure(1, grid.shape[1] / 100.0, height / 100.0)
+  figure.clear()
+  for column, title in enumerate(titles):
+    centre = pad + column * (width + pad) + width / 2.0
+    figure.text(centre / grid.shape[1], 0.5, title, ha="center", va="center", fontsize=8,
+                linespacing=1.1)
+  header = _figure_to_image(figure)[:height, :grid.shape[1]]
+  return np.concatenate([header, grid], axis=0)
+
+
 def component_grid(model, *, components: int = 4, expressions: int = 2, size: int = 160,
                    yaw_degrees: float = 25.0) -> np.ndarray:
   """A model at a glance: one row per shape component (-3 sd | mean | +3 sd), then expression

@@ -56,3 +56,17 @@ def test_model_picture_shows_mean_and_plus_minus_three_sd(tmp_path):
   assert np.ptp(scales) / np.mean(scales) < 0.06, scales
   # The largest face spans most of its cell (the framing leaves a margin but does not waste it).
   assert 0.75 * size < max(widths) < size
+
+
+def test_column_titles_sit_above_their_columns_and_leave_the_grid_untouched():
+  from sfm_jax import viz
+  cells = [np.full((40, 60, 3), 0.5) for _ in range(6)]
+  grid = viz.image_grid(cells, columns=3, pad=4)
+  titled = viz.with_column_titles(grid, ["a", "", "two\nlines"], width=60, pad=4, height=30)
+  assert titled.shape == (30 + grid.shape[0], grid.shape[1], 3)
+  np.testing.assert_array_equal(titled[30:], grid)
+  ink = (titled[:30] < 0.5).any(axis=(0, 2))  # dark text pixels per header column
+  spans = [slice(4 + c * 64, 4 + c * 64 + 60) for c in range(3)]
+  assert ink[spans[0]].any() and not ink[spans[1]].any() and ink[spans[2]].any()
+  assert ink[spans[2]].sum() > ink[spans[0]].sum()  # the longer title covers more columns
+  assert not ink[:4].any() and not ink[-4:].any()  # the outer pads stay white

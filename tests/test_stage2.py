@@ -146,7 +146,8 @@ def test_evaluation_table_and_the_image_mode_of_evaluate_agree(trained):
     for key, value in scores.items():
       assert second["models"][name][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
   gallery = read_png(workdir / "gallery.png")
-  assert gallery.shape[0] > 3 * 32 and gallery.shape[1] > 5 * 32  # 3 rows, 5 columns
+  # 3 rows, 5 columns of 32-px cells 4 px apart, under a 30-px strip of column titles.
+  assert gallery.shape[:2] == (30 + 3 * 32 + 4 * 4, 5 * 32 + 6 * 4)
   for name in ("loss_curves.png", "codes_2d.png", "report.md", "sfm_encoder.npz"):
     assert (workdir / name).exists()
   from experiments.configs import stage2 as stage2_configs
@@ -360,6 +361,16 @@ def test_encoder_model_and_config_mismatches_fail_with_one_clear_error(trained, 
                                        r"'metric'\), got 'spherical'"):
     _train("tiny", tmp_path / "h", init_model=str(stage1_models / "sfm_model.npz"),
            **{"objective.sphere_map": "spherical"})
+  with pytest.raises(InputError, match=r"train.lr_schedule must be one of \('constant', "
+                                       r"'cosine'\), got 'linear'"):
+    _train("tiny", tmp_path / "i", init_model=str(stage1_models / "sfm_model.npz"),
+           **{"train.lr_schedule": "linear"})
+  with pytest.raises(InputError, match=r"train.warmup_steps must be >= 0 and below"):
+    _train("tiny", tmp_path / "j", init_model=str(stage1_models / "sfm_model.npz"),
+           **{"train.lr_schedule": "cosine", "train.warmup_steps": 10**6})
+  with pytest.raises(InputError, match=r"train.parameter_average must be in \[0, 1\)"):
+    _train("tiny", tmp_path / "k", init_model=str(stage1_models / "sfm_model.npz"),
+           **{"train.parameter_average": 1.0})
 
 
 def _nearest_sphere_code(z, gram, radius):
@@ -543,6 +554,18 @@ def test_rendered_scans_join_every_batch_with_3d_truth_and_the_loss_falls(stage1
     losses = [r["loss"] for r in series]
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
     assert np.mean([r["vertex"] for r in series[-2:]]) < np.mean([r["vertex"] for r in series[:2]])
+  # The folder variant exports the parameter average (train.parameter_average) kept in the
+  # optimizer state of the final checkpoint, read back with orbax, not the last iterate.
+  import orbax.checkpoint as ocp
+  with ocp.CheckpointManager(str(workdir / "checkpoints" / "sfm")) as manager:
+    arrays = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
+  average = arrays["opt_state"][1]["parameter_average"]  # optax.chain(grouped Adam, average)
+  assert int(arrays["opt_state"][1]["count"]) == 30
+  exported = fm.load_model(workdir / "sfm_model.npz")
+  start = fm.load_model(stage1_models / "sfm_model.npz")
+  np.testing.assert_array_equal(
+      exported.shape_basis, (start.shape_basis + average["residual"]["shape"]).astype(np.float32))
+  assert not np.array_equal(average["residual"]["shape"], arrays["params"]["residual"]["shape"])
 
 
 def test_pretraining_then_reconstruction_resume_exactly_and_learn(stage1_models, tmp_path):
@@ -551,7 +574,8 @@ def test_pretraining_then_reconstruction_resume_exactly_and_learn(stage1_models,
   with exactly the parameters of an uninterrupted one; the pretraining loss falls."""
   common = {"init_model": str(stage1_models / "sfm_model.npz"), "baseline_model": "none",
             "pretrain.steps": 12, "train.num_steps": 16, "train.checkpoint_every": 2,
-            "train.log_every": 2, "eval.enabled": False}  # the models are what is compared
+            "train.log_every": 2, "eval.enabled": False,  # the models are what is compared
+            "train.parameter_average": 0.9}  # exported from the average the checkpoints carry
   _train("tiny", tmp_path / "reference", **common)
   workdir = tmp_path / "stopped"
   assert _train("tiny", workdir, **common, **{"train.stop_after_steps": 6}) == {}  # pretraining

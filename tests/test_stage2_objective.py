@@ -312,3 +312,30 @@ def test_code_agreement_ranks_directions_by_basis_size_and_scores_each_group():
   np.testing.assert_allclose(result["cosine"], np.median(cosines))
   np.testing.assert_allclose(result["norm ratio"], np.percentile(np.linspace(0.5, 1.5, 9),
                                                                  [5, 50, 95]))
+
+
+def test_warmed_up_cosine_schedule_scales_every_group_by_the_closed_form_rate():
+  """With a constant gradient, Adam's bias-corrected step is `-lr_t * g / (|g| + eps)`, so each
+  update reads the rate off: linear from 0 over the warm-up, then a cosine to 10% at the end
+  (float32 bias corrections at the first steps limit the agreement to about 1e-4)."""
+  rates = dict(lr_encoder=3e-3, lr_residual=1e-4, lr_albedo=1e-2, lr_identity=2e-2)
+  warmup, total = 4, 20
+  tx = stage2.make_optimizer(**rates, warmup_steps=warmup, total_steps=total)
+  params = {"encoder": {"w": jnp.zeros(3)}, "residual": {"shape": jnp.zeros(2)},
+            "albedo": {"mean": jnp.zeros(2)}, "prototypes": jnp.zeros(2),
+            "centers": jnp.zeros(1)}
+  grads = jax.tree_util.tree_map(lambda x: jnp.full_like(x, 0.5), params)
+  opt_state = tx.init(params)
+  group_rate = {"encoder": rates["lr_encoder"], "residual": rates["lr_residual"],
+                "albedo": rates["lr_albedo"], "prototypes": rates["lr_identity"],
+                "centers": rates["lr_identity"]}
+  for step in range(total + 2):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    if step < warmup:
+      fraction = step / warmup
+    else:
+      progress = min(step - warmup, total - warmup) / (total - warmup)
+      fraction = 0.1 + 0.9 * 0.5 * (1.0 + np.cos(np.pi * progress))
+    for group, rate in group_rate.items():
+      np.testing.assert_allclose(np.asarray(jax.tree_util.tree_leaves(updates[group])),
+                                 -rate * fraction, rtol=2e-4, atol=1e-12)

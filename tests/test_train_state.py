@@ -89,3 +89,29 @@ def test_restore_without_checkpoint_names_directory(tmp_path):
   with pytest.raises(FileNotFoundError, match="empty.*no checkpoint"):
     checkpoint.restore(manager, _state(optax.sgd(0.1)))
   manager.close()
+
+
+def test_parameter_average_is_the_even_mean_then_an_exponential_average_of_the_iterates(rng):
+  """decay 0.75: d_t = min(0.75, t / (t + 1)) is below 0.75 for t < 3, so after 4 updates the
+  average is the plain mean of the 4 iterates; later iterate i (1-based) enters with weight
+  0.25 * 0.75^(n - i) and that mean with 0.75^(n - 4). The training itself is unchanged."""
+  from sfm_jax.train_state import parameter_average, track_parameter_average
+  batch = _problem(rng)
+  plain = _state(optax.sgd(0.1))
+  averaged = _state(optax.chain(optax.sgd(0.1), track_parameter_average(0.75)))
+  assert parameter_average(plain.opt_state) is None
+  iterates = []
+  for n in range(1, 9):
+    plain, _ = jit_train_step(plain, batch)
+    averaged, _ = jit_train_step(averaged, batch)
+    np.testing.assert_array_equal(averaged.params["w"], plain.params["w"])
+    iterates.append(np.asarray(plain.params["w"], np.float64))
+    if n <= 4:
+      expected = np.mean(iterates, axis=0)
+    else:
+      expected = 0.75 ** (n - 4) * np.mean(iterates[:4], axis=0) + sum(
+          0.25 * 0.75 ** (n - i) * iterates[i - 1] for i in range(5, n + 1))
+    np.testing.assert_allclose(parameter_average(averaged.opt_state)["w"], expected, rtol=1e-5,
+                               atol=1e-7)
+  with pytest.raises(ValueError, match=r"decay must be in \(0, 1\), got 1.0"):
+    track_parameter_average(1.0)
