@@ -218,11 +218,11 @@ def train(name, model, objective, data, config, workdir, log, mesh, trunk=None,
       _float_dtype(config))
   loss_fn = stage2.make_loss_fn(encoder, model, objective, image_size=size)
   t = config.train
-  decay = t.lr_schedule == "cosine"
+  cosine = t.lr_schedule == "cosine"
   tx = stage2.make_optimizer(lr_encoder=t.lr_encoder, lr_residual=t.lr_residual,
                              lr_albedo=t.lr_albedo, lr_identity=t.lr_identity,
-                             warmup_steps=t.warmup_steps if decay else 0,
-                             total_steps=t.num_steps if decay else None,
+                             warmup_steps=t.warmup_steps if cosine else 0,
+                             total_steps=t.num_steps if cosine else None,
                              average_decay=t.parameter_average)
   state = TrainState.create(params=params, tx=tx, loss_fn=loss_fn, seed=config.seed,
                             model_state=model_state)

@@ -127,8 +127,7 @@ def with_column_titles(grid: np.ndarray, titles: list[str], *, width: int, pad: 
                        height: int = 30) -> np.ndarray:
   """`grid` (an `image_grid` of cells `width` pixels wide) with a white strip of `height` pixels
   on top naming each column, the text (one or two lines) centred over its column."""
-  figure, _ = _figure(1, grid.shape[1] / 100.0, height / 100.0)
-  figure.clear()
+  figure = _canvas(grid.shape[1] / 100.0, height / 100.0)
   for column, title in enumerate(titles):
     centre = pad + column * (width + pad) + width / 2.0
     figure.text(centre / grid.shape[1], 0.5, title, ha="center", va="center", fontsize=8,
@@ -162,13 +161,19 @@ def component_grid(model, *, components: int = 4, expressions: int = 2, size: in
   return image_grid(images, columns=3)
 
 
-def _figure(columns: int, width: float, height: float):
-  """(figure, axes row) drawn on its own Agg canvas: no pyplot state, so a notebook's backend
-  and open figures are left alone."""
+def _canvas(width: float, height: float):
+  """A figure of `width` x `height` inches at 100 dpi on its own Agg canvas: no pyplot state, so
+  a notebook's backend and open figures are left alone."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
-  figure = Figure(figsize=(width * columns, height), dpi=100)
+  figure = Figure(figsize=(width, height), dpi=100)
   FigureCanvasAgg(figure)
+  return figure
+
+
+def _figure(columns: int, width: float, height: float):
+  """(figure, axes row): `columns` panels of `width` x `height` inches (`_canvas`)."""
+  figure = _canvas(width * columns, height)
   return figure, figure.subplots(1, columns, squeeze=False)[0]
 
 
