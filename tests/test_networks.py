@@ -1,6 +1,7 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import jax.test_util
 import numpy as np
 import pytest
 
@@ -199,3 +200,56 @@ def test_stem_max_pool_equals_flax_max_pool_in_value_and_gradient(rng, size):
   one = jnp.zeros((1, 3, 3, 1)).at[0, 2, 1, 0].set(5.0)
   np.testing.assert_array_equal(jax.grad(lambda x: networks.max_pool_3x3_stride_2(x)[0, 1, 0, 0])(one),
                                 (one == 5.0).astype(jnp.float32))
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (7, 5)])
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_equals_flax_batch_norm_in_values_statistics_and_gradients(x64, rng, shape,
+                                                                              train):
+  # `networks.BatchNorm` replaces `nn.BatchNorm` in the encoder; same variables (so checkpoints
+  # carry over), same outputs, running statistics and gradients, in float64.
+  x = jnp.asarray(rng.normal(1.5, 2.0, size=shape))
+  weights = jnp.asarray(rng.normal(size=shape))
+  ours = networks.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                            param_dtype=jnp.float64)
+  theirs = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                        param_dtype=jnp.float64)
+  variables = theirs.init(jax.random.key(0), x)
+  ours_variables = ours.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, ours_variables) == jax.tree.map(jnp.shape, variables)
+  # Non-trivial scale, bias and running statistics.
+  channels = shape[-1]
+  variables = {"params": {"scale": jnp.asarray(rng.uniform(0.5, 2.0, channels)),
+                          "bias": jnp.asarray(rng.normal(size=channels))},
+               "batch_stats": {"mean": jnp.asarray(rng.normal(size=channels)),
+                               "var": jnp.asarray(rng.uniform(0.5, 2.0, channels))}}
+
+  def loss(module, params, x):
+    y, updates = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                              mutable=["batch_stats"])
+    return jnp.sum(weights * y), (y, updates["batch_stats"])
+
+  (ours_loss, (ours_y, ours_stats)), ours_grads = jax.value_and_grad(
+      lambda p, x: loss(ours, p, x), argnums=(0, 1), has_aux=True)(variables["params"], x)
+  (_, (their_y, their_stats)), their_grads = jax.value_and_grad(
+      lambda p, x: loss(theirs, p, x), argnums=(0, 1), has_aux=True)(variables["params"], x)
+  np.testing.assert_allclose(ours_y, their_y, rtol=1e-12, atol=1e-12)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11),
+               (ours_stats, ours_grads), (their_stats, their_grads))
+  # And against the closed form, written here.
+  rows = np.asarray(x).reshape(-1, channels)
+  scale, bias = (np.asarray(variables["params"][k]) for k in ("scale", "bias"))
+  if train:
+    mean, var = rows.mean(axis=0), rows.var(axis=0)
+    np.testing.assert_allclose(ours_stats["mean"],
+                               0.9 * variables["batch_stats"]["mean"] + 0.1 * mean, rtol=1e-12)
+    np.testing.assert_allclose(ours_stats["var"],
+                               0.9 * variables["batch_stats"]["var"] + 0.1 * var, rtol=1e-12)
+  else:
+    mean, var = (np.asarray(variables["batch_stats"][k]) for k in ("mean", "var"))
+    jax.tree.map(np.testing.assert_array_equal, ours_stats, variables["batch_stats"])
+  expected = (rows - mean) / np.sqrt(var + 1e-5) * scale + bias
+  np.testing.assert_allclose(np.asarray(ours_y).reshape(-1, channels), expected, rtol=1e-10,
+                             atol=1e-12)
+  jax.test_util.check_grads(lambda p, x: loss(ours, p, x)[0], (variables["params"], x), order=1,
+                            modes=("rev",))
