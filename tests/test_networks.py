@@ -253,3 +253,17 @@ def test_batch_norm_equals_flax_batch_norm_in_values_statistics_and_gradients(x6
                              atol=1e-12)
   jax.test_util.check_grads(lambda p, x: loss(ours, p, x)[0], (variables["params"], x), order=1,
                             modes=("rev",))
+
+
+def test_batch_norm_variance_survives_a_mean_far_above_the_spread_in_float32(rng):
+  # Landmark pixel coordinates: mean ~100, spread ~0.1. The one-pass E[x^2] - E[x]^2 loses about
+  # 1e4 * float32 epsilon relative; two passes keep the numpy (float64) variance to ~1e-5.
+  rows = rng.normal(100.0, 0.1, size=(256, 4))
+  x = jnp.asarray(rows, jnp.float32)
+  module = networks.BatchNorm(momentum=0.0)  # running statistics = this batch's
+  variables = module.init(jax.random.key(0), x)
+  y, updates = module.apply(variables, x, mutable=["batch_stats"])
+  rows32 = np.asarray(x, np.float64)
+  np.testing.assert_allclose(updates["batch_stats"]["var"], rows32.var(axis=0), rtol=1e-4)
+  np.testing.assert_allclose(y, (rows32 - rows32.mean(0)) / np.sqrt(rows32.var(0) + 1e-5),
+                             rtol=1e-3, atol=1e-3)
