@@ -7,8 +7,9 @@ Rendering is split the way differentiable rasterisers usually are:
    are tested against triangles in chunks (`lax.scan`), keeping the running nearest hit per
    pixel. The window path (for dense meshes at small image sizes, where most triangles cover a
    pixel or less) tests each triangle only against a small window of pixels and resolves depth
-   with a scatter-min, sending the few larger triangles through a larger window and the rare
-   huge ones through the exact path.
+   with a scatter-min of whole windows into a z-buffer padded by the largest window, sending the
+   few larger triangles through a larger window and the rare huge ones through the exact path
+   (whose image is one more window).
 2. `barycentrics` / `interpolate`: with the selection fixed, barycentric coordinates are
    recomputed from the projected vertex positions, so interpolated colours, normals and depths
    are differentiable in positions and attributes (exactly so away from triangle edges).
@@ -17,8 +18,9 @@ Rendering is split the way differentiable rasterisers usually are:
 Batches: every step takes leading dims `[...]` (meshes sharing one triangle list) and works on
 the whole batch at once with flat indices into its `B H W` pixels and `B V` vertices. On CPU
 this is several times faster than `vmap` of one mesh, whose gathers and scatters get batch
-dimensions; both give the same fragments. Pixels and candidates that hit nothing index out of
-range and are dropped, so no single address collects a long chain of updates.
+dimensions; both give the same fragments. Pixels that hit nothing read their corners out of
+range (zeros, dropped from the gradient), so no single vertex collects a long chain of updates;
+window candidates that cover nothing carry +inf, a no-op in the z-buffer's minimum.
 
 Image conventions: vertices are given in pixel units, `x` to the right, `y` down, pixel (row i,
 column j) has its centre at `(j + 0.5, i + 0.5)`; `z` is depth, smaller is nearer. Both triangle
@@ -104,8 +106,9 @@ def rasterize(vertices: Array, triangles: Array, *, height: int, width: int,
     window: None for the exact path (every pixel against every triangle: any triangle size).
       An int w selects the fast path for dense meshes: each triangle tests only the `w x w`
       pixels from the corner of its bounding box (clipped to the image), and the z-buffer is a
-      scatter-min. Up to `max_large` triangles per mesh whose box does not fit are tested in a
-      `large_window` window instead, and up to `max_huge` that fit neither take the exact path.
+      scatter-min of those windows. Up to `max_large` triangles per mesh whose box does not fit
+      are tested in a `large_window` window instead, and up to `max_huge` that fit neither take
+      the exact path.
       `Fragments.overflow` counts the triangles left out (0 = the exact path's result).
     max_large: see `window`.
     large_window: default 4 w, at most the image (then no triangle is left to `max_huge`).
@@ -181,10 +184,10 @@ def _first_where(mask: Array, count: int) -> Array:
       every.reshape(-1), mode="drop").reshape(batch, count)
 
 
-def _window_hits(tri, ids, col0, row0, drawn, *, window, height, width):
-  """Each triangle `tri [B, n, 3, 3]` against the `window x window` pixels from `(row0, col0)`
-  (`[B, n]`): `[B, n w^2]` candidates (depth, +inf where not covered or not `drawn`; pixel
-  index in its image, -1 there; triangle id)."""
+def _window_hits(tri, col0, row0, drawn, *, window, height, width):
+  """`[B, n, w, w]` depths of each triangle `tri [B, n, 3, 3]` at the `window x window` pixel
+  centres from `(row0, col0)` (`[B, n]`), +inf where not covered, outside the image or not
+  `drawn`."""
   offsets = jnp.arange(window)
   cols = col0[..., None, None] + offsets[None, None, :]  # [B, n, 1, w]
   rows = row0[..., None, None] + offsets[None, :, None]  # [B, n, w, 1]
@@ -196,17 +199,46 @@ def _window_hits(tri, ids, col0, row0, drawn, *, window, height, width):
   inside &= (cols < width) & (rows < height) & drawn[..., None, None]  # boxes start inside
   depth = (w0 * corner(0, 2) + w1 * corner(1, 2) + w2 * corner(2, 2)) / jnp.where(
       area != 0, area, 1.0)
-  batch = tri.shape[0]
-  depth = jnp.where(inside, depth, jnp.inf).reshape(batch, -1)
-  pixel = jnp.where(inside, rows * width + cols, -1).reshape(batch, -1)
-  ids = jnp.broadcast_to(ids[..., None, None], inside.shape).reshape(batch, -1)
-  return depth, pixel, ids
+  return jnp.where(inside, depth, jnp.inf)
+
+
+# A window `[w, w]` of an image buffer `[B, H', W']` at (mesh, row, column) `[N, 3]`.
+_WINDOW_SCATTER = jax.lax.ScatterDimensionNumbers(
+    update_window_dims=(1, 2), inserted_window_dims=(0,), scatter_dims_to_operand_dims=(0, 1, 2))
+_WINDOW_GATHER = jax.lax.GatherDimensionNumbers(
+    offset_dims=(1, 2), collapsed_slice_dims=(0,), start_index_map=(0, 1, 2))
+
+
+def _window_starts(row0, col0, *, height, width):
+  """`[B n, 3]` (mesh, row, column) of windows from `row0, col0 [B, n]`, clipped into the image:
+  a window that can cover a pixel already starts inside it, and one that cannot (all +inf) may
+  then land anywhere; from inside, every window fits the buffer padded by the largest window."""
+  batch, count = row0.shape
+  mesh = jnp.broadcast_to(jnp.arange(batch, dtype=jnp.int32)[:, None], (batch, count))
+  return jnp.stack([mesh, jnp.minimum(row0, height - 1), jnp.minimum(col0, width - 1)],
+                   -1).reshape(-1, 3)
+
+
+def _scatter_min_windows(buffer, starts, values):
+  """`buffer [B, H', W']` with the windows `values [B, n, h, w]` min-combined in at `starts`
+  `[B n, 3]` (`_window_starts`). One update per window, not per pixel: fewer, wider
+  read-modify-writes."""
+  return jax.lax.scatter_min(buffer, starts, values.reshape((-1,) + values.shape[-2:]),
+                             _WINDOW_SCATTER, mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
+def _gather_windows(buffer, starts, shape):
+  """`[B n, h, w]`: the windows of `shape` `(h, w)` of `buffer [B, H', W']` at `starts`."""
+  return jax.lax.gather(buffer, starts, _WINDOW_GATHER, slice_sizes=(1,) + tuple(shape),
+                        mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
 
 
 def _rasterize_window(vertices, triangles, *, height, width, window, max_large, large_window,
                       max_huge, chunk):
-  """`[B, H W]` depth and triangle id, `[B]` overflow of `vertices [B, V, 3]`: every mesh's
-  candidates go through one flat scatter-min over the `B H W` pixels of the batch."""
+  """`[B, H W]` depth and triangle id, `[B]` overflow of `vertices [B, V, 3]`: each tier's
+  candidates (a window per triangle; the whole image for the exact tier) go into one z-buffer of
+  the batch `[B, H', W']` by a windowed scatter-min, and the fragments are that scatter's output
+  (nothing elementwise that XLA would recompute inside every gather that reads them)."""
   dtype = vertices.dtype
   batch, num_triangles = vertices.shape[0], triangles.shape[0]
   tri = vertices[:, triangles]  # [B, T, 3, 3]
@@ -222,44 +254,52 @@ def _rasterize_window(vertices, triangles, *, height, width, window, max_large, 
   small = span <= window
   large = ~small & (span <= large_window)
   huge = span > large_window
-  every = jnp.broadcast_to(jnp.arange(num_triangles, dtype=jnp.int32), (batch, num_triangles))
   chosen = _first_where(large, min(max_large, num_triangles))  # [B, max_large]
   pick = lambda x: jnp.take_along_axis(x, chosen, axis=1)
-  tiers = [_window_hits(tri, every, col0, row0, small, window=window, height=height, width=width),
-           _window_hits(jnp.take_along_axis(tri, chosen[..., None, None], axis=1), chosen,
-                        pick(col0), pick(row0), pick(large), window=large_window, height=height,
-                        width=width)]
-  pixels = height * width
-  image_start = (jnp.arange(batch) * pixels)[:, None]
-  # Candidates that cover nothing go out of range and are dropped: sent to one pixel instead,
-  # their read-modify-writes of that pixel would run one after another.
-  tiers = [(hit_depth.reshape(-1),
-            jnp.where(pixel >= 0, pixel + image_start, batch * pixels).reshape(-1),
-            ids.reshape(-1)) for hit_depth, pixel, ids in tiers]
-  depth = jnp.full((batch * pixels,), jnp.inf, dtype)
-  for hit_depth, pixel, _ in tiers:
-    depth = depth.at[pixel].min(hit_depth, mode="drop")
-  # Equal depths (a pixel centre on a shared edge): the lowest triangle id wins, as in the exact
-  # path.
-  big = jnp.iinfo(jnp.int32).max
-  triangle_id = jnp.full((batch * pixels,), big, jnp.int32)
-  for hit_depth, pixel, ids in tiers:
-    winner = jnp.isfinite(hit_depth) & (hit_depth == depth.at[pixel].get(mode="clip"))
-    triangle_id = triangle_id.at[pixel].min(jnp.where(winner, ids, big), mode="drop")
-  triangle_id = jnp.where(triangle_id == big, -1, triangle_id).reshape(batch, pixels)
-  depth = depth.reshape(batch, pixels)
+  every = jnp.broadcast_to(jnp.arange(num_triangles, dtype=jnp.int32), (batch, num_triangles))
+  starts = lambda rows, cols: _window_starts(rows, cols, height=height, width=width)
+  # Per tier: (candidate depths [B, n, h, w], +inf where none; their triangle ids [B, n, 1 or h,
+  # 1 or w]; window starts [B n, 3]).
+  tiers = [(_window_hits(tri, col0, row0, small, window=window, height=height, width=width),
+            every[..., None, None], starts(row0, col0)),
+           (_window_hits(jnp.take_along_axis(tri, chosen[..., None, None], axis=1), pick(col0),
+                         pick(row0), pick(large), window=large_window, height=height,
+                         width=width),
+            chosen[..., None, None], starts(pick(row0), pick(col0)))]
   overflow = jnp.maximum(jnp.sum(large, axis=1) - chosen.shape[1], 0)
   if large_window < max(height, width):  # static: boxes can exceed the larger window
     chosen = _first_where(huge, min(max_huge, num_triangles))
     if chosen.shape[1]:  # static: `max_huge=0` leaves every huge triangle to the overflow
       exact_depth, exact_id = jax.vmap(lambda v, ids: _rasterize_exact(
           v, triangles, height=height, width=width, chunk=chunk, ids=ids))(vertices, chosen)
-      # Only hits of huge triangles count (unused slots repeat triangle 0).
+      # Only hits of huge triangles count (unused slots repeat triangle 0). The whole image is
+      # this tier's one window per mesh.
       from_huge = (exact_id >= 0) & jnp.take_along_axis(huge, jnp.maximum(exact_id, 0), axis=1)
-      use_exact = from_huge & (exact_depth < depth)
-      depth = jnp.where(use_exact, exact_depth, depth)
-      triangle_id = jnp.where(use_exact, exact_id, triangle_id)
+      image = lambda x: x.reshape(batch, 1, height, width)
+      tiers.append((image(jnp.where(from_huge, exact_depth, jnp.inf)), image(exact_id),
+                    starts(jnp.zeros((batch, 1), jnp.int32), jnp.zeros((batch, 1), jnp.int32))))
     overflow += jnp.maximum(jnp.sum(huge, axis=1) - chosen.shape[1], 0)
+  # The z-buffer padded by the largest window (cropped below), so every window fits.
+  largest = max(window, large_window)
+  padded = (batch, height + largest - 1, width + largest - 1)
+  depth = jnp.full(padded, jnp.inf, dtype)
+  for hit_depth, _, at in tiers:
+    depth = _scatter_min_windows(depth, at, hit_depth)
+  # Equal depths (a pixel centre on a shared edge): the lowest triangle id wins, as in the exact
+  # path. Ids as uint32, where -1 is the largest value: no hit is the scatter's initial value,
+  # and the result needs only a bitcast back to int32.
+  no_hit = jnp.asarray(-1, jnp.int32).astype(jnp.uint32)
+  triangle_id = jnp.full(padded, no_hit, jnp.uint32)
+  for hit_depth, ids, at in tiers:
+    shape = hit_depth.shape[-2:]
+    winner = jnp.isfinite(hit_depth) & (hit_depth == _gather_windows(depth, at, shape).reshape(
+        hit_depth.shape))
+    triangle_id = _scatter_min_windows(triangle_id, at,
+                                       jnp.where(winner, ids.astype(jnp.uint32), no_hit))
+  pixels = height * width
+  triangle_id = jax.lax.bitcast_convert_type(triangle_id[:, :height, :width],
+                                             jnp.int32).reshape(batch, pixels)
+  depth = depth[:, :height, :width].reshape(batch, pixels)
   return depth, triangle_id, overflow.astype(jnp.int32)
 
 
@@ -278,8 +318,14 @@ def _pixel_corners(triangles: Array, fragments: Fragments, num_vertices: int) ->
 
 
 def _corner_values(values: Array, rows: Array) -> Array:
-  """`values[rows]` (rows from `_pixel_corners`), zeros for out-of-range rows."""
-  return values.at[rows].get(mode="fill", fill_value=0)
+  """`values[rows]` of `values [N, ...]` (rows from `_pixel_corners`), zeros for out-of-range
+  rows; as one gather without the negative-index handling of `values.at[rows]` (the rows are
+  never negative), which XLA would evaluate for every gathered element."""
+  numbers = jax.lax.GatherDimensionNumbers(
+      offset_dims=tuple(range(rows.ndim, rows.ndim + values.ndim - 1)), collapsed_slice_dims=(0,),
+      start_index_map=(0,))
+  return jax.lax.gather(values, rows[..., None], numbers, slice_sizes=(1,) + values.shape[1:],
+                        mode=jax.lax.GatherScatterMode.FILL_OR_DROP, fill_value=0)
 
 
 def barycentrics(vertices: Array, triangles: Array, fragments: Fragments) -> Array:

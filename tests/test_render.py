@@ -311,3 +311,30 @@ def test_window_mode_equals_exact_mode(rng):
   kept = (exact_id >= 0) & ~huge[np.maximum(exact_id, 0)]
   assert kept.sum() > 0.5 * (exact_id >= 0).sum()
   np.testing.assert_array_equal(np.asarray(windows_only.triangle_id)[kept], exact_id[kept])
+
+
+@pytest.mark.parametrize("height, width, window, large_window", [(13, 17, 3, 6), (3, 5, 4, None)])
+def test_window_mode_equals_exact_mode_for_triangles_across_the_image_border(height, width,
+                                                                              window,
+                                                                              large_window):
+  """Triangles of every size, many of them partly or wholly outside a non-square image (and, in
+  the second case, a window larger than the image): the windowed z-buffer, whose windows run
+  into its padding at the right and bottom edges, finds the exact path's fragments."""
+  rng = np.random.default_rng(7)
+  num = 300
+  centres = rng.uniform([-4, -4], [width + 4, height + 4], size=(num, 2))
+  sizes = rng.choice([0.8, 1.6, 3.0, 5.0, 9.0], size=num)[:, None, None]
+  corners = centres[:, None, :] + rng.uniform(-1, 1, size=(num, 3, 2)) * sizes
+  depth = rng.uniform(1.0, 10.0, size=(num, 1, 1)) + rng.uniform(-0.3, 0.3, size=(num, 3, 1))
+  vertices = jnp.asarray(np.concatenate([corners, depth], -1).reshape(-1, 3), jnp.float32)
+  triangles = jnp.asarray(np.arange(3 * num).reshape(num, 3), jnp.int32)
+  exact = render.rasterize(vertices, triangles, height=height, width=width)
+  fast = jax.jit(functools.partial(render.rasterize, height=height, width=width, window=window,
+                                   large_window=large_window, max_large=num, max_huge=num))(
+      vertices, triangles)
+  assert int(fast.overflow) == 0
+  exact_id = np.asarray(exact.triangle_id)
+  assert (exact_id >= 0).mean() > 0.9  # busy images, many triangles seen
+  assert np.unique(exact_id).size >= min(20, height * width // 3)
+  np.testing.assert_array_equal(np.asarray(fast.triangle_id), exact_id)
+  np.testing.assert_allclose(np.asarray(fast.depth), np.asarray(exact.depth), rtol=1e-6)

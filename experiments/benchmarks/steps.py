@@ -67,12 +67,14 @@ def stage1_step(*, vertices: int, shape_dim: int, expr_dim: int, num_scans: int,
               state_mb_per_device=state_bytes / 2 ** 20)
 
 
-def stage2_step(*, image_size: int, resolution: int, depth: str, width: int, shape_dim: int,
-            expr_dim: int, albedo_dim: int, classes: int, global_batch: int, window: int,
-            repeats: int, encoder_split: bool = True,
-            render_groups: int = stage2.Objective.render_groups) -> dict:
-  """One stage-2 train step at these shapes on every local device: compile time, median step
-  time, images per second, and (with `encoder_split`) the encoder's forward + backward alone."""
+def stage2_problem(*, image_size: int, resolution: int, depth: str, width: int, shape_dim: int,
+                   expr_dim: int, albedo_dim: int, classes: int, global_batch: int, window: int,
+                   render_groups: int = stage2.Objective.render_groups) -> dict:
+  """A stage-2 train step at these shapes on every local device, ready to call: `step`
+  (jitted, state donated), `state`, `batch` (sharded), and `encoder`, `params`, `model_state`,
+  `images` (host) for measuring parts of it; `vertices`, `triangles` of the mesh. A face-world
+  mesh of `resolution^2` vertices with random bases of the right sizes, rendered face-world
+  images as the batch, the full SFM objective."""
   size, b = image_size, global_batch
   world = face_world.FaceWorld(resolution=resolution)
   template = world.template
@@ -102,23 +104,43 @@ def stage2_step(*, image_size: int, resolution: int, depth: str, width: int, sha
   parallel.check_global_batch(b, mesh)
   state = parallel.replicate(TrainState.create(params=params, tx=tx, loss_fn=loss_fn, seed=0,
                                                model_state=model_state), mesh)
-  step = parallel.data_parallel_step(train_step, mesh)
-  sharded = parallel.shard_batch(batch, mesh)
-  first, step_s, metrics = _time_steps(step, state, lambda i: sharded, repeats)
+  return {"step": parallel.data_parallel_step(train_step, mesh), "state": state,
+          "batch": parallel.shard_batch(batch, mesh), "encoder": encoder, "params": params,
+          "model_state": model_state, "images": batch["images"], "vertices": v,
+          "triangles": int(template.triangles.shape[0])}
+
+
+def stage2_step(*, image_size: int, resolution: int, depth: str, width: int, shape_dim: int,
+            expr_dim: int, albedo_dim: int, classes: int, global_batch: int, window: int,
+            repeats: int, encoder_split: bool = True,
+            render_groups: int = stage2.Objective.render_groups) -> dict:
+  """One stage-2 train step at these shapes on every local device (`stage2_problem`): compile
+  time, median step time, images per second, and (with `encoder_split`) the encoder's forward +
+  backward alone."""
+  problem = stage2_problem(image_size=image_size, resolution=resolution, depth=depth,
+                           width=width, shape_dim=shape_dim, expr_dim=expr_dim,
+                           albedo_dim=albedo_dim, classes=classes, global_batch=global_batch,
+                           window=window, render_groups=render_groups)
+  sharded, b = problem["batch"], global_batch
+  first, step_s, metrics = _time_steps(problem["step"], problem["state"], lambda i: sharded,
+                                       repeats)
   device = jax.devices()[0]
   result = {"device": f"{device.platform}:{device.device_kind}", "devices": jax.device_count(),
-            "image_size": size, "vertices": v, "triangles": int(template.triangles.shape[0]),
-            "depth": depth, "width": width, "shape_dim": shape_dim, "global_batch": b,
+            "image_size": image_size, "vertices": problem["vertices"],
+            "triangles": problem["triangles"], "depth": depth, "width": width,
+            "shape_dim": shape_dim, "global_batch": b,
             "compile_s": max(first - step_s, 0.0), "step_ms": step_s * 1e3,
             "images_per_s": b / step_s, "render_overflow": float(metrics["render_overflow"])}
   if encoder_split:
+    encoder, model_state = problem["encoder"], problem["model_state"]
+
     # The encoder alone (forward + backward through a scalar of its outputs), same batch.
     def encoder_loss(p, images):
       out, _ = encoder.apply({"params": p, **model_state}, images, train=True,
                              mutable=["batch_stats"])
       return sum(jnp.sum(x) for x in jax.tree_util.tree_leaves(out))
     encoder_grad = jax.jit(jax.grad(encoder_loss))
-    _, encoder_s = time_jax(encoder_grad, params["encoder"], jnp.asarray(batch["images"]),
-                            repeats=repeats)
+    _, encoder_s = time_jax(encoder_grad, problem["params"]["encoder"],
+                            jnp.asarray(problem["images"]), repeats=repeats)
     result["encoder_fwd_bwd_ms"] = encoder_s * 1e3
   return result
