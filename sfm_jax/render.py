@@ -202,7 +202,7 @@ def _window_hits(tri, col0, row0, drawn, *, window, height, width):
   return jnp.where(inside, depth, jnp.inf)
 
 
-# A window `[w, w]` of an image buffer `[B, H', W']` at (mesh, row, column) `[N, 3]`.
+# A window `[h, w]` of an image buffer `[B, H', W']` at (mesh, row, column) `[N, 3]`.
 _WINDOW_SCATTER = jax.lax.ScatterDimensionNumbers(
     update_window_dims=(1, 2), inserted_window_dims=(0,), scatter_dims_to_operand_dims=(0, 1, 2))
 _WINDOW_GATHER = jax.lax.GatherDimensionNumbers(
