@@ -25,6 +25,7 @@ is summed over the threads that ran it, so it can exceed the wall time.
 import dataclasses
 
 import jax
+import numpy as np
 from absl import flags
 
 from experiments import cli
@@ -62,7 +63,7 @@ def _profile(shapes: dict) -> None:
   rows, unattributed = op_profile.attribute(op_profile.thunk_events(trace), sources,
                                             steps=_STEPS.value, by=_BY.value)
   total = sum(row.total_ms for row in rows) + unattributed
-  wall = sorted(walls)[len(walls) // 2] * 1e3
+  wall = float(np.median(walls)) * 1e3
   print(f"stage-2 step under the profiler: {_DEPTH.value} (width {_WIDTH.value}) at "
         f"{_SIZE.value} px, V={problem['vertices']}, global batch {_BATCH.value}, "
         f"{jax.device_count()} x {jax.devices()[0].platform}; median wall {wall:.1f} ms, "

@@ -57,9 +57,9 @@ class Source:
     raise ValueError(f"by must be 'module', 'function' or 'line', got {by!r}")
 
 
-def _frame_tables(hlo_text: str) -> tuple[dict, dict, dict, dict]:
-  """(file names, function names, file locations `(file, function, line)`, stack frames
-  `(location, parent)`) from the tables at the top of a compiled module's text."""
+def _frame_tables(hlo_text: str) -> tuple[dict, dict]:
+  """(file locations `(file, function, line)`, stack frames `(location, parent)`) from the
+  tables at the top of a compiled module's text."""
   tables = {name: {} for name in _SECTIONS}
   section = None
   for line in hlo_text.splitlines():
@@ -83,7 +83,7 @@ def _frame_tables(hlo_text: str) -> tuple[dict, dict, dict, dict]:
                    d.get("line", 0)) for i, d in tables["FileLocations"].items()}
   frames = {i: (d["file_location_id"], d["parent_frame_id"])
             for i, d in tables["StackFrames"].items()}
-  return files, functions, locations, frames
+  return locations, frames
 
 
 def _innermost(frame: int, locations: dict, frames: dict, packages: tuple[str, ...]):
@@ -114,7 +114,7 @@ def _direction(lines: list[str]) -> bool | None:
 
 def source_map(hlo_text: str, *, packages: tuple[str, ...] = ("sfm_jax",)) -> dict[str, Source]:
   """Instruction name -> `Source` for every instruction of a compiled module's HLO text."""
-  _, _, locations, frames = _frame_tables(hlo_text)
+  locations, frames = _frame_tables(hlo_text)
   computations, current, roots = {}, None, {}
   for line in hlo_text.splitlines():
     header = _HEADER.match(line)
