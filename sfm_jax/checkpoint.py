@@ -39,7 +39,24 @@ def make_manager(directory: str | os.PathLike, *, max_to_keep: int | None = 3,
 def save(manager: ocp.CheckpointManager, state: TrainState, *, force: bool = False) -> bool:
   """Starts saving `state` at its step; returns whether a save was started."""
   step = int(jax.device_get(state.step))
-  return manager.save(step, args=ocp.args.StandardSave(state.arrays()), force=force)
+  return manager.save(step, args=ocp.args.StandardSave(_host_arrays(state.arrays())),
+                      force=force)
+
+
+def _host_arrays(arrays: dict) -> dict:
+  """`arrays` as numpy when every one lives in this process's CPU memory, else as they are.
+
+  Orbax writes numpy arrays faster than `jax.Array`s (about 1 ms against 2.5 ms each; measured
+  on 390 small arrays, 0.39 against 1.0 s per save; a stage-2 state has about 500), and on a CPU
+  the copy is cheap. Arrays on accelerators, or spread over processes, stay `jax.Array`s, which
+  orbax copies out in the background and writes shard by shard from each process. Either way the
+  checkpoint holds the same values and restores into the template's shardings.
+  """
+  on_this_cpu = lambda x: (isinstance(x, jax.Array) and x.is_fully_addressable
+                           and all(device.platform == "cpu" for device in x.devices()))
+  if all(on_this_cpu(x) for x in jax.tree_util.tree_leaves(arrays)):
+    return jax.device_get(arrays)
+  return arrays
 
 
 def restore(manager: ocp.CheckpointManager, template: TrainState,

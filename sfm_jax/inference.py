@@ -6,6 +6,7 @@ on a split of images (held-out identities, the seen-identity diagnostic) and a g
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import jax
@@ -124,6 +125,15 @@ def predict(predictor: Predictor, images: jax.Array, landmarks: jax.Array | None
           "landmarks": landmarks, "rendered": rendered, "mask": mask}
 
 
+@functools.partial(jax.jit, static_argnames=("architecture", "keys"))
+def _predict_keys(variables, model, images, landmarks, *, architecture: Predictor, keys: tuple):
+  """`predict`'s `keys` of a predictor given as its weights and model (arguments: one compiled
+  program serves every predictor of one `architecture`, the predictor without them)."""
+  outputs = predict(dataclasses.replace(architecture, variables=variables, model=model), images,
+                    landmarks)
+  return {key: outputs[key] for key in keys}
+
+
 def predict_all(predictor: Predictor, images: np.ndarray, landmarks: np.ndarray | None = None,
                 *, batch_size: int = 64,
                 keys: tuple = ("shape_codes", "expression", "albedo", "rotation", "translation",
@@ -132,15 +142,11 @@ def predict_all(predictor: Predictor, images: np.ndarray, landmarks: np.ndarray 
   """`predict` over `[N, S, S, 3]` images (uint8 or float in [0, 1]) and their `[N, 68, 2]`
   landmarks (pixels; needed by networks that read them) in batches; numpy `keys`.
 
-  The last batch is padded to `batch_size` (one compilation). `progress` (a
-  `progress.Progress`) is updated after each batch.
+  The last batch is padded to `batch_size`, so every batch runs one compiled program, and later
+  calls with the same architecture, model kind, batch size and `keys` reuse it (the weights are
+  its arguments). `progress` (a `progress.Progress`) is updated after each batch.
   """
-  @jax.jit
-  def function(variables, model, images, landmarks):  # weights as arguments, not constants
-    outputs = predict(dataclasses.replace(predictor, variables=variables, model=model), images,
-                      landmarks)
-    return {key: outputs[key] for key in keys}
-
+  architecture = dataclasses.replace(predictor, variables=None, model=None)
   images = np.asarray(images)
   total = len(images)
   if predictor.encoder.landmark_features and landmarks is None:
@@ -157,7 +163,8 @@ def predict_all(predictor: Predictor, images: np.ndarray, landmarks: np.ndarray 
     if count < batch_size:
       pad = lambda x: np.concatenate([x, np.repeat(x[-1:], batch_size - count, axis=0)])
       chunk, points = pad(chunk), pad(points)
-    result = jax.device_get(function(predictor.variables, predictor.model, chunk, points))
+    result = jax.device_get(_predict_keys(predictor.variables, predictor.model, chunk, points,
+                                          architecture=architecture, keys=tuple(keys)))
     for key in keys:
       outputs[key].append(np.asarray(result[key])[:count])
     if progress is not None:

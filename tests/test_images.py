@@ -24,6 +24,20 @@ def test_images_are_deterministic_and_well_formed(images):
   assert (~labelled).any()  # some images carry no identity label
 
 
+def test_a_padded_last_batch_renders_the_views_of_one_batch(images):
+  """Views are rendered in batches of `batch_size`, a shorter last one padded with copies of its
+  last view up to a power of two: batches of 7 (7, then 5 padded to 7) give the images, masks,
+  landmarks and visibility of the 12 views rendered as one batch (padded to 16)."""
+  batched = face_world.make_images(3, 4, seed=5, world=face_world.FaceWorld(resolution=24),
+                                   image_size=64, unlabelled_fraction=0.25,
+                                   occluder_probability=0.0, batch_size=7)
+  assert images.images.shape[0] == 12
+  np.testing.assert_allclose(batched.images, images.images, atol=1e-6)
+  np.testing.assert_allclose(batched.landmarks, images.landmarks, atol=1e-4)
+  np.testing.assert_array_equal(batched.mask, images.mask)
+  np.testing.assert_array_equal(batched.visible, images.visible)
+
+
 def test_landmarks_are_the_projected_landmark_vertices(images):
   """Each image's landmarks are its landmark vertices (expression applied, centred) rotated by
   scipy's extrinsic x-y-z Euler rotation (pitch, then yaw, then roll about the fixed axes) and

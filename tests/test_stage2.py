@@ -495,15 +495,33 @@ def _photo_folder(photos, *, image_size):
   return photos, images
 
 
-def test_photo_folder_variant_crops_around_landmarks_and_reconstruct_follows(stage1_models,
-                                                                             tmp_path):
-  photos, images = _photo_folder(tmp_path / "photos", image_size=64)
-  workdir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def folder_run(stage1_models, tmp_path_factory):
+  """The `folder` variant on a photo folder (2D only, 64 px photos cropped to 32) with a scan
+  folder in the stage-1 topology rendered into every batch (`data.scan_dir`), both models, 30
+  steps: (workdir, the folder's images)."""
+  from sfm_jax.io.scan_folder import write_scan_folder
+  root = tmp_path_factory.mktemp("folder_run")
+  world = face_world.FaceWorld(resolution=12)
+  scans = face_world.make_scans(8, 3, seed=11, world=world, noise_mm=0.0)
+  expression = ["neutral" if i % 3 == 0 else "smile" for i in range(len(scans.identity))]
+  write_scan_folder(root / "scans", scans.vertices, [f"s{i}" for i in scans.identity],
+                    triangles=scans.triangles, landmarks=scans.landmarks, expression=expression)
+  photos, images = _photo_folder(root / "photos", image_size=64)
+  workdir = root / "run"
   _train("folder", workdir, init_model=str(stage1_models / "sfm_model.npz"),
-         baseline_model="none",
          **{"data.image_dir": str(photos), "data.image_size": 32, "data.test_fraction": 0.5,
-            "model.width": 8, "model.albedo_dim": 2, "train.num_steps": 2,
-            "train.global_batch_size": 4, "train.log_every": 1, "objective.render_groups": 1})
+            "data.scan_dir": str(root / "scans"), "data.scan_test_fraction": 0.2,
+            "data.scan_views": 2, "model.width": 8, "model.albedo_dim": 2,
+            "model.landmark_features": 16, "train.num_steps": 30,
+            "train.global_batch_size": 16, "train.log_every": 5, "eval.fit_steps": 20,
+            "objective.render_groups": 1})
+  return workdir, photos, images
+
+
+def test_photo_folder_variant_crops_around_landmarks_and_reconstruct_follows(folder_run,
+                                                                             tmp_path):
+  workdir, photos, images = folder_run
   assert not (photos / ".tfds").exists() and sorted(os.listdir(photos))[0] == "meta.csv"
   table = json.loads(open(workdir / "eval.json").read())
   assert table["ground_truth_3d"] is False and "median_mm" not in table["models"]["sfm"]
@@ -525,25 +543,11 @@ def test_photo_folder_variant_crops_around_landmarks_and_reconstruct_follows(sta
   assert (tmp_path / "o" / "y_face1.npz").exists()
 
 
-def test_rendered_scans_join_every_batch_with_3d_truth_and_the_loss_falls(stage1_models,
-                                                                          tmp_path):
+def test_rendered_scans_join_every_batch_with_3d_truth_and_the_loss_falls(folder_run,
+                                                                          stage1_models):
   """`data.scan_dir`: a scan folder in the stage-1 topology is rendered and mixed into the
   photo-folder variant's batches (2D-only photos), so the vertex term is on and learns."""
-  from sfm_jax.io.scan_folder import write_scan_folder
-  world = face_world.FaceWorld(resolution=12)
-  scans = face_world.make_scans(8, 3, seed=11, world=world, noise_mm=0.0)
-  expression = ["neutral" if i % 3 == 0 else "smile" for i in range(len(scans.identity))]
-  write_scan_folder(tmp_path / "scans", scans.vertices, [f"s{i}" for i in scans.identity],
-                    triangles=scans.triangles, landmarks=scans.landmarks, expression=expression)
-  photos, _ = _photo_folder(tmp_path / "photos", image_size=48)
-  workdir = tmp_path / "run"
-  _train("folder", workdir, init_model=str(stage1_models / "sfm_model.npz"),
-         **{"data.image_dir": str(photos), "data.image_size": 32, "data.test_fraction": 0.5,
-            "data.scan_dir": str(tmp_path / "scans"), "data.scan_test_fraction": 0.2,
-            "data.scan_views": 2, "model.width": 8, "model.albedo_dim": 2,
-            "model.landmark_features": 16, "train.num_steps": 30,
-            "train.global_batch_size": 16, "train.log_every": 5, "eval.fit_steps": 20,
-            "objective.render_groups": 1})
+  workdir, _, _ = folder_run
   rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   table = json.loads(open(workdir / "eval.json").read())
   assert "renders of scans" in table["data"] and table["ground_truth_3d"] is False
@@ -573,14 +577,15 @@ def test_pretraining_then_reconstruction_resume_exactly_and_learn(stage1_models,
   inside the pretraining phase, then inside reconstruction, and resumed each time, the run ends
   with exactly the parameters of an uninterrupted one; the pretraining loss falls."""
   common = {"init_model": str(stage1_models / "sfm_model.npz"), "baseline_model": "none",
-            "pretrain.steps": 12, "train.num_steps": 16, "train.checkpoint_every": 2,
+            "pretrain.steps": 8, "train.num_steps": 8, "train.checkpoint_every": 4,
             "train.log_every": 2, "eval.enabled": False,  # the models are what is compared
             "train.parameter_average": 0.9}  # exported from the average the checkpoints carry
   _train("tiny", tmp_path / "reference", **common)
   workdir = tmp_path / "stopped"
+  # Each stop between the periodic checkpoints (every 4 steps): it saves where it stops.
   assert _train("tiny", workdir, **common, **{"train.stop_after_steps": 6}) == {}  # pretraining
   assert not (workdir / "checkpoints" / "sfm").exists()
-  assert _train("tiny", workdir, **common, **{"train.stop_after_steps": 14}) == {}  # in sfm
+  assert _train("tiny", workdir, **common, **{"train.stop_after_steps": 13}) == {}  # in sfm
   assert not (workdir / "sfm_model.npz").exists()
   _train("tiny", workdir, **common)
   for name in ("sfm_model.npz", "sfm_encoder.npz"):
@@ -590,7 +595,7 @@ def test_pretraining_then_reconstruction_resume_exactly_and_learn(stage1_models,
       np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
   rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   keys = [(r["model"], r["step"]) for r in rows]
-  assert len(keys) == len(set(keys)) == 6 + 8  # each logged step once: pretrain 6, sfm 8
+  assert len(keys) == len(set(keys)) == 4 + 4  # each logged step once: pretrain 4, sfm 4
   pretrain = [r for r in rows if r["model"] == "pretrain"]
   assert {"margin", "accuracy"} <= set(pretrain[0])
   assert pretrain[-1]["margin"] < pretrain[0]["margin"]

@@ -71,30 +71,34 @@ class Images:
 
 
 @functools.lru_cache(maxsize=8)
-def _batch_renderer(size: int, window: int | None):
-  """One jitted renderer per image size and rasteriser (cached: batches reuse the compilation)."""
+def _view_renderer(size: int, window: int | None):
+  """One jitted program per image size and rasteriser (cached: every batch reuses it) that
+  photographs a batch: pose, weak-perspective projection, vertex normals, render, visibility."""
   import jax
 
   from sfm_jax import render as render_lib
 
-  def batch(v, triangles, a, n, l):
-    image, mask, fragments = render_lib.render(v, triangles, a, n, l, height=size, width=size,
-                                               window=window)
-    visible = render_lib.vertex_visibility(v, fragments, tolerance=2.0)
-    return image, mask, visible, fragments.overflow
+  def views(rotation, centred, scale, translation, triangles, albedo, light):
+    vertices_px, camera = camera_lib.weak_perspective(
+        centred, geometry.euler_to_matrix(rotation), scale, translation)
+    normals = geometry.vertex_normals(camera, triangles)
+    image, mask, fragments = render_lib.render(vertices_px, triangles, albedo, normals, light,
+                                               height=size, width=size, window=window)
+    visible = render_lib.vertex_visibility(vertices_px, fragments, tolerance=2.0)
+    return vertices_px, image, mask, visible, fragments.overflow
 
-  return jax.jit(batch)
+  return jax.jit(views)
 
 
-def _render_batch(vertices_px, triangles, albedo, normals, light, size):
-  """The fast window rasteriser; a batch where any triangle fits neither of its paths
-  (`overflow`) is redone with the exact one, so the images are always the exact renders."""
-  image, mask, visible, overflow = _batch_renderer(size, 4)(vertices_px, triangles, albedo,
-                                                            normals, light)
+def _render_batch(inputs: tuple, size: int) -> tuple:
+  """(`[B, V, 3]` projected vertices, images, masks, vertex visibility) of one batch `inputs`
+  (`_view_renderer`'s arguments) with the fast window rasteriser; a batch where any triangle fits
+  neither of its paths (`overflow`) is redone with the exact one, so the images are always the
+  exact renders."""
+  *outputs, overflow = _view_renderer(size, 4)(*inputs)
   if np.any(np.asarray(overflow)):
-    image, mask, visible, _ = _batch_renderer(size, None)(vertices_px, triangles, albedo,
-                                                          normals, light)
-  return image, mask, visible
+    *outputs, _ = _view_renderer(size, None)(*inputs)
+  return tuple(np.asarray(x) for x in outputs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +132,8 @@ def render_views(faces: np.ndarray, albedo: np.ndarray, rng: np.random.Generator
       landmark's visibility is that of its most weighted vertex.
     image_size: S (square images).
     occluder_probability: chance of a random rectangle over the face.
+    batch_size: views rendered per call of one compiled program (a shorter last batch is
+      padded to a power of two).
 
   Returns:
     `Views`: images `[N, S, S, 3]` float32, landmarks `[N, 68, 2]` (pixels, x right, y down),
@@ -150,23 +156,25 @@ def render_views(faces: np.ndarray, albedo: np.ndarray, rng: np.random.Generator
       0.9, 1.1, (count, 3))
   light[:, 1:4] = rng.normal(scale=0.25, size=(count, 3, 1)) / (0.488603 * 2 * np.pi / 3)
   light[:, 4:] = rng.normal(scale=0.05, size=(count, 5, 1)) / (np.pi / 4)
-  rotations = geometry.euler_to_matrix(jnp.asarray(rotation))
-  centred = faces - faces.mean(axis=1, keepdims=True)
-  vertices_px, camera = camera_lib.weak_perspective(
-      jnp.asarray(centred, jnp.float32), rotations, jnp.asarray(scale, jnp.float32),
-      jnp.asarray(translation, jnp.float32))
-  vertices_px = np.asarray(vertices_px, np.float64)
-  normals = np.asarray(geometry.vertex_normals(camera, jnp.asarray(triangles)))
+  centred = (faces - faces.mean(axis=1, keepdims=True)).astype(np.float32)
+  per_view = [rotation, centred, scale, translation, None, albedo, light]  # None: triangles
+  vertices_px = np.zeros(faces.shape, np.float64)
   images = np.zeros((count, image_size, image_size, 3), np.float32)
   masks = np.zeros((count, image_size, image_size), np.float32)
   vertex_visible = np.zeros((count, faces.shape[1]), bool)
   for start in range(0, count, batch_size):
-    sl = slice(start, start + batch_size)
-    rendered, mask, visible = _render_batch(
-        jnp.asarray(vertices_px[sl], jnp.float32), jnp.asarray(triangles),
-        jnp.asarray(albedo[sl], jnp.float32), jnp.asarray(normals[sl]),
-        jnp.asarray(light[sl], jnp.float32), image_size)
-    images[sl], masks[sl], vertex_visible[sl] = rendered, mask, visible
+    # Batches of `batch_size` views; a shorter last one is padded with copies of its last view
+    # up to a power of two (at most `batch_size`), so few programs are compiled and padding at
+    # most doubles one batch's work. Each view's render depends on its own inputs only.
+    views = min(batch_size, count - start)
+    padded = min(batch_size, 1 << (views - 1).bit_length())
+    rows = np.minimum(np.arange(start, start + padded), count - 1)
+    inputs = tuple(jnp.asarray(triangles) if x is None else jnp.asarray(x[rows], jnp.float32)
+                   for x in per_view)
+    projected, rendered, mask, visible = _render_batch(inputs, image_size)
+    taken, sl = slice(0, views), slice(start, start + views)
+    vertices_px[sl], images[sl], masks[sl] = projected[taken], rendered[taken], mask[taken]
+    vertex_visible[sl] = visible[taken]
   landmarks = np.einsum("nlpc,lp->nlc", vertices_px[:, index, :2], blend)
   visible = vertex_visible[:, index[np.arange(68), np.argmax(blend, axis=1)]]
   for n in range(count):
