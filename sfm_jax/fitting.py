@@ -24,6 +24,7 @@ import numpy as np
 
 from sfm_jax import camera, geometry, losses, metrics, sphere
 from sfm_jax.model import CONTOUR_LANDMARKS, FaceModel, decode
+from sfm_jax.sources.splits import padded_batches
 from sfm_jax.train_state import minimize
 
 
@@ -199,14 +200,11 @@ def fit_landmarks(model: FaceModel, landmarks: Any, *, image_size: Any, visible:
                             else np.asarray(visible, np.float32))
   unit = landmarks / sizes[:, None, None]
   points, contour_valid = _landmark_vertices(model)
-  group = min(batch_size, 1 << max(count - 1, 0).bit_length())
   results = []
-  for begin in range(0, count, group):
-    rows = np.minimum(np.arange(begin, begin + group), count - 1)  # pad with the last photo
+  for rows, kept in padded_batches(count, batch_size):  # padded with the last photo
     result = _fit_unit_square(points, contour_valid, jnp.asarray(unit[rows]),
                               jnp.asarray(weights[rows]), jnp.float32(learning_rate),
                               jnp.float32(shape_prior), jnp.float32(expr_prior), steps=steps)
-    kept = min(group, count - begin)
     results.append(jax.tree_util.tree_map(lambda x, kept=kept: np.asarray(x)[:kept], result))
   params, placed, shape_codes, rotation = jax.tree_util.tree_map(
       lambda *xs: np.concatenate(xs), *results)

@@ -25,8 +25,8 @@ def test_images_are_deterministic_and_well_formed(images):
 
 
 def test_a_padded_last_batch_renders_the_views_of_one_batch(images):
-  """Views are rendered in batches of `batch_size`, a shorter last one padded with copies of its
-  last view up to a power of two: batches of 7 (7, then 5 padded to 7) give the images, masks,
+  """Views are rendered in batches of one size, the last padded with copies of its last view
+  (`splits.padded_batches`): batches of 7 (7, then 5 padded to 7) give the images, masks,
   landmarks and visibility of the 12 views rendered as one batch (padded to 16)."""
   batched = face_world.make_images(3, 4, seed=5, world=face_world.FaceWorld(resolution=24),
                                    image_size=64, unlabelled_fraction=0.25,

@@ -14,7 +14,7 @@ from experiments.configs import stage1 as stage1_configs
 from sfm_jax import face_world, fitting, sphere, stage1
 from sfm_jax import model as fm
 from sfm_jax.sources import scans as scan_sources
-from sfm_jax.sources.splits import batch_indices
+from sfm_jax.sources.splits import batch_indices, padded_batches
 from sfm_jax.train_state import TrainState, jit_train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,6 +124,16 @@ def test_batches_cover_each_epoch_and_are_reproducible():
   assert len(set(epoch.tolist())) == 9  # three disjoint batches per epoch
   again = batch_indices(4, num_examples=10, batch_size=3, seed=2)
   np.testing.assert_array_equal(again, steps[4])
+
+
+def test_padded_batches_cover_every_row_once_in_batches_of_one_size():
+  for count, batch_size, size in [(12, 7, 7), (12, 32, 16), (1, 32, 1), (64, 32, 32), (5, 4, 4)]:
+    batches = padded_batches(count, batch_size)
+    assert {len(rows) for rows, _ in batches} == {size}
+    kept = np.concatenate([rows[:n] for rows, n in batches])
+    np.testing.assert_array_equal(kept, np.arange(count))  # each row once, in order
+    last, n = batches[-1]
+    np.testing.assert_array_equal(last[n:], count - 1)  # the padding repeats the last row
 
 
 def _run_stage1(workdir, *flags, timeout=240):

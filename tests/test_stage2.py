@@ -499,7 +499,7 @@ def _photo_folder(photos, *, image_size):
 def folder_run(stage1_models, tmp_path_factory):
   """The `folder` variant on a photo folder (2D only, 64 px photos cropped to 32) with a scan
   folder in the stage-1 topology rendered into every batch (`data.scan_dir`), both models, 30
-  steps: (workdir, the folder's images)."""
+  steps: (workdir, the photo folder, its images)."""
   from sfm_jax.io.scan_folder import write_scan_folder
   root = tmp_path_factory.mktemp("folder_run")
   world = face_world.FaceWorld(resolution=12)

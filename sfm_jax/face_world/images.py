@@ -17,6 +17,7 @@ from sfm_jax.face_world.expressions import (
   sample_expression_weights,
 )
 from sfm_jax.face_world.identities import FaceWorld, identity_albedo
+from sfm_jax.sources.splits import padded_batches
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -78,7 +79,7 @@ def _view_renderer(size: int, window: int | None):
 
   from sfm_jax import render as render_lib
 
-  def views(rotation, centred, scale, translation, triangles, albedo, light):
+  def views(rotation, centred, scale, translation, albedo, light, triangles):
     vertices_px, camera = camera_lib.weak_perspective(
         centred, geometry.euler_to_matrix(rotation), scale, translation)
     normals = geometry.vertex_normals(camera, triangles)
@@ -90,14 +91,14 @@ def _view_renderer(size: int, window: int | None):
   return jax.jit(views)
 
 
-def _render_batch(inputs: tuple, size: int) -> tuple:
-  """(`[B, V, 3]` projected vertices, images, masks, vertex visibility) of one batch `inputs`
-  (`_view_renderer`'s arguments) with the fast window rasteriser; a batch where any triangle fits
-  neither of its paths (`overflow`) is redone with the exact one, so the images are always the
-  exact renders."""
-  *outputs, overflow = _view_renderer(size, 4)(*inputs)
+def _render_batch(inputs: tuple, triangles, size: int) -> tuple:
+  """(`[B, V, 3]` projected vertices, images, masks, vertex visibility) of one batch: `inputs`
+  are `_view_renderer`'s per-view arguments. The fast window rasteriser; a batch where any
+  triangle fits neither of its paths (`overflow`) is redone with the exact one, so the images
+  are always the exact renders."""
+  *outputs, overflow = _view_renderer(size, 4)(*inputs, triangles)
   if np.any(np.asarray(overflow)):
-    *outputs, _ = _view_renderer(size, None)(*inputs)
+    *outputs, _ = _view_renderer(size, None)(*inputs, triangles)
   return tuple(np.asarray(x) for x in outputs)
 
 
@@ -132,8 +133,8 @@ def render_views(faces: np.ndarray, albedo: np.ndarray, rng: np.random.Generator
       landmark's visibility is that of its most weighted vertex.
     image_size: S (square images).
     occluder_probability: chance of a random rectangle over the face.
-    batch_size: views rendered per call of one compiled program (a shorter last batch is
-      padded to a power of two).
+    batch_size: views rendered per call of one compiled program (`splits.padded_batches`:
+      fewer views, a power of two).
 
   Returns:
     `Views`: images `[N, S, S, 3]` float32, landmarks `[N, 68, 2]` (pixels, x right, y down),
@@ -157,24 +158,20 @@ def render_views(faces: np.ndarray, albedo: np.ndarray, rng: np.random.Generator
   light[:, 1:4] = rng.normal(scale=0.25, size=(count, 3, 1)) / (0.488603 * 2 * np.pi / 3)
   light[:, 4:] = rng.normal(scale=0.05, size=(count, 5, 1)) / (np.pi / 4)
   centred = (faces - faces.mean(axis=1, keepdims=True)).astype(np.float32)
-  per_view = [rotation, centred, scale, translation, None, albedo, light]  # None: triangles
+  per_view = (rotation, centred, scale, translation, albedo, light)
+  mesh = jnp.asarray(triangles)
   vertices_px = np.zeros(faces.shape, np.float64)
   images = np.zeros((count, image_size, image_size, 3), np.float32)
   masks = np.zeros((count, image_size, image_size), np.float32)
   vertex_visible = np.zeros((count, faces.shape[1]), bool)
-  for start in range(0, count, batch_size):
-    # Batches of `batch_size` views; a shorter last one is padded with copies of its last view
-    # up to a power of two (at most `batch_size`), so few programs are compiled and padding at
-    # most doubles one batch's work. Each view's render depends on its own inputs only.
-    views = min(batch_size, count - start)
-    padded = min(batch_size, 1 << (views - 1).bit_length())
-    rows = np.minimum(np.arange(start, start + padded), count - 1)
-    inputs = tuple(jnp.asarray(triangles) if x is None else jnp.asarray(x[rows], jnp.float32)
-                   for x in per_view)
-    projected, rendered, mask, visible = _render_batch(inputs, image_size)
-    taken, sl = slice(0, views), slice(start, start + views)
-    vertices_px[sl], images[sl], masks[sl] = projected[taken], rendered[taken], mask[taken]
-    vertex_visible[sl] = visible[taken]
+  # Batches of one size, the last padded with copies of the last view (one compiled program);
+  # each view's render depends on its own inputs only.
+  for rows, kept in padded_batches(count, batch_size):
+    inputs = tuple(jnp.asarray(x[rows], jnp.float32) for x in per_view)
+    projected, rendered, mask, visible = _render_batch(inputs, mesh, image_size)
+    sl = rows[:kept]
+    vertices_px[sl], images[sl], masks[sl] = projected[:kept], rendered[:kept], mask[:kept]
+    vertex_visible[sl] = visible[:kept]
   landmarks = np.einsum("nlpc,lp->nlc", vertices_px[:, index, :2], blend)
   visible = vertex_visible[:, index[np.arange(68), np.argmax(blend, axis=1)]]
   for n in range(count):

@@ -8,6 +8,8 @@
 - `identity_in_test(name, fraction)`: held-out assignment of a named identity by a stable hash.
 - `relabel(identity)`: contiguous training labels.
 - `batch_indices(step, ...)`: the rows of training step `step` (exact resume).
+- `padded_batches(count, batch_size)`: fixed-size batches over rows, the last padded (one
+  compiled program for every batch).
 """
 
 from __future__ import annotations
@@ -58,3 +60,13 @@ def batch_indices(step: int, *, num_examples: int, batch_size: int, seed: int) -
   if batch_size >= num_examples:
     return order
   return order[offset * batch_size:(offset + 1) * batch_size]
+
+
+def padded_batches(count: int, batch_size: int) -> list[tuple[np.ndarray, int]]:
+  """(rows, kept) for each batch of `count` rows, all of one size: `batch_size`, or the smallest
+  power of two >= `count` when that is smaller (few programs compiled over calls, padding at most
+  doubling a lone batch). The last batch repeats row `count - 1` to fill it; keep `[:kept]` of
+  each batch's results."""
+  group = min(batch_size, 1 << max(count - 1, 0).bit_length())
+  return [(np.minimum(np.arange(begin, begin + group), count - 1), min(group, count - begin))
+          for begin in range(0, count, group)]
