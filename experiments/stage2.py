@@ -69,6 +69,9 @@ def _validate(config) -> None:
   if not config.model.whitening_regularisation > 0:
     raise InputError(f"model.whitening_regularisation must be > 0, got "
                      f"{config.model.whitening_regularisation}")
+  if not (isinstance(config.model.batch_groups, int) and config.model.batch_groups >= 1):
+    raise InputError(f"model.batch_groups must be an int >= 1, got "
+                     f"{config.model.batch_groups!r}")
 
 
 def landmark_whitening(config, data) -> dict | None:
@@ -131,7 +134,8 @@ def _encoder(config, model: FaceModel) -> Encoder:
                  landmark_norm=config.model.landmark_norm,
                  landmark_linear=config.model.landmark_linear,
                  shape_from_landmarks=config.model.shape_from == "landmarks",
-                 shape_head_scale=config.model.shape_head_scale, dtype=_float_dtype(config))
+                 shape_head_scale=config.model.shape_head_scale,
+                 batch_groups=config.model.batch_groups, dtype=_float_dtype(config))
 
 
 def _float_dtype(config):
@@ -175,7 +179,8 @@ def pretrain(config, workdir, log, mesh, model, whitening=None):
   split = image_sources.pretrain_split(config, seed=config.seed, model=model)
   trunk = Trunk(config.model.depth, config.model.width, config.model.landmark_features,
                 dtype=_float_dtype(config), landmark_norm=config.model.landmark_norm,
-                landmark_linear=config.model.landmark_linear)
+                landmark_linear=config.model.landmark_linear,
+                batch_groups=config.model.batch_groups)
   params, model_state = _as_dtype(stage2.init_pretrain_params(
       trunk, image_size=config.data.image_size, num_classes=int(split.identity.max()) + 1,
       seed=config.seed, landmark_whitening=whitening), _float_dtype(config))

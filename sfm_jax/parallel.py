@@ -1,5 +1,7 @@
 """Data parallelism: one mesh axis `data`, batch sharded, state replicated, same step on 1 or many
-devices and hosts. All parallelism of the project lives here.
+devices and hosts. All parallelism of the project lives here, including the split of one
+device's batch into groups that XLA runs side by side (`split_groups`, `join_groups`: the
+renderer's and the encoder's groups on a multi-core CPU).
 
 The default path jits the shared `train_step` with `NamedSharding`s: the loss is written for the
 global batch, so XLA inserts the cross-device reductions itself and the math (gradient averages,
@@ -22,8 +24,11 @@ import os
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from sfm_jax.train_state import STEP_COMPILER_OPTIONS
 
 DATA_AXIS = "data"
 
@@ -57,6 +62,27 @@ def sync_processes(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
+
+
+def split_groups(x: jax.Array, groups: int) -> list[jax.Array]:
+  """`x [B, ...]` as `groups` arrays `[B / groups, ...]`, row b in group b mod `groups` (so a
+  batch sharded along B over devices splits into groups on each device without moving data);
+  `[x]` when `groups` is 1 or does not divide B. `join_groups` is the inverse.
+
+  Work on the groups is independent, so XLA can run it side by side: on a CPU, one group per
+  core keeps every core busy through chains of operations that each use one thread."""
+  batch = x.shape[0]
+  if groups <= 1 or batch % groups:
+    return [x]
+  rows = x.reshape((batch // groups, groups) + x.shape[1:])
+  return [rows[:, group] for group in range(groups)]
+
+
+def join_groups(parts: list[jax.Array]) -> jax.Array:
+  """The batch `[B, ...]` whose groups (`split_groups`) are `parts`."""
+  if len(parts) == 1:
+    return parts[0]
+  return jnp.stack(parts, 1).reshape((-1,) + parts[0].shape[1:])
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -122,10 +148,12 @@ def to_host(tree: Any) -> Any:
 
 def data_parallel_step(step_fn: Callable, mesh: Mesh) -> Callable:
   """`step_fn(state, batch) -> (state, metrics)` jitted over the mesh: state replicated and
-  donated, batch sharded along `data`, metrics replicated."""
+  donated, batch sharded along `data`, metrics replicated; compiled with the donated step's
+  options (`train_state.STEP_COMPILER_OPTIONS`)."""
   replicated = replicated_sharding(mesh)
   return jax.jit(step_fn, in_shardings=(replicated, batch_sharding(mesh)),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+                 out_shardings=(replicated, replicated), donate_argnums=0,
+                 compiler_options=STEP_COMPILER_OPTIONS)
 
 
 # ---------------------------------------------------------------------------------------------

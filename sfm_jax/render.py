@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sfm_jax import geometry
+from sfm_jax import geometry, parallel
 
 Array = Any
 
@@ -434,15 +434,18 @@ def render(vertices_px: Array, triangles: Array, albedo: Array, normals_model: A
                   max_large=max_large, large_window=large_window, max_huge=max_huge)
   batch = vertices_px.shape[0] if vertices_px.ndim == 3 else 0
   if groups > 1 and batch % groups == 0 and jnp.ndim(background) == 0:
-    split = lambda x, g: x.reshape((batch // groups, groups) + x.shape[1:])[:, g]
-    parts = [render(split(vertices_px, g), triangles, split(albedo, g), split(normals_model, g),
-                    split(sh_coefficients, g), **settings) for g in range(groups)]
-    return jax.tree.map(lambda *x: jnp.stack(x, 1).reshape((batch,) + x[0].shape[1:]), *parts)
+    split = lambda x: parallel.split_groups(x, groups)
+    parts = [render(v, triangles, a, n, sh, **settings) for v, a, n, sh in zip(
+        split(vertices_px), split(albedo), split(normals_model), split(sh_coefficients))]
+    return jax.tree.map(lambda *x: parallel.join_groups(list(x)), *parts)
   fragments = rasterize(vertices_px, triangles, height=height, width=width, window=window,
                         max_large=max_large, large_window=large_window, max_huge=max_huge)
   weights = barycentrics(vertices_px, triangles, fragments)
-  pixel_albedo = interpolate(albedo, triangles, fragments, weights)
-  pixel_normals = interpolate(normals_model, triangles, fragments, weights)
+  # Albedo and normals interpolated as one 6-channel table: one corner gather, and one batched
+  # `[3] x [3, 6]` product per pixel (XLA:CPU's cost is per pixel, hardly per channel).
+  attributes = interpolate(jnp.concatenate([albedo, normals_model], -1), triangles, fragments,
+                           weights)
+  pixel_albedo, pixel_normals = attributes[..., :3], attributes[..., 3:]
   colour = shade_sh(pixel_albedo, pixel_normals, sh_coefficients[..., None, None, :, :])
   mask = fragments.mask[..., None]
   return colour * mask + (1 - mask) * background, fragments.mask, fragments

@@ -1,4 +1,5 @@
 import jax
+import jax.test_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -58,6 +59,8 @@ def test_projections_match_numpy(x64, rng):
   pixels, camera_space = camera.weak_perspective(points, rotation, scale, t2)
   np.testing.assert_allclose(pixels, expected, rtol=1e-12, atol=1e-12)
   np.testing.assert_allclose(camera_space, rotated, rtol=1e-12)
+  jax.test_util.check_grads(lambda p, r, s, t: camera.weak_perspective(p, r, s, t),
+                            (points, rotation, scale, t2), order=1, modes=("fwd", "rev"))
   # The encoder's relative parameters: scale 1 and translation 0 put the model origin at the
   # image centre with 0.75 S per 200 mm.
   s, offset = camera.face_camera(np.array([1.0, 2.0]), np.array([[0.0, 0.0], [0.1, -0.2]]),

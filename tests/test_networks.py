@@ -5,7 +5,7 @@ import jax.test_util
 import numpy as np
 import pytest
 
-from sfm_jax import geometry, networks, sphere
+from sfm_jax import geometry, networks, parallel, sphere
 
 
 @pytest.mark.parametrize("depth,expected", [("resnet18", 11_176_512), ("resnet50", 23_508_032)])
@@ -267,3 +267,77 @@ def test_batch_norm_variance_survives_a_mean_far_above_the_spread_in_float32(rng
   np.testing.assert_allclose(updates["batch_stats"]["var"], rows32.var(axis=0), rtol=1e-4)
   np.testing.assert_allclose(y, (rows32 - rows32.mean(0)) / np.sqrt(rows32.var(0) + 1e-5),
                              rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3, 5])
+def test_split_groups_puts_row_b_in_group_b_mod_groups_and_join_inverts_it(groups):
+  x = np.arange(12 * 2 * 3).reshape(12, 2, 3)
+  parts = parallel.split_groups(x, groups)
+  if 12 % groups:  # does not divide the batch: one group, the batch itself
+    assert len(parts) == 1 and parts[0] is x
+  else:
+    assert len(parts) == groups
+    for group, part in enumerate(parts):
+      np.testing.assert_array_equal(part, x[group::groups])
+  np.testing.assert_array_equal(parallel.join_groups(parts), x)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_of_groups_is_batch_norm_of_the_whole_batch(x64, rng, train):
+  # The groups of one batch (`parallel.split_groups`) normalised together: each group's rows of
+  # the whole batch's output, the same running statistics and the same gradients.
+  x = jnp.asarray(rng.normal(1.5, 2.0, size=(6, 3, 2, 5)))
+  weights = jnp.asarray(rng.normal(size=x.shape))
+  module = networks.BatchNorm(use_running_average=not train, momentum=0.9,
+                              param_dtype=jnp.float64)
+  variables = module.init(jax.random.key(0), x)
+  params = {"scale": jnp.asarray(rng.uniform(0.5, 2.0, 5)), "bias": jnp.asarray(rng.normal(size=5))}
+
+  def loss(params, x, groups):
+    parts = parallel.split_groups(x, groups) if groups > 1 else x
+    y, updates = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, parts,
+                              mutable=["batch_stats"])
+    y = parallel.join_groups(y) if groups > 1 else y
+    return jnp.sum(weights * y), (y, updates["batch_stats"])
+
+  (_, whole), whole_grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x, 1)
+  for groups in (2, 3):
+    (_, grouped), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x,
+                                                                                  groups)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12),
+                 (grouped, grads), (whole, whole_grads))
+
+
+@pytest.mark.parametrize("bottleneck", [False, True])
+def test_batch_groups_change_the_speed_not_the_encoder(x64, bottleneck):
+  """The backbone run as 2 groups of the batch is the same network: the same variables (so
+  checkpoints and encoder files carry over), outputs, BatchNorm statistics and gradients as one
+  group, in float64. Basic blocks through the whole encoder (resnet10, landmark branch), the
+  bottleneck blocks through a backbone of one block per stage."""
+  images = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3), jnp.float64)
+  landmarks = jax.random.uniform(jax.random.key(2), (4, 68, 2), jnp.float64, 4.0, 28.0)
+  if bottleneck:
+    make = lambda groups: networks.Backbone((1, 1, 1, 1), True, 4, jnp.float64,
+                                            batch_groups=groups)
+    inputs = lambda train: dict(x=images, train=train)
+  else:
+    make = lambda groups: networks.Encoder(
+        shape_dim=4, expr_dim=2, albedo_dim=2, depth="resnet10", width=4, landmark_features=8,
+        landmark_norm="batch", dtype=jnp.float64, batch_groups=groups)
+    inputs = lambda train: dict(images=images, train=train, landmarks=landmarks)
+  init = lambda groups: jax.jit(lambda: make(groups).init(jax.random.key(0), **inputs(False)))()
+  initial = init(1)
+  variables = jax.tree.map(lambda v: v.astype(jnp.float64), initial)
+
+  def step(groups):
+    def loss(params):
+      out, updates = make(groups).apply(
+          {"params": params, "batch_stats": variables["batch_stats"]}, **inputs(True),
+          mutable=["batch_stats"])
+      return sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(out)), (out, updates)
+    (_, outputs), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+    return outputs, grads
+
+  jax.tree.map(np.testing.assert_array_equal, init(2), initial)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12),
+               step(2), step(1))

@@ -128,7 +128,8 @@ def test_stage2_on_eight_devices_matches_one(tmp_path):
   gradient is a near-cancelling sum (reduced in another order over per-device convolutions) come
   out with a relative rounding error Adam's per-element normalisation does not shrink: measured
   5e-4 of the kernel's scale after 6 steps on one kernel, 1e-12 for the same run in float64. The
-  float64 run shows the 8-device program computes the same function; float32 adds only rounding."""
+  float64 run shows the 8-device program computes the same function; float32 adds only rounding.
+  The backbone runs as 2 groups (`model.batch_groups`) in both, split on the sharded batch."""
   from sfm_jax import face_world, stage1
   from sfm_jax.io import load_tree
   scans = face_world.make_scans(16, 3, seed=0, world=face_world.FaceWorld(resolution=12),
@@ -145,7 +146,7 @@ def test_stage2_on_eight_devices_matches_one(tmp_path):
          f"--workdir={workdir}", f"--config.init_model={tmp_path / 'sfm_model.npz'}",
          "--config.baseline_model=none", "--config.train.num_steps=4",
          "--config.train.log_every=1", "--config.eval.enabled=False",
-         "--config.train.float64=True"],
+         "--config.train.float64=True", "--config.model.batch_groups=2"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{devices} device(s)" in result.stdout

@@ -371,6 +371,9 @@ def test_encoder_model_and_config_mismatches_fail_with_one_clear_error(trained, 
   with pytest.raises(InputError, match=r"train.parameter_average must be in \[0, 1\)"):
     _train("tiny", tmp_path / "k", init_model=str(stage1_models / "sfm_model.npz"),
            **{"train.parameter_average": 1.0})
+  with pytest.raises(InputError, match="model.batch_groups must be an int >= 1, got 0"):
+    _train("tiny", tmp_path / "l", init_model=str(stage1_models / "sfm_model.npz"),
+           **{"model.batch_groups": 0})
 
 
 def _nearest_sphere_code(z, gram, radius):
@@ -453,9 +456,13 @@ def test_image_metrics_on_known_answers():
 def test_reconstruct_landmark_error_of_a_trained_network_is_below_the_bound(trained,
                                                                              stage1_models,
                                                                              tmp_path):
-  """150 steps on the tiny set: reconstructing its (rendered) training faces through the whole
+  """300 steps on the tiny set: reconstructing its (rendered) training faces through the whole
   command (PNG in, crop, network, landmarks mapped back) gives NME below 0.25 of the inter-ocular
-  distance, and clearly below the 12-step network's."""
+  distance, and clearly below the 12-step network's.
+
+  Measured over config seeds 0-3 (each network on its own training faces): NME 0.069, 0.085,
+  0.105, 0.076 after 300 steps; 0.09 to 0.16 after 150, which straddled the bound whatever the
+  code (float rounding alone moved seed 0 from 0.10 to 0.16); 0.23 after 12 (seed 0)."""
   from experiments.configs import stage2 as stage2_configs
   from sfm_jax.sources import images as image_sources
   data = image_sources.load(stage2_configs.get_config("tiny").data, seed=0)
@@ -466,8 +473,8 @@ def test_reconstruct_landmark_error_of_a_trained_network_is_below_the_bound(trai
     write_pts(photos / f"t{i}.pts", data.train.landmarks[i])
   longer = tmp_path / "longer"
   _train("tiny", longer, init_model=str(stage1_models / "sfm_model.npz"), baseline_model="none",
-         **{"train.num_steps": 150, "train.log_every": 50, "train.checkpoint_every": 150,
-            "eval.enabled": False})  # measured: NME 0.11 after 150 steps, 0.23 after 12
+         **{"train.num_steps": 300, "train.log_every": 100, "train.checkpoint_every": 300,
+            "eval.enabled": False})
   errors = {}
   for name, workdir in (("short", trained[0]), ("long", longer)):
     out = tmp_path / name

@@ -4,15 +4,17 @@ r"""Stage-2 train-step benchmark on every local device (data parallel, jit + sha
       --width=16 --shape_dim=20 --expr_dim=10 --albedo_dim=10 --global_batch=32 --repeats=10]
   # where its time goes, per source function (or --by=module, --by=line):
   python -m experiments.benchmarks.bench_stage2 --profile [--by=function --top=25 --steps=3]
-  # the paper's shapes (for a GPU):
+  # the paper's shapes (for a GPU; one group each, as the `paper` config):
   python -m experiments.benchmarks.bench_stage2 --image_size=224 --resolution=230 \
-      --depth=resnet50 --width=64 --shape_dim=199 --expr_dim=100 --albedo_dim=80 --global_batch=64
+      --depth=resnet50 --width=64 --shape_dim=199 --expr_dim=100 --albedo_dim=80 \
+      --global_batch=64 --render_groups=1 --batch_groups=1
 
 A face-world mesh of `resolution^2` vertices with random bases of the right sizes, rendered
 face-world images as the batch; the full SFM objective (landmark, photometric through the window
-rasteriser, margin, centre, priors, residual), Adam per group, state donated. Prints compile time
-apart from the median step time, the time split between the encoder alone (forward + backward)
-and the rest, and images per second.
+rasteriser, margin, centre, priors, residual), Adam per group, state donated; the renderer's and
+the backbone's groups as the `demo` config sets them (`--render_groups`, `--batch_groups`).
+Prints compile time apart from the median step time, the time split between the encoder alone
+(forward + backward) and the rest, and images per second.
 
 With `--profile`, says instead where the step's time goes (`op_profile`): traces `--steps`
 steps with `jax.profiler` and prints the executed operations' time per step, grouped by the
@@ -31,6 +33,7 @@ from absl import flags
 from experiments import cli
 from experiments.benchmarks import op_profile, steps
 from experiments.benchmarks.common import write_json
+from sfm_jax import stage2
 
 _SIZE = flags.DEFINE_integer("image_size", 96, "S")
 _RESOLUTION = flags.DEFINE_integer("resolution", 48, "mesh grid side (V = resolution^2)")
@@ -42,6 +45,10 @@ _ALBEDO = flags.DEFINE_integer("albedo_dim", 10, "A")
 _CLASSES = flags.DEFINE_integer("classes", 1000, "C identities")
 _BATCH = flags.DEFINE_integer("global_batch", 32, "global batch size")
 _WINDOW = flags.DEFINE_integer("window", 4, "rasteriser window")
+_RENDER_GROUPS = flags.DEFINE_integer("render_groups", stage2.Objective.render_groups,
+                                      "the renderer's groups (objective.render_groups)")
+_BATCH_GROUPS = flags.DEFINE_integer("batch_groups", steps.DEMO_BATCH_GROUPS,
+                                     "the backbone's groups (model.batch_groups)")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "timed steps")
 _JSON = flags.DEFINE_string("json", None, "also write the results here")
 _PROFILE = flags.DEFINE_bool("profile", False, "where the time goes instead of how much")
@@ -95,7 +102,8 @@ def main(argv):
   shapes = dict(image_size=_SIZE.value, resolution=_RESOLUTION.value, depth=_DEPTH.value,
                 width=_WIDTH.value, shape_dim=_SHAPE.value, expr_dim=_EXPR.value,
                 albedo_dim=_ALBEDO.value, classes=_CLASSES.value, global_batch=_BATCH.value,
-                window=_WINDOW.value)
+                window=_WINDOW.value, render_groups=_RENDER_GROUPS.value,
+                batch_groups=_BATCH_GROUPS.value)
   if _PROFILE.value:
     _profile(shapes)
     return

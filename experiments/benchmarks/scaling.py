@@ -66,7 +66,8 @@ def _measure_point(point: dict) -> dict:
         expr_dim=max(point["K"] // 2, 1), albedo_dim=4 if quick else 10,
         classes=16 if quick else 1000, global_batch=point["batch"], window=4,
         repeats=point["repeats"], encoder_split=False,
-        **({"render_groups": 1} if quick else {}))  # quick: one program compiles faster
+        # quick: one program compiles faster
+        **({"render_groups": 1, "batch_groups": 1} if quick else {}))
   stats = jax.devices()[0].memory_stats() or {}
   result["device_peak_bytes"] = stats.get("peak_bytes_in_use")
   return result

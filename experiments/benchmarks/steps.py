@@ -9,10 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.benchmarks.common import random_stage1_problem, time_jax
+from experiments.configs import stage2 as stage2_configs
 from sfm_jax import face_world, parallel, stage1, stage2
 from sfm_jax.model import FaceModel
 from sfm_jax.networks import Encoder
 from sfm_jax.train_state import TrainState, train_step
+
+# The backbone's batch groups of the stage-2 configs (`model.batch_groups`), as `demo` trains.
+DEMO_BATCH_GROUPS = stage2_configs.get_config("demo").model.batch_groups
 
 
 def _time_steps(step_fn, state, batch, repeats: int) -> tuple:
@@ -69,12 +73,14 @@ def stage1_step(*, vertices: int, shape_dim: int, expr_dim: int, num_scans: int,
 
 def stage2_problem(*, image_size: int, resolution: int, depth: str, width: int, shape_dim: int,
                    expr_dim: int, albedo_dim: int, classes: int, global_batch: int, window: int,
-                   render_groups: int = stage2.Objective.render_groups) -> dict:
+                   render_groups: int = stage2.Objective.render_groups,
+                   batch_groups: int = DEMO_BATCH_GROUPS) -> dict:
   """A stage-2 train step at these shapes on every local device, ready to call: `step`
   (jitted, state donated), `state`, `batch` (sharded), and `encoder`, `params`, `model_state`,
   `images` (host) for measuring parts of it; `vertices`, `triangles` of the mesh. A face-world
   mesh of `resolution^2` vertices with random bases of the right sizes, rendered face-world
-  images as the batch, the full SFM objective."""
+  images as the batch, the full SFM objective. `render_groups` and `batch_groups` (the
+  renderer's and the backbone's groups) default to the stage-2 `demo` config's."""
   size, b = image_size, global_batch
   world = face_world.FaceWorld(resolution=resolution)
   template = world.template
@@ -94,7 +100,7 @@ def stage2_problem(*, image_size: int, resolution: int, depth: str, width: int, 
            "visible": images.visible[:b],
            "identity": (images.true_identity[:b] % classes).astype(np.int32)}
   encoder = Encoder(shape_dim=shape_dim, expr_dim=expr_dim, albedo_dim=albedo_dim, depth=depth,
-                    width=width)
+                    width=width, batch_groups=batch_groups)
   params, model_state = stage2.init_params(encoder, model, image_size=size, num_classes=classes,
                                            albedo_dim=albedo_dim, seed=0)
   objective = stage2.Objective(window=window, render_groups=render_groups)
@@ -113,14 +119,16 @@ def stage2_problem(*, image_size: int, resolution: int, depth: str, width: int, 
 def stage2_step(*, image_size: int, resolution: int, depth: str, width: int, shape_dim: int,
             expr_dim: int, albedo_dim: int, classes: int, global_batch: int, window: int,
             repeats: int, encoder_split: bool = True,
-            render_groups: int = stage2.Objective.render_groups) -> dict:
+            render_groups: int = stage2.Objective.render_groups,
+            batch_groups: int = DEMO_BATCH_GROUPS) -> dict:
   """One stage-2 train step at these shapes on every local device (`stage2_problem`): compile
   time, median step time, images per second, and (with `encoder_split`) the encoder's forward +
   backward alone."""
   problem = stage2_problem(image_size=image_size, resolution=resolution, depth=depth,
                            width=width, shape_dim=shape_dim, expr_dim=expr_dim,
                            albedo_dim=albedo_dim, classes=classes, global_batch=global_batch,
-                           window=window, render_groups=render_groups)
+                           window=window, render_groups=render_groups,
+                           batch_groups=batch_groups)
   sharded, b = problem["batch"], global_batch
   first, step_s, metrics = _time_steps(problem["step"], problem["state"], lambda i: sharded,
                                        repeats)
@@ -128,7 +136,8 @@ def stage2_step(*, image_size: int, resolution: int, depth: str, width: int, sha
   result = {"device": f"{device.platform}:{device.device_kind}", "devices": jax.device_count(),
             "image_size": image_size, "vertices": problem["vertices"],
             "triangles": problem["triangles"], "depth": depth, "width": width,
-            "shape_dim": shape_dim, "global_batch": b,
+            "shape_dim": shape_dim, "global_batch": b, "render_groups": render_groups,
+            "batch_groups": batch_groups,
             "compile_s": max(first - step_s, 0.0), "step_ms": step_s * 1e3,
             "images_per_s": b / step_s, "render_overflow": float(metrics["render_overflow"])}
   if encoder_split:
