@@ -99,6 +99,26 @@ def unit_vectors(vectors: Array, *, axis: int = -1, eps: float = 1e-6) -> Array:
   return vectors * jnp.expand_dims(_inverse_norm(x, y, z, eps), axis)
 
 
+@jax.custom_jvp
+def squared_lengths(vectors: Array) -> Array:
+  """`[..., 3] -> [...]`: `x^2 + y^2 + z^2` of each 3-vector, differentiable.
+
+  Per component, not a sum over the trailing axis of 3, which XLA on CPU (0.10) reduces slowly.
+  The tangent is stated as `2 sum(v * dv, axis=-1)`, so reverse mode gives `2 v * ct[..., None]`,
+  one elementwise pass: transposing the per-component form pads each component's gradient
+  back into place, which XLA fused into a pass that took 50 ms of a 390 ms stage-1 step at paper
+  shapes (the distances of 128 x 53149 vertices; the step went 1.05x faster with this rule).
+  """
+  x, y, z = (vectors[..., k] for k in range(3))
+  return x * x + y * y + z * z
+
+
+@squared_lengths.defjvp
+def _squared_lengths_jvp(primals, tangents):
+  (vectors,), (d_vectors,) = primals, tangents
+  return squared_lengths(vectors), 2.0 * jnp.sum(vectors * d_vectors, axis=-1)
+
+
 def unit_components(vectors: Array, *, axis: int = -1, eps: float = 1e-6) -> tuple:
   """The three components of `unit_vectors(vectors)` as separate arrays (`axis` removed), for
   per-component arithmetic that follows (SH shading)."""

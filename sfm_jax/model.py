@@ -6,6 +6,7 @@ Shape letters: `B` batch, `V` vertices, `T` triangles, `K` shape code size, `E` 
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from typing import Any
@@ -88,7 +89,38 @@ def _contract(codes: Array, basis: Array, compute_dtype, precision) -> Array:
   if compute_dtype is not None:
     codes, flat = codes.astype(compute_dtype), flat.astype(compute_dtype)
   accumulate = jnp.promote_types(jnp.result_type(codes, flat), jnp.float32)
+  return _codes_times_basis(codes, flat, precision, accumulate)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _codes_times_basis(codes: Array, flat: Array, precision, accumulate) -> Array:
+  """`codes [B, K] @ flat [K, D]`. The rule below gives the basis' gradient as `codes^T [K, B]`,
+  materialised (a few kB), times the cotangent `[B, D]`: the product XLA on CPU (0.10) runs
+  through YNNPACK. Transposed by JAX directly, it is a product that contracts the leading axes
+  of both operands, which went to a slower kernel: 103 against 65 ms alone at paper shapes (K =
+  199, B = 128, D = 159447), and the stage-1 step 1.04x faster (paired). Forward mode and
+  higher derivatives work as for `jnp.dot`."""
   return jnp.dot(codes, flat, precision=precision, preferred_element_type=accumulate)
+
+
+def _codes_times_basis_jvp(precision, accumulate, primals, tangents):
+  codes, flat = primals
+  d_codes, d_flat = tangents
+  out = _codes_times_basis(codes, flat, precision, accumulate)
+  is_zero = lambda tangent: isinstance(tangent, jax.custom_derivatives.SymbolicZero)
+  terms = []
+  if not is_zero(d_codes):
+    terms.append(jnp.dot(d_codes, flat, precision=precision, preferred_element_type=accumulate))
+  if not is_zero(d_flat):  # a model held fixed (the fits) skips this
+    codes_transposed = jax.lax.optimization_barrier(codes.T)  # kept as a [K, B] array by XLA
+    terms.append(jnp.dot(codes_transposed.T, d_flat, precision=precision,
+                         preferred_element_type=accumulate))
+  if not terms:
+    return out, jnp.zeros_like(out)
+  return out, terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+
+_codes_times_basis.defjvp(_codes_times_basis_jvp, symbolic_zeros=True)
 
 
 def decode(model: FaceModel, shape_codes: Array, expr_codes: Array | None = None, *,

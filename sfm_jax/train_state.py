@@ -99,7 +99,7 @@ def train_step(state: TrainState, batch: Any, *, axis_name: str | None = None,
   grads = jax.lax.optimization_barrier(grads)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  grad_norm = optax.tree.norm(grads)
+  grad_norm = global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   metrics = {**metrics, "loss": loss, "grad_norm": grad_norm,
              "finite": finite.astype(jnp.float32)}
@@ -111,6 +111,20 @@ def train_step(state: TrainState, batch: Any, *, axis_name: str | None = None,
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                             model_state=model_state)
   return new_state, metrics
+
+
+def global_norm(tree: Any) -> jax.Array:
+  """The Euclidean norm of all of `tree`'s (real) leaves together, as `optax.tree.norm`.
+
+  Each leaf's squares are taken of `2 x` and the total divided by 4, which is exact in binary
+  floating point (short of overflow near the dtype's largest value). Written as `x * x`, the
+  squares are the very expression Adam's second moment uses, XLA merges the two, and the merged
+  squares have to be written out for both readers: on CPU (0.10) 37 ms of squares per stage-1
+  step at paper shapes (the bases' 48 M gradients). As a different expression the squares stay
+  inside the reduction, which reads each gradient once (stage-1 step 1.056x faster, paired).
+  """
+  total = sum(jnp.sum(jnp.square(leaf * 2.0)) for leaf in jax.tree_util.tree_leaves(tree))
+  return jnp.sqrt(total / 4.0)
 
 
 class ParameterAverageState(NamedTuple):

@@ -122,6 +122,17 @@ def test_unit_vectors_match_numpy_with_finite_gradients(x64, rng):
   np.testing.assert_allclose(np.asarray(grad), np.arange(3.0) / 1e-6)  # x / eps: finite
 
 
+def test_squared_lengths_match_numpy_with_the_plain_derivatives(x64, rng):
+  from jax.test_util import check_grads
+  vectors = rng.normal(size=(4, 6, 3)) * np.exp(rng.uniform(-2, 2, size=(4, 6, 1)))
+  np.testing.assert_allclose(np.asarray(geometry.squared_lengths(vectors)),
+                             np.sum(vectors ** 2, -1), rtol=1e-14)
+  weights = rng.normal(size=(4, 6))
+  grad = jax.grad(lambda v: jnp.sum(weights * geometry.squared_lengths(v)))(vectors)
+  np.testing.assert_allclose(np.asarray(grad), 2 * vectors * weights[..., None], rtol=1e-14)
+  check_grads(jax.jit(geometry.squared_lengths), (vectors,), order=2, modes=["fwd", "rev"])
+
+
 def test_normals_of_a_batch_equal_each_mesh_alone(x64, rng):
   vertices = rng.normal(size=(2, 3, 6, 3))
   triangles = np.array([[0, 1, 2], [1, 3, 2], [2, 3, 4], [3, 5, 4]])

@@ -77,6 +77,33 @@ def test_add_to_each_derivatives_are_those_of_the_broadcast_add(x64, rng):
   check_grads(jax.jit(loss), (batch, row), order=2, modes=("fwd", "rev"))
 
 
+def test_decode_derivatives_in_codes_and_bases_are_those_of_the_products(x64, rng):
+  """`decode`'s basis gradient has its own rule (the codes transposed and materialised); it
+  must give the plain product's derivatives in every mode and order, with either argument held
+  fixed."""
+  from jax.test_util import check_grads
+  m = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64) if a.dtype.kind == "f" else a,
+                             _random_model(rng))
+  s, e = rng.normal(size=(5, 4)), rng.normal(size=(5, 3))
+  weights = rng.normal(size=(5, 7, 3))
+
+  def loss(shape_basis, expr_basis, s, e):
+    faces = fm.decode(m.replace(shape_basis=shape_basis, expr_basis=expr_basis), s, e)
+    return jnp.sum(weights * faces ** 2)
+
+  args = (m.shape_basis, m.expr_basis, s, e)
+  grads = jax.grad(loss, argnums=(0, 1, 2, 3))(*args)
+  residual = 2 * weights * np.asarray(fm.decode(m, s, e))  # d loss / d faces, [B, V, 3]
+  flat = residual.reshape(5, -1)
+  np.testing.assert_allclose(grads[0], (s.T @ flat).reshape(4, 7, 3), rtol=1e-12)
+  np.testing.assert_allclose(grads[1], (e.T @ flat).reshape(3, 7, 3), rtol=1e-12)
+  np.testing.assert_allclose(grads[2], flat @ m.shape_basis.reshape(4, -1).T, rtol=1e-12)
+  np.testing.assert_allclose(grads[3], flat @ m.expr_basis.reshape(3, -1).T, rtol=1e-12)
+  for argnum in range(4):  # the others' tangents are symbolic zeros
+    np.testing.assert_allclose(jax.grad(loss, argnums=argnum)(*args), grads[argnum], rtol=1e-12)
+  check_grads(jax.jit(loss), args, order=2, modes=("fwd", "rev"))
+
+
 @pytest.mark.parametrize("albedo", [False, True])
 def test_model_file_round_trip(tmp_path, rng, albedo):
   m = _random_model(rng, albedo=albedo)

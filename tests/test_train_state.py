@@ -5,7 +5,7 @@ import optax
 import pytest
 
 from sfm_jax import checkpoint
-from sfm_jax.train_state import TrainState, jit_train_step, train_step
+from sfm_jax.train_state import TrainState, global_norm, jit_train_step, train_step
 
 
 def _least_squares(params, model_state, batch, rng):
@@ -149,3 +149,16 @@ def test_the_donated_step_options_change_no_value(rng):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(
       a, b, rtol=1e-5, atol=1e-6 * max(float(np.max(np.abs(b))), 1e-30)), with_options, without)
   jax.tree.map(np.testing.assert_array_equal, run(jit_train_step), with_options)
+
+
+def test_global_norm_is_the_norm_of_all_leaves(rng):
+  tree = {"a": rng.normal(size=(3, 4, 3)).astype(np.float32) * 1e3,
+          "b": [rng.normal(size=(5,)).astype(np.float32) * 1e-3, np.float32(2.5)]}
+  leaves = [np.asarray(x, np.float64).ravel() for x in jax.tree_util.tree_leaves(tree)]
+  expected = np.linalg.norm(np.concatenate(leaves))
+  np.testing.assert_allclose(float(global_norm(tree)), expected, rtol=1e-6)
+  np.testing.assert_allclose(float(jax.jit(global_norm)(tree)), expected, rtol=1e-6)
+  np.testing.assert_allclose(float(global_norm(tree)), float(optax.tree.norm(tree)), rtol=1e-6)
+  with jax.enable_x64(True):  # the factor 2 is exact: float64 agrees to its own rounding
+    tree64 = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), tree)
+    np.testing.assert_allclose(float(global_norm(tree64)), expected, rtol=1e-14)

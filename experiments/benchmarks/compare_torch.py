@@ -36,7 +36,7 @@ from sfm_jax.model import FaceModel, decode
 from sfm_jax.train_state import TrainState, jit_train_step
 
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed groups per measurement.")
-_JSON = flags.DEFINE_string("json", "compare_torch.json", "Where to write the table.")
+_JSON = flags.DEFINE_string("json", "runs/compare_torch.json", "Where to write the table.")
 _SKIP = flags.DEFINE_list("skip", [], "Workloads to skip: decode, spherical, stage1.")
 _COMPILE = flags.DEFINE_bool("compile", True, "Also time torch.compile.")
 _VERTICES = flags.DEFINE_integer("vertices", 53149, "V")
