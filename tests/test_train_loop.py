@@ -152,3 +152,51 @@ def test_a_bad_async_checkpoints_value_is_refused():
   config.train.async_checkpoints = "sometimes"
   with pytest.raises(InputError, match="train.async_checkpoints must be 'auto', 'on' or 'off'"):
     cli.check_train_config(config.train)
+
+
+def test_the_host_stays_at_most_max_steps_ahead_of_the_device(tmp_path):
+  """jax dispatches steps asynchronously; the loop must not read batches (host memory) for more
+  than `MAX_STEPS_AHEAD` unfinished steps. Each step here costs at least `work`'s time, so the
+  request for batch n cannot come before about n - MAX_STEPS_AHEAD - 1 steps of it have passed;
+  a host that read on freely asks for all 12 batches within a few milliseconds."""
+  import time
+
+  import jax
+  import jax.numpy as jnp
+
+  def work(x):  # about 0.3 GFLOP of matmuls the step cannot skip
+    m = jnp.full((384, 384), x[0, 0], jnp.float32) + jnp.eye(384)
+    for _ in range(6):
+      m = jnp.tanh(m @ m / 384.0)
+    return jnp.sum(m)
+
+  def slow_loss(params, model_state, batch, rng):
+    del rng
+    fit = jnp.mean(jnp.square(params["w"] - batch["x"]))
+    return fit + 1e-30 * work(batch["x"]), ({"fit": fit}, model_state)
+
+  timed = jax.jit(work)
+  x = jnp.ones((2, 2), jnp.float32)
+  jax.block_until_ready(timed(x))
+  durations = []
+  for _ in range(5):
+    start = time.perf_counter()
+    jax.block_until_ready(timed(x))
+    durations.append(time.perf_counter() - start)
+  requested = []
+
+  def batch_for_step(step, rows):
+    requested.append(time.perf_counter())
+    return {"x": TARGETS[step % len(TARGETS)][None].repeat(2, 0)}
+
+  config = _config(12, log_every=100)
+  config.checkpoint_every = 100  # only the final save: no other host sync
+  state = TrainState.create(params={"w": jnp.zeros((2, 2))}, tx=optax.adam(0.1),
+                            loss_fn=slow_loss, seed=0)
+  train_loop.run("m", state, batch_for_step, train_config=config,
+                 parallel_config=ml_collections.ConfigDict(dict(mode="jit")),
+                 workdir=str(tmp_path), log=train_loop.MetricsLog(str(tmp_path / "m.jsonl")),
+                 mesh=parallel.make_mesh(), summary=lambda metrics: "")
+  # Steps run one after another (each takes the last one's state); the first may compile.
+  finished_before_last_request = len(requested) - 1 - train_loop.MAX_STEPS_AHEAD - 1
+  assert requested[-1] - requested[1] >= 0.5 * finished_before_last_request * min(durations)
