@@ -92,6 +92,11 @@ def _contract(codes: Array, basis: Array, compute_dtype, precision) -> Array:
   return _codes_times_basis(codes, flat, precision, accumulate)
 
 
+def _is_zero(tangent) -> bool:
+  """Whether a custom JVP rule (`symbolic_zeros=True`) got no tangent for this argument."""
+  return isinstance(tangent, jax.custom_derivatives.SymbolicZero)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _codes_times_basis(codes: Array, flat: Array, precision, accumulate) -> Array:
   """`codes [B, K] @ flat [K, D]`. The rule below gives the basis' gradient as `codes^T [K, B]`,
@@ -107,11 +112,10 @@ def _codes_times_basis_jvp(precision, accumulate, primals, tangents):
   codes, flat = primals
   d_codes, d_flat = tangents
   out = _codes_times_basis(codes, flat, precision, accumulate)
-  is_zero = lambda tangent: isinstance(tangent, jax.custom_derivatives.SymbolicZero)
   terms = []
-  if not is_zero(d_codes):
+  if not _is_zero(d_codes):
     terms.append(jnp.dot(d_codes, flat, precision=precision, preferred_element_type=accumulate))
-  if not is_zero(d_flat):  # a model held fixed (the fits) skips this
+  if not _is_zero(d_flat):  # a model held fixed (the fits) skips this
     codes_transposed = jax.lax.optimization_barrier(codes.T)  # kept as a [K, B] array by XLA
     terms.append(jnp.dot(codes_transposed.T, d_flat, precision=precision,
                          preferred_element_type=accumulate))
@@ -174,9 +178,8 @@ def _add_to_each_jvp(primals, tangents):
   batch, row = primals
   d_batch, d_row = tangents
   out = batch + row
-  is_zero = lambda tangent: isinstance(tangent, jax.custom_derivatives.SymbolicZero)
-  d_out = jnp.zeros_like(out) if is_zero(d_batch) else d_batch
-  if not is_zero(d_row):  # a model held fixed (the fits) adds nothing here
+  d_out = jnp.zeros_like(out) if _is_zero(d_batch) else d_batch
+  if not _is_zero(d_row):  # a model held fixed (the fits) adds nothing here
     ones = jnp.ones((batch.shape[0], 1), d_row.dtype)
     d_out = d_out + jnp.dot(ones, d_row.reshape(1, -1), precision="highest").reshape(out.shape)
   return out, d_out

@@ -48,8 +48,8 @@ from sfm_jax.train_state import TrainState, train_step
 # the host reads batches far ahead of the device whenever reading is faster than a step, up to
 # the next log or save: on the 2-core CPU at paper shapes (82 MB per batch, each held until its
 # step runs) the reduced `:paper` stage 1 peaked at 3.9 to 4.2 GiB, and at 3.3 to 3.4 GiB with
-# the bound (its training phases at 2.6 to 2.8 and 3.2 GiB), in the same time. Waiting for a step two behind keeps
-# the device's queue from running dry.
+# the bound (its training phases at 2.6 to 2.8 and 3.2 GiB), in the same time. Waiting for a
+# step two behind keeps the device's queue from running dry.
 MAX_STEPS_AHEAD = 2
 
 
