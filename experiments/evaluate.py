@@ -102,6 +102,9 @@ def image_mode() -> None:
   rows, predictions = inference.evaluate_split(predictors, data.test,
                                                 landmark_vertices=landmark_vertices,
                                                 batch_size=_BATCH.value, seed=_SEED.value)
+  rows.update(image_eval.noisy_landmark_rows(
+      predictors, data.test, noise=_CONFIG.value.eval.landmark_noise,
+      landmark_vertices=landmark_vertices, batch_size=_BATCH.value, seed=_SEED.value))
   models = {name: predictor.model for name, predictor in predictors.items()}
   rows.update(inference.reference_rows(models, data, fit_steps=_CONFIG.value.eval.fit_steps,
                                        seed=_SEED.value))

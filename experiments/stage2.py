@@ -72,6 +72,9 @@ def _validate(config) -> None:
   if not (isinstance(config.model.batch_groups, int) and config.model.batch_groups >= 1):
     raise InputError(f"model.batch_groups must be an int >= 1, got "
                      f"{config.model.batch_groups!r}")
+  if not config.eval.landmark_noise >= 0:
+    raise InputError(f"eval.landmark_noise must be >= 0 pixels (0 = off), got "
+                     f"{config.eval.landmark_noise}")
 
 
 def landmark_whitening(config, data) -> dict | None:
@@ -288,7 +291,13 @@ def _report(workdir, config, data, table, seen_table, models, elapsed, phases):
        "the ground-truth neutral mesh after a similarity alignment on the 7 NoW landmarks, "
        "per-vertex distances in mm. Identity: 10-fold verification accuracy, silhouette and NMI "
        "of the predicted shape codes across images of one identity (different pose, light, "
-       "expression). NME: visible landmarks, normalised by the inter-ocular distance."), "",
+       "expression). NME: visible landmarks, normalised by the inter-ocular distance."
+       + (f" Rows *landmarks +{config.eval.landmark_noise:g} px noise*: the same network "
+          "reading the annotated landmarks plus Gaussian noise of that many pixels per "
+          "coordinate (scored against the annotations), as a detector's landmarks would be."
+          if config.eval.landmark_noise else "")
+       + (f" Trained with {config.objective.landmark_noise:g} px of such noise on the landmarks "
+          "the encoder reads." if config.objective.landmark_noise else "")), "",
       ("References: **mean face** predicts the training identities' mean neutral shape for "
        "every image (a network that ignores the pixels; the first row to beat); **landmark "
        "ridge** maps the landmarks linearly to the neutral shape (fitted on the training "
@@ -374,6 +383,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   rows, predictions = inference.evaluate_split(
       predictors, data.test, landmark_vertices=np.asarray(models["sfm"].landmarks),
       batch_size=config.eval.batch_size, seed=config.seed)
+  rows.update(image_eval.noisy_landmark_rows(
+      predictors, data.test, noise=config.eval.landmark_noise,
+      landmark_vertices=np.asarray(models["sfm"].landmarks), batch_size=config.eval.batch_size,
+      seed=config.seed))
   print("references: the mean face, the landmark ridge read-out and per-image landmark fits of "
         "each exported model ...", flush=True)
   exported = {name: predictor.model for name, predictor in predictors.items()}

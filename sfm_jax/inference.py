@@ -191,14 +191,17 @@ def load_predictors(workdir: str, names=MODELS) -> dict:
 
 
 def evaluate_split(predictors: dict, split: Split, *, landmark_vertices: np.ndarray, batch_size: int,
-             seed: int) -> tuple[dict, dict]:
-  """(`{name: scores}`, `{name: predictions}`) on a held-out split."""
+             seed: int, input_landmarks: np.ndarray | None = None) -> tuple[dict, dict]:
+  """(`{name: scores}`, `{name: predictions}`) on a held-out split. `input_landmarks` `[N, 68,
+  2]`: what the networks read instead of the split's landmarks (e.g. with noise added); the
+  scores (NME included) still compare with the split's own."""
   rows, predictions = {}, {}
+  network_landmarks = split.landmarks if input_landmarks is None else input_landmarks
   for name, predictor in predictors.items():
     if predictor.image_size != split.images.shape[1]:
       raise InputError(f"{name}: the network takes {predictor.image_size} px images but the "
                        f"evaluation images are {split.images.shape[1]} px")
-    predictions[name] = predict_all(predictor, split.images, split.landmarks,
+    predictions[name] = predict_all(predictor, split.images, network_landmarks,
                                     batch_size=batch_size,
                                     progress=Progress(f"  predicting ({name}):",
                                                       total=len(split), unit="images"))

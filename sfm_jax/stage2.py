@@ -90,6 +90,9 @@ class Objective:
   sphere_map: str = "radial"    # how an SFM network's free vector z becomes its code: "radial"
                                 # (R z / |z|) or "metric" (the sphere code whose shape is nearest
                                 # to the shape of z: `sphere_codes`); unused by Gaussian codes
+  landmark_noise: float = 0.0   # std (pixels) of Gaussian noise added to the landmark positions
+                                # the encoder reads while training (augmentation; the landmark
+                                # term still compares with the annotated ones); 0 = off
 
   def __post_init__(self):
     if self.code_kind not in ("sphere", "gaussian"):
@@ -98,6 +101,9 @@ class Objective:
     if self.sphere_map not in SPHERE_MAPS:
       raise InputError(f"Objective.sphere_map must be one of {SPHERE_MAPS}, got "
                        f"{self.sphere_map!r}")
+    if not self.landmark_noise >= 0:
+      raise InputError(f"Objective.landmark_noise must be >= 0 pixels, got "
+                       f"{self.landmark_noise!r}")
     if not (isinstance(self.render_groups, int) and self.render_groups >= 1):
       raise InputError(f"Objective.render_groups must be an int >= 1, got "
                        f"{self.render_groups!r}")
@@ -213,10 +219,17 @@ def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, im
   triangles = jnp.asarray(model.triangles)
   sphere_model = objective.code_kind == "sphere"
 
+  def encoder_landmarks(landmarks, rng):
+    """The landmarks the encoder reads: the annotated ones, plus `landmark_noise` pixels of
+    Gaussian noise per coordinate drawn from the step's key (the same on resume)."""
+    if not objective.landmark_noise:
+      return landmarks
+    noise = jax.random.normal(rng, landmarks.shape, landmarks.dtype)
+    return landmarks + objective.landmark_noise * noise
+
   def loss_fn(params, model_state, batch, rng):
-    del rng
     out, updates = encoder.apply({"params": params["encoder"], **model_state}, batch["images"],
-                                 train=True, landmarks=batch["landmarks"],
+                                 train=True, landmarks=encoder_landmarks(batch["landmarks"], rng),
                                  mutable=["batch_stats"])
     face = frozen.replace(shape_basis=frozen.shape_basis + params["residual"]["shape"],
                           expr_basis=frozen.expr_basis + params["residual"]["expr"],

@@ -98,8 +98,9 @@ def test_exported_models_are_the_stage1_basis_plus_the_residual(trained, stage1_
 def test_evaluation_table_and_the_image_mode_of_evaluate_agree(trained):
   workdir, result = trained
   table = json.loads(open(workdir / "eval.json").read())
+  noisy_rows = {"sfm, landmarks +1 px noise", "baseline, landmarks +1 px noise"}
   assert set(table["models"]) == {"sfm", "baseline", "mean face", "landmark ridge", "fit sfm",
-                                  "fit baseline"}
+                                  "fit baseline"} | noisy_rows
   assert table["test_images"] == 9
   for scores in (table["models"][name] for name in ("sfm", "baseline", "fit sfm")):
     assert set(scores) >= {"median_mm", "mean_mm", "std_mm", "verification_accuracy",
@@ -119,6 +120,24 @@ def test_evaluation_table_and_the_image_mode_of_evaluate_agree(trained):
                                       data.test.neutral, now)
   assert table["models"]["mean face"]["median_mm"] == pytest.approx(np.median(errors), rel=1e-4)
   assert table["models"]["mean face"]["mean_mm"] == pytest.approx(np.mean(errors), rel=1e-4)
+  # The noisy-landmark rows: the network reads the annotations plus 1 px of Gaussian noise
+  # (seeded), and is scored against the annotations.
+  predictors = inference.load_predictors(str(workdir))
+  noisy = data.test.landmarks + np.random.default_rng([0, 68]).normal(
+      scale=1.0, size=data.test.landmarks.shape)
+  for name in ("sfm", "baseline"):
+    out = inference.predict_all(predictors[name], data.test.images,
+                                noisy.astype(data.test.landmarks.dtype), batch_size=4)
+    clean = inference.predict_all(predictors[name], data.test.images, data.test.landmarks,
+                                  batch_size=4)
+    assert not np.allclose(out["neutral"], clean["neutral"])  # the network reads landmarks
+    row = table["models"][f"{name}, landmarks +1 px noise"]
+    errors = metrics.now_aligned_errors(out["neutral"], data.test.neutral, now)
+    assert row["median_mm"] == pytest.approx(np.median(errors), rel=1e-4)
+    defined = template.landmarks >= 0
+    nme = metrics.landmark_nme(np.nan_to_num(out["landmarks"]), data.test.landmarks,
+                               np.asarray(data.test.visible, bool) & defined[None])
+    assert row["nme"] == pytest.approx(nme, rel=1e-4)
   # The landmark read-out: sklearn's ridge on the z-scored descriptors of the training images,
   # at the penalty the row reports, scored the same way.
   from sklearn.linear_model import Ridge

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sfm_jax import evaluation, face_world, metrics, stage1, stage2
+from sfm_jax import evaluation, face_world, losses, metrics, stage1, stage2
 from sfm_jax.networks import Encoder
 from sfm_jax.train_state import TrainState, jit_train_step
 
@@ -339,3 +339,46 @@ def test_warmed_up_cosine_schedule_scales_every_group_by_the_closed_form_rate():
     for group, rate in group_rate.items():
       np.testing.assert_allclose(np.asarray(jax.tree_util.tree_leaves(updates[group])),
                                  -rate * fraction, rtol=2e-4, atol=1e-12)
+
+
+def test_landmark_noise_reaches_the_encoder_only_and_follows_the_step_key(problem):
+  """With `landmark_noise` the encoder reads the landmarks plus that many pixels of Gaussian noise
+  from the step's key; the landmark term still compares the projection with the annotations."""
+  model, batch = problem
+  encoder = Encoder(shape_dim=4, expr_dim=3, albedo_dim=2, depth="resnet10", width=8,
+                    landmark_features=16, landmark_linear=True, shape_from_landmarks=True)
+  params, model_state = stage2.init_params(encoder, model, image_size=32, num_classes=4,
+                                           albedo_dim=2, seed=0)
+  noise = 1.5
+  objective = stage2.Objective(landmark_noise=noise, render_groups=1)
+  loss_fn = jax.jit(stage2.make_loss_fn(encoder, model, objective, image_size=32))
+  key = jax.random.key(7)
+  _, (terms, _) = loss_fn(params, model_state, batch, key)
+  # The landmark term by hand: the encoder on the noisy landmarks, the target the clean ones.
+  noisy = np.asarray(batch["landmarks"]) + noise * np.asarray(
+      jax.random.normal(key, batch["landmarks"].shape))
+  out = encoder.apply({"params": params["encoder"], **model_state}, batch["images"], train=True,
+                      landmarks=jnp.asarray(noisy, jnp.float32), mutable=["batch_stats"])[0]
+  z = np.asarray(out["z"], np.float64)
+  codes = float(model.radius) * z / np.linalg.norm(z, axis=1, keepdims=True)
+  vertices = (np.asarray(model.mean, np.float64)
+              + np.einsum("bk,kvc->bvc", codes, np.asarray(model.shape_basis, np.float64))
+              + np.einsum("be,evc->bvc", np.asarray(out["expression"], np.float64),
+                          np.asarray(model.expr_basis, np.float64)))
+  pixels, _ = stage2.project_faces(jnp.asarray(vertices, jnp.float32), out, image_size=32)
+  index = np.asarray(model.landmarks)
+  visible = np.asarray(batch["visible"], np.float32) * (index >= 0)[None]
+  expected = losses.landmark_loss(pixels[:, np.maximum(index, 0), :2], batch["landmarks"],
+                                  visible=jnp.asarray(visible))
+  np.testing.assert_allclose(float(terms["landmark"]), float(expected), rtol=2e-4)
+  # The same key gives the same loss; another key, or no noise, another one.
+  again = loss_fn(params, model_state, batch, key)[1][0]
+  assert float(again["landmark"]) == float(terms["landmark"])
+  other = loss_fn(params, model_state, batch, jax.random.key(8))[1][0]
+  clean = jax.jit(stage2.make_loss_fn(encoder, model, dataclasses.replace(objective,
+                                                                          landmark_noise=0.0),
+                                      image_size=32))(params, model_state, batch, None)[1][0]
+  assert float(other["landmark"]) != float(terms["landmark"])
+  assert float(clean["landmark"]) != float(terms["landmark"])
+  with pytest.raises(Exception, match="landmark_noise"):
+    stage2.Objective(landmark_noise=-1.0)

@@ -155,6 +155,9 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.eval.gallery = 6                # held-out images shown in gallery.png
   c.eval.seen_images = 300          # labelled training images of the seen-identity diagnostic
   c.eval.fit_steps = 400            # Adam steps of the per-image landmark-fit reference
+  c.eval.landmark_noise = 1.0       # > 0: also score each network reading the held-out
+                                    # landmarks plus this much Gaussian noise (pixels per
+                                    # coordinate), as from a detector; 0 = off
 
   if variant == "folder":
     c.data.source = "folder"
@@ -173,6 +176,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.data.train_identities, c.data.test_identities, c.data.images_per_identity = 6, 3, 3
     c.data.occluder_probability = 0.0
     c.objective.render_groups = 1  # one program compiles faster, and batches of 8 gain nothing
+    c.objective.landmark_noise = 0.5  # the tests run every option (and resume its noise exactly)
     c.model.batch_groups = 1
     c.model.width, c.model.albedo_dim, c.model.landmark_features = 8, 2, 16
     c.train.num_steps, c.train.global_batch_size = 12, 8
