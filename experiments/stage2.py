@@ -292,9 +292,9 @@ def _report(workdir, config, data, table, seen_table, models, elapsed, phases):
        "per-vertex distances in mm. Identity: 10-fold verification accuracy, silhouette and NMI "
        "of the predicted shape codes across images of one identity (different pose, light, "
        "expression). NME: visible landmarks, normalised by the inter-ocular distance."
-       + (f" Rows *landmarks +{config.eval.landmark_noise:g} px noise*: the same network "
-          "reading the annotated landmarks plus Gaussian noise of that many pixels per "
-          "coordinate (scored against the annotations), as a detector's landmarks would be."
+       + (f" Rows *{image_eval.noisy_landmark_row('<name>', config.eval.landmark_noise)}*: "
+          "the same network reading the annotated landmarks plus Gaussian noise of that many "
+          "pixels per coordinate (scored against the annotations), as a detector's would be."
           if config.eval.landmark_noise else "")
        + (f" Trained with {config.objective.landmark_noise:g} px of such noise on the landmarks "
           "the encoder reads." if config.objective.landmark_noise else "")), "",

@@ -125,6 +125,7 @@ def test_evaluation_table_and_the_image_mode_of_evaluate_agree(trained):
   predictors = inference.load_predictors(str(workdir))
   noisy = data.test.landmarks + np.random.default_rng([0, 68]).normal(
       scale=1.0, size=data.test.landmarks.shape)
+  defined = template.landmarks >= 0
   for name in ("sfm", "baseline"):
     out = inference.predict_all(predictors[name], data.test.images,
                                 noisy.astype(data.test.landmarks.dtype), batch_size=4)
@@ -134,7 +135,6 @@ def test_evaluation_table_and_the_image_mode_of_evaluate_agree(trained):
     row = table["models"][f"{name}, landmarks +1 px noise"]
     errors = metrics.now_aligned_errors(out["neutral"], data.test.neutral, now)
     assert row["median_mm"] == pytest.approx(np.median(errors), rel=1e-4)
-    defined = template.landmarks >= 0
     nme = metrics.landmark_nme(np.nan_to_num(out["landmarks"]), data.test.landmarks,
                                np.asarray(data.test.visible, bool) & defined[None])
     assert row["nme"] == pytest.approx(nme, rel=1e-4)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sfm_jax import evaluation, face_world, losses, metrics, stage1, stage2
+from sfm_jax.errors import InputError
 from sfm_jax.networks import Encoder
 from sfm_jax.train_state import TrainState, jit_train_step
 
@@ -380,5 +381,5 @@ def test_landmark_noise_reaches_the_encoder_only_and_follows_the_step_key(proble
                                       image_size=32))(params, model_state, batch, None)[1][0]
   assert float(other["landmark"]) != float(terms["landmark"])
   assert float(clean["landmark"]) != float(terms["landmark"])
-  with pytest.raises(Exception, match="landmark_noise"):
+  with pytest.raises(InputError, match="landmark_noise"):
     stage2.Objective(landmark_noise=-1.0)
