@@ -102,18 +102,28 @@ def image_mode() -> None:
   rows, predictions = inference.evaluate_split(predictors, data.test,
                                                 landmark_vertices=landmark_vertices,
                                                 batch_size=_BATCH.value, seed=_SEED.value)
-  rows.update(image_eval.noisy_landmark_rows(
-      predictors, data.test, noise=_CONFIG.value.eval.landmark_noise,
-      landmark_vertices=landmark_vertices, batch_size=_BATCH.value, seed=_SEED.value))
   models = {name: predictor.model for name, predictor in predictors.items()}
-  rows.update(inference.reference_rows(models, data, fit_steps=_CONFIG.value.eval.fit_steps,
-                                       seed=_SEED.value))
+  ridge = inference.landmark_ridge(data, seed=_SEED.value)
+  references = inference.reference_rows(models, data, ridge=ridge,
+                                        fit_steps=_CONFIG.value.eval.fit_steps, seed=_SEED.value)
+  noisy_rows, noise_curve = image_eval.landmark_noise_evaluation(
+      predictors, data, clean_rows={**rows, **references},
+      row_noise=_CONFIG.value.eval.landmark_noise, curve_levels=_CONFIG.value.eval.noise_curve,
+      landmark_vertices=landmark_vertices, ridge=ridge, batch_size=_BATCH.value,
+      seed=_SEED.value)
+  rows = {**rows, **noisy_rows, **references}
   os.makedirs(_OUT_DIR.value, exist_ok=True)
-  table = image_eval.write_results(_OUT_DIR.value, rows, predictions, predictors, data.test,
-                                   description=data.description,
-                                   gallery_count=_CONFIG.value.eval.gallery)
+  table = image_eval.write_results(
+      _OUT_DIR.value, rows, predictions, predictors, data.test, description=data.description,
+      gallery_count=_CONFIG.value.eval.gallery,
+      extra={"landmark_noise_curve": noise_curve} if noise_curve else None)
   print(table)
-  print(f"wrote eval.json, gallery.png and codes_2d.png to {_OUT_DIR.value}")
+  written = "eval.json, gallery.png, codes_2d.png"
+  if noise_curve:
+    print("the networks reading noisy landmarks, 3D median (mm) / verification:")
+    print(image_eval.write_noise_curve(_OUT_DIR.value, noise_curve))
+    written += ", landmark_noise.png"
+  print(f"wrote {written} to {_OUT_DIR.value}")
 
 
 def main(argv):

@@ -1,6 +1,7 @@
 """Writing a held-out image evaluation (shared by `experiments.stage2` and `experiments.evaluate`
-image mode): `eval.json`, `gallery.png`, `codes_2d.png` and the Markdown table, and the rows of
-the networks reading noisy landmarks. The scoring itself is `sfm_jax.inference.evaluate_split`
+image mode): `eval.json`, `gallery.png`, `codes_2d.png` and the Markdown table, and the networks
+reading noisy landmarks (the table's noisy rows, the curve over noise levels and its
+`landmark_noise.png`). The scoring itself is `sfm_jax.inference.evaluate_split`
 (the same images, batches and metrics for every model).
 """
 
@@ -11,9 +12,9 @@ import os
 
 import numpy as np
 
-from sfm_jax import evaluation, inference, viz
+from sfm_jax import evaluation, inference, readout, viz
 from sfm_jax.io import atomic_write, write_png
-from sfm_jax.sources.images import Split
+from sfm_jax.sources.images import ImageData, Split
 
 
 def noisy_landmark_row(name: str, noise: float) -> str:
@@ -21,19 +22,108 @@ def noisy_landmark_row(name: str, noise: float) -> str:
   return f"{name}, landmarks +{noise:g} px noise"
 
 
-def noisy_landmark_rows(predictors: dict, split: Split, *, noise: float,
-                        landmark_vertices: np.ndarray, batch_size: int, seed: int) -> dict:
-  """Each network scored again reading the held-out landmarks plus Gaussian noise of `noise`
-  pixels per coordinate (drawn from `seed`), against the same annotations: how much its
-  prediction rests on exact landmarks, which no detector gives. Empty when `noise` is 0."""
-  if not noise:
-    return {}
+def noisy_landmarks(split: Split, noise: float, *, seed: int) -> np.ndarray:
+  """`[N, 68, 2]` the split's annotated landmarks plus Gaussian noise of std `noise` pixels per
+  coordinate. Every level scales the same draw from `seed`, so a curve over levels is smooth."""
   rng = np.random.default_rng([seed, 68])
-  noisy = split.landmarks + rng.normal(scale=noise, size=split.landmarks.shape)
-  rows, _ = inference.evaluate_split(predictors, split, landmark_vertices=landmark_vertices,
-                                     batch_size=batch_size, seed=seed,
-                                     input_landmarks=noisy.astype(split.landmarks.dtype))
-  return {noisy_landmark_row(name, noise): scores for name, scores in rows.items()}
+  noisy = split.landmarks + noise * rng.standard_normal(split.landmarks.shape)
+  return noisy.astype(split.landmarks.dtype)
+
+
+REFITTED_RIDGE = "landmark ridge, refitted at each noise"
+CURVE_KEYS = (("median_mm", "3D median (mm)"), ("verification_accuracy", "verification accuracy"),
+              ("nme", "landmark NME"))
+
+
+def landmark_noise_evaluation(predictors: dict, data: ImageData, *, clean_rows: dict,
+                              row_noise: float, curve_levels, landmark_vertices: np.ndarray,
+                              ridge: readout.LandmarkRidge | None, batch_size: int,
+                              seed: int) -> tuple[dict, dict | None]:
+  """How much each network's prediction rests on exact landmarks, which no detector gives.
+
+  Each network is scored again on the held-out images `data.test`, reading the annotations plus
+  Gaussian noise (`noisy_landmarks`), against the same annotations.
+
+  Args:
+    predictors: `{name: inference.Predictor}`.
+    data: the image data (its `test` split is scored).
+    clean_rows: the networks' rows on the exact landmarks (`inference.evaluate_split`): the
+      curve's point at 0 px.
+    row_noise: pixels of the table rows `<name>, landmarks +<row_noise> px noise`; 0 = none.
+    curve_levels: pixels (> 0) of the curve; empty = no curve.
+    landmark_vertices: `[68]` the models' landmark vertices (3D alignment, NME).
+    ridge: the `landmark ridge` read-out (`inference.landmark_ridge`), also scored on the noisy
+      landmarks along the curve, beside the same read-out refitted at each level on the
+      training landmarks plus that much noise (`landmark ridge, refitted at each noise`: what
+      a linear map reaches on landmarks that noisy); None: both left out.
+    batch_size, seed: as for `inference.evaluate_split`; `seed` also draws the noise.
+
+  Returns:
+    (rows, curve): the table rows, and None or `{"levels_px": [0, ...], key: {name: [value per
+    level]}}` for each key of `CURVE_KEYS` (the networks; `median_mm` also has the two ridge
+    read-outs and the constant `mean face` when `clean_rows` holds it), JSON-ready.
+  """
+  split = data.test
+  levels = sorted({float(x) for x in curve_levels} | ({float(row_noise)} if row_noise else set()))
+  scored = {}
+  for level in levels:
+    scored[level], _ = inference.evaluate_split(
+        predictors, split, landmark_vertices=landmark_vertices, batch_size=batch_size,
+        seed=seed, input_landmarks=noisy_landmarks(split, level, seed=seed))
+  rows = ({noisy_landmark_row(name, row_noise): scores
+           for name, scores in scored[float(row_noise)].items()} if row_noise else {})
+  if not len(curve_levels):
+    return rows, None
+  x = [0.0, *sorted({float(level) for level in curve_levels})]
+
+  def rows_at(level):
+    return clean_rows if level == 0 else scored[level]
+
+  curve = {"levels_px": x}
+  for key, _ in CURVE_KEYS:
+    curve[key] = {name: [float(rows_at(level)[name].get(key, np.nan)) for level in x]
+                  for name in predictors}
+  if split.neutral is not None:
+    if ridge is not None:
+      def ridge_error(reader, level):  # the read-out's 3D median on the landmarks at `level`
+        landmarks = split.landmarks if level == 0 else noisy_landmarks(split, level, seed=seed)
+        return inference.neutral_error(reader.predict(landmarks), split,
+                                       landmark_vertices)["median_mm"]
+
+      curve["median_mm"]["landmark ridge"] = [ridge_error(ridge, level) for level in x]
+      curve["median_mm"][REFITTED_RIDGE] = [
+          ridge_error(ridge if level == 0 else
+                      inference.landmark_ridge(data, seed=seed, landmark_noise=level), level)
+          for level in x]
+    if "mean face" in clean_rows:
+      curve["median_mm"]["mean face"] = [clean_rows["mean face"]["median_mm"]] * len(x)
+  return rows, curve
+
+
+def write_noise_curve(out_dir: str, curve: dict) -> str:
+  """Writes `landmark_noise.png` (a panel per `CURVE_KEYS` entry against the noise; the 3D
+  panel's axis logarithmic, since a linear read-out's error grows tenfold) into `out_dir`;
+  returns the curve as a Markdown table (3D median / verification per level)."""
+  x = curve["levels_px"]
+  panels = [(title, {name: (x, values) for name, values in curve[key].items()
+                     if not np.all(np.isnan(values))})
+            for key, title in CURVE_KEYS]
+  write_png(os.path.join(out_dir, "landmark_noise.png"),
+            viz.plot_curves([p for p in panels if p[1]], x_label="landmark noise (px, std)",
+                            markers=True, log_y=(CURVE_KEYS[0][1],)))
+  header = ["| model | " + " | ".join(f"{level:g} px" for level in x) + " |",
+            "|---|" + "---|" * len(x)]
+
+  def cell(name, i):  # "3D median / verification", whichever the data has; else the NME
+    values = [curve[key].get(name, [np.nan] * len(x))[i] for key in
+              ("median_mm", "verification_accuracy")]
+    shown = " / ".join(f"{v:.3f}" for v in values if not np.isnan(v))
+    return shown or f"NME {curve['nme'][name][i]:.3f}"
+
+  names = list(dict.fromkeys([*curve["median_mm"], *curve["nme"]]))
+  lines = [f"| {name} | " + " | ".join(cell(name, i) for i in range(len(x))) + " |"
+           for name in names]
+  return "\n".join(header + lines)
 
 
 def write_results(out_dir: str, rows: dict, predictions: dict, predictors: dict, split: Split,

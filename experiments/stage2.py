@@ -75,6 +75,9 @@ def _validate(config) -> None:
   if not config.eval.landmark_noise >= 0:
     raise InputError(f"eval.landmark_noise must be >= 0 pixels (0 = off), got "
                      f"{config.eval.landmark_noise}")
+  if not all(isinstance(level, (int, float)) and level > 0 for level in config.eval.noise_curve):
+    raise InputError(f"eval.noise_curve must be a tuple of noise levels > 0 pixels (() = off), "
+                     f"got {config.eval.noise_curve!r}")
 
 
 def landmark_whitening(config, data) -> dict | None:
@@ -263,7 +266,7 @@ def _curves(workdir, log, names):
                             log_y=("total loss",)))
 
 
-def _report(workdir, config, data, table, seen_table, models, elapsed, phases):
+def _report(workdir, config, data, table, seen_table, noise_table, models, elapsed, phases):
   lines = [
       f"# Stage 2 ({config.variant})", "",
       f"Data: {data.description}.", "",
@@ -297,7 +300,10 @@ def _report(workdir, config, data, table, seen_table, models, elapsed, phases):
           "pixels per coordinate (scored against the annotations), as a detector's would be."
           if config.eval.landmark_noise else "")
        + (f" Trained with {config.objective.landmark_noise:g} px of such noise on the landmarks "
-          "the encoder reads." if config.objective.landmark_noise else "")), "",
+          "the encoder reads" + (" (each image's std drawn from U(0, "
+                                 f"{config.objective.landmark_noise:g}) px))."
+                                 if config.objective.landmark_noise_mode == "uniform" else ".")
+          if config.objective.landmark_noise else "")), "",
       ("References: **mean face** predicts the training identities' mean neutral shape for "
        "every image (a network that ignores the pixels; the first row to beat); **landmark "
        "ridge** maps the landmarks linearly to the neutral shape (fitted on the training "
@@ -310,6 +316,12 @@ def _report(workdir, config, data, table, seen_table, models, elapsed, phases):
        f"metrics on {config.eval.seen_images} labelled *training* images (identities the "
        "networks have seen; high here but not above means memorised, not generalised, codes):"),
       "", seen_table, "",
+      *([("The networks reading the held-out landmarks plus Gaussian noise of each std (one "
+          "seeded draw, scaled), 3D median (mm) / verification; the landmark ridge reads the "
+          "same noisy landmarks, as fitted on exact ones and refitted at each noise on the "
+          "training landmarks plus that much noise; the mean face reads none:"), "",
+         noise_table, "",
+         "![landmark noise](landmark_noise.png)", ""] if noise_table else []),
       "![loss curves](loss_curves.png)", "",
       ("Held-out images (input; per model: reconstruction over the input with annotated "
        "landmarks green and predicted red; neutral mesh):"), "",
@@ -383,26 +395,32 @@ def train_and_evaluate(config, workdir: str) -> dict:
   rows, predictions = inference.evaluate_split(
       predictors, data.test, landmark_vertices=np.asarray(models["sfm"].landmarks),
       batch_size=config.eval.batch_size, seed=config.seed)
-  rows.update(image_eval.noisy_landmark_rows(
-      predictors, data.test, noise=config.eval.landmark_noise,
-      landmark_vertices=np.asarray(models["sfm"].landmarks), batch_size=config.eval.batch_size,
-      seed=config.seed))
   print("references: the mean face, the landmark ridge read-out and per-image landmark fits of "
         "each exported model ...", flush=True)
   exported = {name: predictor.model for name, predictor in predictors.items()}
-  rows.update(inference.reference_rows(exported, data, fit_steps=config.eval.fit_steps,
-                                       seed=config.seed))
+  ridge = inference.landmark_ridge(data, seed=config.seed)
+  references = inference.reference_rows(exported, data, ridge=ridge,
+                                         fit_steps=config.eval.fit_steps, seed=config.seed)
+  print("the networks reading noisy landmarks ...", flush=True)
+  noisy_rows, noise_curve = image_eval.landmark_noise_evaluation(
+      predictors, data, clean_rows={**rows, **references}, row_noise=config.eval.landmark_noise,
+      curve_levels=config.eval.noise_curve, landmark_vertices=np.asarray(models["sfm"].landmarks),
+      ridge=ridge, batch_size=config.eval.batch_size, seed=config.seed)
+  rows = {**rows, **noisy_rows, **references}
   seen = inference.evaluate_seen(predictors, data.train, count=config.eval.seen_images,
                                  batch_size=config.eval.batch_size, seed=config.seed)
   cli.end_phase(phases, "evaluate")
-  table = image_eval.write_results(workdir, rows, predictions, predictors, data.test,
-                                   description=data.description,
-                                   gallery_count=config.eval.gallery, seen=seen,
-                                   extra={"phases": phases.rows})
+  extra = {"phases": phases.rows}
+  if noise_curve:
+    extra["landmark_noise_curve"] = noise_curve
+  table = image_eval.write_results(
+      workdir, rows, predictions, predictors, data.test, description=data.description,
+      gallery_count=config.eval.gallery, seen=seen, extra=extra)
+  noise_table = image_eval.write_noise_curve(workdir, noise_curve) if noise_curve else None
   seen_table = evaluation.format_table(seen, inference.SEEN_COLUMNS)
   _curves(workdir, log, list(predictors))
   elapsed = time.perf_counter() - start
-  _report(workdir, config, data, table, seen_table, models, elapsed, phases)
+  _report(workdir, config, data, table, seen_table, noise_table, models, elapsed, phases)
   print(table)
   print("seen identities (training images, a diagnostic):")
   print(seen_table)

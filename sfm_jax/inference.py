@@ -212,17 +212,43 @@ def evaluate_split(predictors: dict, split: Split, *, landmark_vertices: np.ndar
   return rows, predictions
 
 
-def reference_rows(models: dict, data: ImageData, *, fit_steps: int, seed: int) -> dict:
+def landmark_ridge(data: ImageData, *, seed: int,
+                   landmark_noise: float = 0.0) -> readout.LandmarkRidge | None:
+  """`readout.fit_landmark_ridge` on the training rows whose neutral shape is known (photos and
+  rendered scans), or None when there are none (or the held-out images have no 3D truth): the
+  `landmark ridge` reference's read-out. `landmark_noise` > 0: fitted on those rows' landmarks
+  plus Gaussian noise of that std (pixels per coordinate, one draw from `seed`), the linear
+  read-out matched to landmarks that noisy."""
+  training = [s for s in (data.train, data.scans) if s is not None and s.has_truth]
+  if data.test.neutral is None or not training:
+    return None
+  if landmark_noise:
+    rng = np.random.default_rng([seed, 69])
+    training = [dataclasses.replace(s, landmarks=(
+        s.landmarks + landmark_noise * rng.standard_normal(s.landmarks.shape)
+    ).astype(s.landmarks.dtype)) for s in training]
+  return readout.fit_landmark_ridge(training, image_size=data.image_size, seed=seed)
+
+
+def neutral_error(neutral: np.ndarray, split: Split, landmark_vertices: np.ndarray) -> dict:
+  """`metrics.error_summary` of predicted neutral shapes `[N, V, 3]` (mm) against the split's
+  truth, after the similarity alignment on the 7 NoW landmarks (vertices `landmark_vertices`
+  `[68]`), as every 3D row of a stage-2 table is scored."""
+  now = np.asarray(landmark_vertices)[list(metrics.NOW_LANDMARKS)]
+  return metrics.error_summary(metrics.now_aligned_errors(neutral, split.neutral, now))
+
+
+def reference_rows(models: dict, data: ImageData, *, ridge: readout.LandmarkRidge | None,
+                   fit_steps: int, seed: int) -> dict:
   """The rows that say whether a network learned anything (design section 7), scored like its
   own rows on the same held-out images `data.test`:
 
   - `mean face`: predict the training rows' mean neutral shape (`data.training_neutral_mean`;
     without training truth, the first model's mean) for every image: what a network that
     ignores the pixels scores (3D error only);
-  - `landmark ridge`: `readout.fit_landmark_ridge` on the training rows with known neutral
-    shape (photos and rendered scans): what a linear map of the landmarks reaches with the 3D
-    supervision the networks get (3D error only; `ridge_penalty` is its cross-validated
-    penalty);
+  - `landmark ridge`: `ridge` (`landmark_ridge(data)`; None: no row) reading the held-out
+    landmarks: what a linear map of the landmarks reaches with the 3D supervision the networks
+    get (3D error only; `ridge_penalty` is its cross-validated penalty);
   - `fit <name>`: per-image landmark fitting (`fitting.fit_landmarks`, no network) of each model
     in `models` to the annotated landmarks: its 3D error, code identity metrics and NME.
   """
@@ -230,20 +256,14 @@ def reference_rows(models: dict, data: ImageData, *, fit_steps: int, seed: int) 
   split = data.test
   first = next(iter(models.values()))
   if split.neutral is not None:
-    now = np.asarray(first.landmarks)[list(metrics.NOW_LANDMARKS)]
-
-    def score(neutral):
-      return metrics.error_summary(metrics.now_aligned_errors(neutral, split.neutral, now))
-
     mean_face = data.training_neutral_mean()
     if mean_face is None:
       mean_face = np.asarray(first.mean)
-    rows["mean face"] = score(np.broadcast_to(np.asarray(mean_face, np.float32),
-                                              split.neutral.shape))
-    training = [s for s in (data.train, data.scans) if s is not None and s.has_truth]
-    if training:
-      ridge = readout.fit_landmark_ridge(training, image_size=data.image_size, seed=seed)
-      rows["landmark ridge"] = {**score(ridge.predict(split.landmarks)),
+    rows["mean face"] = neutral_error(np.broadcast_to(np.asarray(mean_face, np.float32),
+                                                      split.neutral.shape), split, first.landmarks)
+    if ridge is not None:
+      rows["landmark ridge"] = {**neutral_error(ridge.predict(split.landmarks), split,
+                                                first.landmarks),
                                 "ridge_penalty": ridge.penalty}
   for name, model in models.items():
     fit = fitting.fit_landmarks(model, split.landmarks, image_size=data.image_size,

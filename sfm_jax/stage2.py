@@ -51,6 +51,7 @@ from sfm_jax.networks import Encoder
 from sfm_jax.train_state import adam, grouped_optimizer, track_parameter_average
 
 SPHERE_MAPS = ("radial", "metric")
+LANDMARK_NOISE_MODES = ("fixed", "uniform")
 
 
 def sphere_codes(z: jax.Array, model: FaceModel, *, sphere_map: str) -> jax.Array:
@@ -93,6 +94,9 @@ class Objective:
   landmark_noise: float = 0.0   # std (pixels) of Gaussian noise added to the landmark positions
                                 # the encoder reads while training (augmentation; the landmark
                                 # term still compares with the annotated ones); 0 = off
+  landmark_noise_mode: str = "fixed"  # "fixed": every image gets `landmark_noise`; "uniform":
+                                # each image's std drawn from U(0, landmark_noise), so the
+                                # encoder sees every level from exact to the largest
 
   def __post_init__(self):
     if self.code_kind not in ("sphere", "gaussian"):
@@ -104,6 +108,9 @@ class Objective:
     if not self.landmark_noise >= 0:
       raise InputError(f"Objective.landmark_noise must be >= 0 pixels, got "
                        f"{self.landmark_noise!r}")
+    if self.landmark_noise_mode not in LANDMARK_NOISE_MODES:
+      raise InputError(f"Objective.landmark_noise_mode must be one of {LANDMARK_NOISE_MODES}, "
+                       f"got {self.landmark_noise_mode!r}")
     if not (isinstance(self.render_groups, int) and self.render_groups >= 1):
       raise InputError(f"Objective.render_groups must be an int >= 1, got "
                        f"{self.render_groups!r}")
@@ -220,12 +227,19 @@ def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, im
   sphere_model = objective.code_kind == "sphere"
 
   def encoder_landmarks(landmarks, rng):
-    """The landmarks the encoder reads: the annotated ones, plus `landmark_noise` pixels of
-    Gaussian noise per coordinate drawn from the step's key (the same on resume)."""
+    """The landmarks `[B, 68, 2]` the encoder reads: the annotated ones, plus Gaussian noise per
+    coordinate drawn from the step's key (the same on resume), of std `landmark_noise` pixels
+    or, in mode "uniform", of a std per image drawn from U(0, landmark_noise)."""
     if not objective.landmark_noise:
       return landmarks
+    if objective.landmark_noise_mode == "uniform":
+      rng, scale_rng = jax.random.split(rng)
+      scale = objective.landmark_noise * jax.random.uniform(
+          scale_rng, (landmarks.shape[0], 1, 1), landmarks.dtype)
+    else:
+      scale = objective.landmark_noise
     noise = jax.random.normal(rng, landmarks.shape, landmarks.dtype)
-    return landmarks + objective.landmark_noise * noise
+    return landmarks + scale * noise
 
   def loss_fn(params, model_state, batch, rng):
     out, updates = encoder.apply({"params": params["encoder"], **model_state}, batch["images"],

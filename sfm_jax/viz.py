@@ -182,22 +182,32 @@ def _figure_to_image(figure) -> np.ndarray:
   return np.asarray(figure.canvas.buffer_rgba())[..., :3].astype(np.float64) / 255.0
 
 
-def plot_curves(panels: list, *, log_y: tuple = ()) -> np.ndarray:
+def plot_curves(panels: list, *, log_y: tuple = (), x_label: str = "step",
+                markers: bool = False) -> np.ndarray:
   """Line plots side by side. `panels`: list of `(title, {label: (x, y)})`; titles in `log_y` get
-  a logarithmic y axis. Returns a float image."""
+  a logarithmic y axis; `markers` marks each point. Returns a float image."""
   figure, axes = _figure(len(panels), 4.2, 3.4)
   for axis, (title, series) in zip(axes, panels):
     for label, (x, y) in series.items():
-      axis.plot(x, y, label=label, linewidth=1.4)
+      axis.plot(x, y, label=label, linewidth=1.4, marker="o" if markers else None, markersize=4)
     axis.set_title(title, fontsize=10)
-    axis.set_xlabel("step")
+    axis.set_xlabel(x_label)
     if title in log_y:
       axis.set_yscale("log")
+      _plain_log_ticks(axis.yaxis)
     axis.grid(alpha=0.3)
     if series:  # even one line is named: a panel may hold one of several models or terms
       axis.legend(fontsize=8)
   figure.tight_layout()
   return _figure_to_image(figure)
+
+
+def _plain_log_ticks(scale) -> None:
+  """A logarithmic axis `scale` ticked at 1-2-5 steps with plain numbers (0.2, 5, 20)."""
+  from matplotlib import ticker
+  scale.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+  scale.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+  scale.set_minor_formatter(ticker.NullFormatter())
 
 
 def plot_loglog(rows: list) -> np.ndarray:
@@ -223,10 +233,9 @@ def plot_loglog(rows: list) -> np.ndarray:
         if not ticks or value > ticks[-1] * 1.1:  # near-equal values share a tick
           ticks.append(value)
       axis.set_xticks(ticks)
-      axis.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-      for scale in (axis.xaxis, axis.yaxis):
-        scale.set_major_formatter(plain)
-        scale.set_minor_formatter(ticker.NullFormatter())
+      axis.xaxis.set_major_formatter(plain)
+      axis.xaxis.set_minor_formatter(ticker.NullFormatter())
+      _plain_log_ticks(axis.yaxis)
       axis.set_title(title, fontsize=10)
       axis.set_xlabel(x_label)
       axis.set_ylabel(y_label)

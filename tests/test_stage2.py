@@ -1,6 +1,7 @@
 """The stage-2 entry point, its image evaluation, and `experiments.reconstruct`, end to end on
 the tiny config (32 px, 12x12 mesh), plus the image metrics on known answers."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from sfm_jax import evaluation, face_world, inference, metrics, stage1
+from sfm_jax import evaluation, face_world, inference, metrics, readout, stage1
 from sfm_jax import model as fm
 from sfm_jax.io import read_obj, read_png, write_png, write_pts
 from sfm_jax.networks import landmark_descriptor_array
@@ -138,19 +139,46 @@ def test_evaluation_table_and_the_image_mode_of_evaluate_agree(trained):
     nme = metrics.landmark_nme(np.nan_to_num(out["landmarks"]), data.test.landmarks,
                                np.asarray(data.test.visible, bool) & defined[None])
     assert row["nme"] == pytest.approx(nme, rel=1e-4)
+    # The noise curve: 0 px is the clean row, 1 px the noisy row, 0.5 px half the same draw.
+    curve = table["landmark_noise_curve"]
+    assert curve["levels_px"] == [0.0, 0.5, 1.0]
+    for key in ("median_mm", "verification_accuracy", "nme"):
+      assert curve[key][name][0] == table["models"][name][key]
+      assert curve[key][name][2] == row[key]
+    half = inference.predict_all(predictors[name], data.test.images,
+                                 (data.test.landmarks + 0.5 * (noisy - data.test.landmarks)
+                                  ).astype(data.test.landmarks.dtype), batch_size=4)
+    errors = metrics.now_aligned_errors(half["neutral"], data.test.neutral, now)
+    assert curve["median_mm"][name][1] == pytest.approx(np.median(errors), rel=1e-4)
+  assert curve["median_mm"]["mean face"] == [table["models"]["mean face"]["median_mm"]] * 3
   # The landmark read-out: sklearn's ridge on the z-scored descriptors of the training images,
-  # at the penalty the row reports, scored the same way.
+  # at the penalty the row reports, scored the same way (and along the curve, on the noisy
+  # landmarks).
   from sklearn.linear_model import Ridge
   row = table["models"]["landmark ridge"]
   x = landmark_descriptor_array(data.train.landmarks, image_size=32)
   mean, sd = x.mean(0), np.where(x.std(0) > 1e-12, x.std(0), 1.0)
   ridge = Ridge(alpha=row["ridge_penalty"] * len(x)).fit(
       (x - mean) / sd, data.train.neutral.reshape(len(x), -1).astype(np.float64))
-  test_x = landmark_descriptor_array(data.test.landmarks, image_size=32)
-  predicted = ridge.predict((test_x - mean) / sd)
-  errors = metrics.now_aligned_errors(predicted.reshape(data.test.neutral.shape),
+  for index, landmarks in ((0, data.test.landmarks), (2, noisy)):  # 0 and 1 px
+    test_x = landmark_descriptor_array(landmarks, image_size=32)
+    predicted = ridge.predict((test_x - mean) / sd)
+    errors = metrics.now_aligned_errors(predicted.reshape(data.test.neutral.shape),
+                                        data.test.neutral, now)
+    assert curve["median_mm"]["landmark ridge"][index] == pytest.approx(np.median(errors),
+                                                                        rel=1e-3)
+  assert row["median_mm"] == curve["median_mm"]["landmark ridge"][0]
+  # Refitted at 1 px: the read-out of the training landmarks plus their own seeded noise.
+  train_noisy = dataclasses.replace(data.train, landmarks=(
+      data.train.landmarks + np.random.default_rng([0, 69]).standard_normal(
+          data.train.landmarks.shape)).astype(np.float32))
+  refitted = readout.fit_landmark_ridge([train_noisy], image_size=32, seed=0)
+  errors = metrics.now_aligned_errors(refitted.predict(noisy.astype(np.float32)),
                                       data.test.neutral, now)
-  assert row["median_mm"] == pytest.approx(np.median(errors), rel=1e-3)
+  refitted_curve = curve["median_mm"]["landmark ridge, refitted at each noise"]
+  assert refitted_curve[2] == pytest.approx(np.median(errors), rel=1e-4)
+  assert refitted_curve[0] == row["median_mm"] and refitted_curve[2] < curve["median_mm"][
+      "landmark ridge"][2]  # fitted to noise, it reads noisy landmarks better
   # World batches carry the 3D truth of the vertex term: posed = neutral + the expression.
   batch = data.train.batch(np.arange(len(data.train)))
   neutral_rows = np.all(batch["posed"] == batch["neutral"], axis=(1, 2))
@@ -164,11 +192,20 @@ def test_evaluation_table_and_the_image_mode_of_evaluate_agree(trained):
   for name, scores in table["models"].items():
     for key, value in scores.items():
       assert second["models"][name][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+  for key, series in curve.items():
+    if key != "levels_px":
+      for name, values in series.items():
+        np.testing.assert_allclose(second["landmark_noise_curve"][key][name], values, rtol=1e-5,
+                                   atol=1e-6, err_msg=f"{key} {name}")
+  # One panel per curve key (3D, verification, NME), 4.2 x 3.4 inches at 100 dpi each.
+  assert read_png(workdir / "landmark_noise.png").shape[:2] == (340, 3 * 420)
+  assert (out / "landmark_noise.png").exists()
   gallery = read_png(workdir / "gallery.png")
   # 3 rows, 5 columns of 32-px cells 4 px apart, under a 30-px strip of column titles.
   assert gallery.shape[:2] == (30 + 3 * 32 + 4 * 4, 5 * 32 + 6 * 4)
   for name in ("loss_curves.png", "codes_2d.png", "report.md", "sfm_encoder.npz"):
     assert (workdir / name).exists()
+  assert "![landmark noise](landmark_noise.png)" in open(workdir / "report.md").read()
   from experiments.configs import stage2 as stage2_configs
   objective = stage2_configs.get_config("tiny").objective  # the report names the terms run
   report = open(workdir / "report.md").read()
@@ -393,6 +430,9 @@ def test_encoder_model_and_config_mismatches_fail_with_one_clear_error(trained, 
   with pytest.raises(InputError, match="model.batch_groups must be an int >= 1, got 0"):
     _train("tiny", tmp_path / "l", init_model=str(stage1_models / "sfm_model.npz"),
            **{"model.batch_groups": 0})
+  with pytest.raises(InputError, match=r"eval.noise_curve must be a tuple of noise levels > 0"):
+    _train("tiny", tmp_path / "m", init_model=str(stage1_models / "sfm_model.npz"),
+           **{"eval.noise_curve": (0.5, -1.0)})
 
 
 def _nearest_sphere_code(z, gram, radius):

@@ -342,22 +342,30 @@ def test_warmed_up_cosine_schedule_scales_every_group_by_the_closed_form_rate():
                                  -rate * fraction, rtol=2e-4, atol=1e-12)
 
 
-def test_landmark_noise_reaches_the_encoder_only_and_follows_the_step_key(problem):
-  """With `landmark_noise` the encoder reads the landmarks plus that many pixels of Gaussian noise
-  from the step's key; the landmark term still compares the projection with the annotations."""
+@pytest.mark.parametrize("mode", ["fixed", "uniform"])
+def test_landmark_noise_reaches_the_encoder_only_and_follows_the_step_key(problem, mode):
+  """With `landmark_noise` the encoder reads the landmarks plus Gaussian noise from the step's key
+  (std `landmark_noise` pixels, or per image U(0, landmark_noise) in mode "uniform"); the
+  landmark term still compares the projection with the annotations."""
   model, batch = problem
   encoder = Encoder(shape_dim=4, expr_dim=3, albedo_dim=2, depth="resnet10", width=8,
                     landmark_features=16, landmark_linear=True, shape_from_landmarks=True)
   params, model_state = stage2.init_params(encoder, model, image_size=32, num_classes=4,
                                            albedo_dim=2, seed=0)
   noise = 1.5
-  objective = stage2.Objective(landmark_noise=noise, render_groups=1)
+  objective = stage2.Objective(landmark_noise=noise, landmark_noise_mode=mode, render_groups=1)
   loss_fn = jax.jit(stage2.make_loss_fn(encoder, model, objective, image_size=32))
   key = jax.random.key(7)
   _, (terms, _) = loss_fn(params, model_state, batch, key)
   # The landmark term by hand: the encoder on the noisy landmarks, the target the clean ones.
-  noisy = np.asarray(batch["landmarks"]) + noise * np.asarray(
-      jax.random.normal(key, batch["landmarks"].shape))
+  shape = batch["landmarks"].shape
+  if mode == "uniform":  # one std per image, from its own half of the key
+    noise_key, scale_key = jax.random.split(key)
+    std = noise * np.asarray(jax.random.uniform(scale_key, (shape[0], 1, 1)))
+    assert np.all((std >= 0) & (std <= noise)) and np.ptp(std) > 0
+  else:
+    noise_key, std = key, noise
+  noisy = np.asarray(batch["landmarks"]) + std * np.asarray(jax.random.normal(noise_key, shape))
   out = encoder.apply({"params": params["encoder"], **model_state}, batch["images"], train=True,
                       landmarks=jnp.asarray(noisy, jnp.float32), mutable=["batch_stats"])[0]
   z = np.asarray(out["z"], np.float64)
@@ -383,3 +391,5 @@ def test_landmark_noise_reaches_the_encoder_only_and_follows_the_step_key(proble
   assert float(clean["landmark"]) != float(terms["landmark"])
   with pytest.raises(InputError, match="landmark_noise"):
     stage2.Objective(landmark_noise=-1.0)
+  with pytest.raises(InputError, match="landmark_noise_mode"):
+    stage2.Objective(landmark_noise_mode="gaussian")

@@ -158,6 +158,8 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.eval.landmark_noise = 1.0       # > 0: also score each network reading the held-out
                                     # landmarks plus this much Gaussian noise (pixels per
                                     # coordinate), as from a detector; 0 = off
+  c.eval.noise_curve = (0.5, 1.0, 2.0, 4.0)  # the same at each of these levels (pixels, > 0):
+                                    # landmark_noise.png and a table in the report; () = off
 
   if variant == "folder":
     c.data.source = "folder"
@@ -184,6 +186,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.train.log_every, c.train.checkpoint_every = 2, 4
     c.eval.batch_size, c.eval.gallery, c.eval.seen_images = 8, 3, 12
     c.eval.fit_steps = 100
+    c.eval.noise_curve = (0.5, 1.0)
     c.pretrain.identities, c.pretrain.images_per_identity = 8, 2  # (steps stay 0: tests set them)
     c.pretrain.global_batch_size, c.pretrain.warmup_steps = 8, 2
   return c
