@@ -102,16 +102,10 @@ def image_mode() -> None:
   rows, predictions = inference.evaluate_split(predictors, data.test,
                                                 landmark_vertices=landmark_vertices,
                                                 batch_size=_BATCH.value, seed=_SEED.value)
-  models = {name: predictor.model for name, predictor in predictors.items()}
-  ridge = inference.landmark_ridge(data, seed=_SEED.value)
-  references = inference.reference_rows(models, data, ridge=ridge,
-                                        fit_steps=_CONFIG.value.eval.fit_steps, seed=_SEED.value)
-  noisy_rows, noise_curve = image_eval.landmark_noise_evaluation(
-      predictors, data, clean_rows={**rows, **references},
+  rows, noise_curve = image_eval.references_and_noise(
+      predictors, data, rows, fit_steps=_CONFIG.value.eval.fit_steps,
       row_noise=_CONFIG.value.eval.landmark_noise, curve_levels=_CONFIG.value.eval.noise_curve,
-      landmark_vertices=landmark_vertices, ridge=ridge, batch_size=_BATCH.value,
-      seed=_SEED.value)
-  rows = {**rows, **noisy_rows, **references}
+      landmark_vertices=landmark_vertices, batch_size=_BATCH.value, seed=_SEED.value)
   os.makedirs(_OUT_DIR.value, exist_ok=True)
   table = image_eval.write_results(
       _OUT_DIR.value, rows, predictions, predictors, data.test, description=data.description,

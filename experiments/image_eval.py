@@ -25,9 +25,7 @@ def noisy_landmark_row(name: str, noise: float) -> str:
 def noisy_landmarks(split: Split, noise: float, *, seed: int) -> np.ndarray:
   """`[N, 68, 2]` the split's annotated landmarks plus Gaussian noise of std `noise` pixels per
   coordinate. Every level scales the same draw from `seed`, so a curve over levels is smooth."""
-  rng = np.random.default_rng([seed, 68])
-  noisy = split.landmarks + noise * rng.standard_normal(split.landmarks.shape)
-  return noisy.astype(split.landmarks.dtype)
+  return split.with_landmark_noise(noise, np.random.default_rng([seed, 68])).landmarks
 
 
 REFITTED_RIDGE = "landmark ridge, refitted at each noise"
@@ -65,11 +63,13 @@ def landmark_noise_evaluation(predictors: dict, data: ImageData, *, clean_rows: 
   """
   split = data.test
   levels = sorted({float(x) for x in curve_levels} | ({float(row_noise)} if row_noise else set()))
+  noisy = {0.0: split.landmarks, **{level: noisy_landmarks(split, level, seed=seed)
+                                    for level in levels}}
   scored = {}
   for level in levels:
     scored[level], _ = inference.evaluate_split(
         predictors, split, landmark_vertices=landmark_vertices, batch_size=batch_size,
-        seed=seed, input_landmarks=noisy_landmarks(split, level, seed=seed))
+        seed=seed, input_landmarks=noisy[level])
   rows = ({noisy_landmark_row(name, row_noise): scores
            for name, scores in scored[float(row_noise)].items()} if row_noise else {})
   if not len(curve_levels):
@@ -86,8 +86,7 @@ def landmark_noise_evaluation(predictors: dict, data: ImageData, *, clean_rows: 
   if split.neutral is not None:
     if ridge is not None:
       def ridge_error(reader, level):  # the read-out's 3D median on the landmarks at `level`
-        landmarks = split.landmarks if level == 0 else noisy_landmarks(split, level, seed=seed)
-        return inference.neutral_error(reader.predict(landmarks), split,
+        return inference.neutral_error(reader.predict(noisy[level]), split,
                                        landmark_vertices)["median_mm"]
 
       curve["median_mm"]["landmark ridge"] = [ridge_error(ridge, level) for level in x]
@@ -98,6 +97,24 @@ def landmark_noise_evaluation(predictors: dict, data: ImageData, *, clean_rows: 
     if "mean face" in clean_rows:
       curve["median_mm"]["mean face"] = [clean_rows["mean face"]["median_mm"]] * len(x)
   return rows, curve
+
+
+def references_and_noise(predictors: dict, data: ImageData, rows: dict, *, fit_steps: int,
+                         row_noise: float, curve_levels, landmark_vertices: np.ndarray,
+                         batch_size: int, seed: int) -> tuple[dict, dict | None]:
+  """(the held-out table, the noise curve): the networks' clean `rows`
+  (`inference.evaluate_split`), their noisy rows, then the references of
+  `inference.reference_rows` for the exported models, with the landmark ridge fitted once for
+  the table and the curve (`landmark_noise_evaluation`, same arguments)."""
+  ridge = inference.landmark_ridge(data, seed=seed)
+  models = {name: predictor.model for name, predictor in predictors.items()}
+  references = inference.reference_rows(models, data, ridge=ridge, fit_steps=fit_steps,
+                                        seed=seed)
+  noisy_rows, curve = landmark_noise_evaluation(
+      predictors, data, clean_rows={**rows, **references}, row_noise=row_noise,
+      curve_levels=curve_levels, landmark_vertices=landmark_vertices, ridge=ridge,
+      batch_size=batch_size, seed=seed)
+  return {**rows, **noisy_rows, **references}, curve
 
 
 def write_noise_curve(out_dir: str, curve: dict) -> str:

@@ -396,17 +396,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
       predictors, data.test, landmark_vertices=np.asarray(models["sfm"].landmarks),
       batch_size=config.eval.batch_size, seed=config.seed)
   print("references: the mean face, the landmark ridge read-out and per-image landmark fits of "
-        "each exported model ...", flush=True)
-  exported = {name: predictor.model for name, predictor in predictors.items()}
-  ridge = inference.landmark_ridge(data, seed=config.seed)
-  references = inference.reference_rows(exported, data, ridge=ridge,
-                                         fit_steps=config.eval.fit_steps, seed=config.seed)
-  print("the networks reading noisy landmarks ...", flush=True)
-  noisy_rows, noise_curve = image_eval.landmark_noise_evaluation(
-      predictors, data, clean_rows={**rows, **references}, row_noise=config.eval.landmark_noise,
-      curve_levels=config.eval.noise_curve, landmark_vertices=np.asarray(models["sfm"].landmarks),
-      ridge=ridge, batch_size=config.eval.batch_size, seed=config.seed)
-  rows = {**rows, **noisy_rows, **references}
+        "each exported model; the networks reading noisy landmarks ...", flush=True)
+  rows, noise_curve = image_eval.references_and_noise(
+      predictors, data, rows, fit_steps=config.eval.fit_steps,
+      row_noise=config.eval.landmark_noise, curve_levels=config.eval.noise_curve,
+      landmark_vertices=np.asarray(models["sfm"].landmarks), batch_size=config.eval.batch_size,
+      seed=config.seed)
   seen = inference.evaluate_seen(predictors, data.train, count=config.eval.seen_images,
                                  batch_size=config.eval.batch_size, seed=config.seed)
   cli.end_phase(phases, "evaluate")

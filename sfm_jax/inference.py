@@ -224,9 +224,7 @@ def landmark_ridge(data: ImageData, *, seed: int,
     return None
   if landmark_noise:
     rng = np.random.default_rng([seed, 69])
-    training = [dataclasses.replace(s, landmarks=(
-        s.landmarks + landmark_noise * rng.standard_normal(s.landmarks.shape)
-    ).astype(s.landmarks.dtype)) for s in training]
+    training = [s.with_landmark_noise(landmark_noise, rng) for s in training]
   return readout.fit_landmark_ridge(training, image_size=data.image_size, seed=seed)
 
 

@@ -52,6 +52,12 @@ class Split:
   def has_truth(self) -> bool:
     return self.neutral is not None and self.posed is not None
 
+  def with_landmark_noise(self, std: float, rng: np.random.Generator) -> Split:
+    """The same rows with Gaussian noise of `std` pixels added to each landmark coordinate
+    (`std * rng.standard_normal`, so one generator state gives one draw whatever the std)."""
+    noisy = self.landmarks + std * rng.standard_normal(self.landmarks.shape)
+    return dataclasses.replace(self, landmarks=noisy.astype(self.landmarks.dtype))
+
   def without_truth(self) -> Split:
     """The same images with no 3D truth (2D-only rows)."""
     return dataclasses.replace(self, neutral=None, posed=None, neutral_weight=None,
