@@ -97,6 +97,8 @@ def image_mode() -> None:
   first_model = next(iter(predictors.values())).model
   data = image_sources.load(data_config, seed=_SEED.value, model=first_model)
   landmark_vertices = np.asarray(first_model.landmarks)
+  flip_partner = (image_sources.mirror_map(data_config, first_model)
+                  if _CONFIG.value.eval.flip_average and data.test.neutral is not None else None)
   print(f"evaluating {', '.join(predictors)} from {_STAGE2.value} on {len(data.test)} held-out "
         f"images: {data.description}", flush=True)
   rows, predictions = inference.evaluate_split(predictors, data.test,
@@ -105,7 +107,8 @@ def image_mode() -> None:
   rows, noise_curve = image_eval.references_and_noise(
       predictors, data, rows, fit_steps=_CONFIG.value.eval.fit_steps,
       row_noise=_CONFIG.value.eval.landmark_noise, curve_levels=_CONFIG.value.eval.noise_curve,
-      landmark_vertices=landmark_vertices, batch_size=_BATCH.value, seed=_SEED.value)
+      landmark_vertices=landmark_vertices, batch_size=_BATCH.value, seed=_SEED.value,
+      predictions=predictions, flip_partner=flip_partner)
   os.makedirs(_OUT_DIR.value, exist_ok=True)
   table = image_eval.write_results(
       _OUT_DIR.value, rows, predictions, predictors, data.test, description=data.description,

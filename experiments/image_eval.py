@@ -1,7 +1,7 @@
 """Writing a held-out image evaluation (shared by `experiments.stage2` and `experiments.evaluate`
-image mode): `eval.json`, `gallery.png`, `codes_2d.png` and the Markdown table, and the networks
-reading noisy landmarks (the table's noisy rows, the curve over noise levels and its
-`landmark_noise.png`). The scoring itself is `sfm_jax.inference.evaluate_split`
+image mode): `eval.json`, `gallery.png`, `codes_2d.png` and the Markdown table, the networks'
+flip-averaged rows, and the networks reading noisy landmarks (the table's noisy rows, the curve
+over noise levels and its `landmark_noise.png`). The scoring itself is `sfm_jax.inference.evaluate_split`
 (the same images, batches and metrics for every model).
 """
 
@@ -99,13 +99,39 @@ def landmark_noise_evaluation(predictors: dict, data: ImageData, *, clean_rows: 
   return rows, curve
 
 
+def flip_average_row(name: str) -> str:
+  return f"{name}, flip-averaged"
+
+
+def flip_average_rows(predictors: dict, split: Split, predictions: dict, *,
+                      partner: np.ndarray, landmark_vertices: np.ndarray,
+                      batch_size: int) -> dict:
+  """`{"<name>, flip-averaged": 3D scores}`: each network's neutral shape averaged over the
+  held-out image and its mirror image (`inference.flip_averaged_neutral`; `predictions` are
+  `evaluate_split`'s), scored like the clean rows; 3D only (the two views' codes make no one
+  code without a fit). {} without 3D truth."""
+  if split.neutral is None:
+    return {}
+  return {flip_average_row(name): inference.neutral_error(
+      inference.flip_averaged_neutral(predictor, split, predictions[name]["neutral"],
+                                      partner=partner, batch_size=batch_size),
+      split, landmark_vertices) for name, predictor in predictors.items()}
+
+
 def references_and_noise(predictors: dict, data: ImageData, rows: dict, *, fit_steps: int,
                          row_noise: float, curve_levels, landmark_vertices: np.ndarray,
-                         batch_size: int, seed: int) -> tuple[dict, dict | None]:
+                         batch_size: int, seed: int, predictions: dict | None = None,
+                         flip_partner: np.ndarray | None = None) -> tuple[dict, dict | None]:
   """(the held-out table, the noise curve): the networks' clean `rows`
-  (`inference.evaluate_split`), their noisy rows, then the references of
-  `inference.reference_rows` for the exported models, with the landmark ridge fitted once for
-  the table and the curve (`landmark_noise_evaluation`, same arguments)."""
+  (`inference.evaluate_split`), with `flip_partner` (`[V]`, `images.mirror_map`) their
+  flip-averaged rows (`flip_average_rows`, from its `predictions`), their noisy rows, then the
+  references of `inference.reference_rows` for the exported models, with the landmark ridge
+  fitted once for the table and the curve (`landmark_noise_evaluation`, same arguments)."""
+  if flip_partner is not None:
+    rows = {**rows, **flip_average_rows(predictors, data.test, predictions,
+                                        partner=flip_partner,
+                                        landmark_vertices=landmark_vertices,
+                                        batch_size=batch_size)}
   ridge = inference.landmark_ridge(data, seed=seed)
   models = {name: predictor.model for name, predictor in predictors.items()}
   references = inference.reference_rows(models, data, ridge=ridge, fit_steps=fit_steps,

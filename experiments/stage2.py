@@ -303,7 +303,11 @@ def _report(workdir, config, data, table, seen_table, noise_table, models, elaps
           "the encoder reads" + (" (each image's std drawn from U(0, "
                                  f"{config.objective.landmark_noise:g}) px))."
                                  if config.objective.landmark_noise_mode == "uniform" else ".")
-          if config.objective.landmark_noise else "")), "",
+          if config.objective.landmark_noise else "")
+       + (f" Rows *{image_eval.flip_average_row('<name>')}*: the network's neutral shape "
+          "averaged with the mirror image of its prediction for the horizontally flipped image "
+          "(landmarks flipped and relabelled), 3D only." if config.eval.flip_average else "")),
+      "",
       ("References: **mean face** predicts the training identities' mean neutral shape for "
        "every image (a network that ignores the pixels; the first row to beat); **landmark "
        "ridge** maps the landmarks linearly to the neutral shape (fitted on the training "
@@ -352,6 +356,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     print(f"stage 2 ({config.variant}): preparing images ...", flush=True)
   data = image_sources.load(config.data, seed=config.seed, model=models["sfm"])
   _check_data(data, models["sfm"])
+  flip_partner = (image_sources.mirror_map(config.data, models["sfm"])  # fails before training
+                  if config.eval.flip_average and data.test.neutral is not None else None)
   if chief:
     print(f"{data.description}; {jax.device_count()} device(s) in {jax.process_count()} "
           f"process(es) ({format_seconds(time.perf_counter() - start)})", flush=True)
@@ -401,7 +407,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       predictors, data, rows, fit_steps=config.eval.fit_steps,
       row_noise=config.eval.landmark_noise, curve_levels=config.eval.noise_curve,
       landmark_vertices=np.asarray(models["sfm"].landmarks), batch_size=config.eval.batch_size,
-      seed=config.seed)
+      seed=config.seed, predictions=predictions, flip_partner=flip_partner)
   seen = inference.evaluate_seen(predictors, data.train, count=config.eval.seen_images,
                                  batch_size=config.eval.batch_size, seed=config.seed)
   cli.end_phase(phases, "evaluate")

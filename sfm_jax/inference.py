@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sfm_jax import evaluation, fitting, geometry, metrics, readout, viz
+from sfm_jax import evaluation, fitting, geometry, metrics, mirror, readout, viz
 from sfm_jax.errors import InputError
 from sfm_jax.io.tree import load_tree, save_tree
 from sfm_jax.model import FaceModel, decode, load_model
@@ -210,6 +210,20 @@ def evaluate_split(predictors: dict, split: Split, *, landmark_vertices: np.ndar
         visible=split.visible, landmark_vertices=landmark_vertices, neutral=split.neutral,
         seed=seed)
   return rows, predictions
+
+
+def flip_averaged_neutral(predictor: Predictor, split: Split, neutral: np.ndarray, *,
+                          partner: np.ndarray, batch_size: int) -> np.ndarray:
+  """`[N, V, 3]` the network's neutral shapes averaged over each image and its mirror image:
+  the mean of `neutral` (its prediction for `split`) and, mirrored back through `partner`
+  (`[V]`, `mirror.vertex_map`), its prediction for `split.mirrored` (pixels and landmarks
+  flipped). Equivariant by construction: the average for the mirrored split is the mirror of
+  this one."""
+  flipped = split.without_truth().mirrored(None, identity_offset=0)
+  other = predict_all(predictor, flipped.images, flipped.landmarks, batch_size=batch_size,
+                      keys=("neutral",))["neutral"]
+  return 0.5 * (np.asarray(neutral, np.float64) + mirror.vertices(
+      np.asarray(other, np.float64), partner))
 
 
 def landmark_ridge(data: ImageData, *, seed: int,

@@ -348,6 +348,51 @@ def test_reconstruct_and_stage2_fail_clearly_on_bad_input(trained, reconstructio
   assert "wrote 0 reconstructions" in refused.stdout
   no_run = _run("experiments.reconstruct", f"--workdir={tmp_path}", f"--images={folder}")
   assert no_run.returncode == 1 and "no trained stage-2 model" in no_run.stderr
+  # Flip averaging on the 12 x 12 face world: refused before any training (even grid).
+  even = _run("experiments.stage2", TINY, f"--workdir={tmp_path / 'e'}",
+              f"--config.init_model={stage1_models / 'sfm_model.npz'}",
+              "--config.eval.flip_average=True")
+  assert even.returncode == 1 and "use an odd data.resolution" in even.stderr
+  assert not (tmp_path / "e" / "checkpoints").exists()
+
+
+def test_flip_averaged_rows_are_the_mirror_equivariant_average(trained):
+  """`eval.flip_average`'s rows: each network's neutral averaged with the mirror image of its
+  prediction for the flipped image. The average is equivariant: for the mirrored images it is
+  the mirror of the average (whatever the network). Scored like the clean rows."""
+  from experiments import image_eval
+  from experiments.configs import stage2 as stage2_configs
+  from sfm_jax import mirror
+  from sfm_jax.sources import images as image_sources
+  workdir, _ = trained
+  data = image_sources.load(stage2_configs.get_config("tiny").data, seed=0)
+  predictors = inference.load_predictors(str(workdir))
+  partner = face_world.face_template(12).mirror  # (the network's landmarks need not be exact)
+  split = data.test
+  flipped = split.mirrored(partner, identity_offset=0)
+  now = face_world.face_template(12).landmarks[list(metrics.NOW_LANDMARKS)]
+  for name, predictor in predictors.items():
+    plain = inference.predict_all(predictor, split.images, split.landmarks, batch_size=4)
+    mirrored = inference.predict_all(predictor, flipped.images, flipped.landmarks, batch_size=4)
+    average = inference.flip_averaged_neutral(predictor, split, plain["neutral"],
+                                              partner=partner, batch_size=4)
+    assert not np.allclose(plain["neutral"], mirror.vertices(mirrored["neutral"], partner),
+                           atol=1e-2)  # the network alone is not equivariant
+    np.testing.assert_allclose(
+        inference.flip_averaged_neutral(predictor, flipped, mirrored["neutral"],
+                                        partner=partner, batch_size=4),
+        mirror.vertices(average, partner), atol=2e-4)
+    np.testing.assert_allclose(average, 0.5 * (plain["neutral"] + mirror.vertices(
+        mirrored["neutral"], partner)), atol=2e-5)
+    rows = image_eval.flip_average_rows(
+        {name: predictor}, split, {name: plain}, partner=partner,
+        landmark_vertices=predictor.model.landmarks, batch_size=4)
+    errors = metrics.now_aligned_errors(average, split.neutral, now)
+    assert set(rows) == {f"{name}, flip-averaged"}
+    assert rows[f"{name}, flip-averaged"]["median_mm"] == pytest.approx(np.median(errors),
+                                                                         rel=1e-5)
+  assert image_eval.flip_average_rows(predictors, split.without_truth(), {}, partner=partner,
+                                      landmark_vertices=now, batch_size=4) == {}
 
 
 def test_encoder_whitens_landmarks_with_the_training_statistics(trained, tmp_path):

@@ -63,6 +63,9 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.data.scan_dir = ""
   c.data.scan_fraction = 0.5        # share of each training batch from the rendered scans
   c.data.scan_views = 2             # images rendered per scan
+  c.data.mirror = False             # also train on the mirror image of every training image
+                                    # and scan render, as people of their own (sfm_jax.mirror;
+                                    # face world: needs an odd resolution)
   c.data.scan_test_fraction = 0.2   # identities of scan_dir stage 1 held out (its data.test_fraction):
                                     # never rendered for training
 
@@ -158,12 +161,16 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.eval.landmark_noise = 1.0       # > 0: also score each network reading the held-out
                                     # landmarks plus this much Gaussian noise (pixels per
                                     # coordinate), as from a detector; 0 = off
+  c.eval.flip_average = False       # also score each network's shape averaged over the image
+                                    # and its mirror image (rows "<name>, flip-averaged"; the
+                                    # face world: odd resolutions only)
   c.eval.noise_curve = (0.5, 1.0, 2.0, 4.0)  # the same at each of these levels (pixels, > 0):
                                     # landmark_noise.png and a table in the report; () = off
 
   if variant == "folder":
     c.data.source = "folder"
     c.data.image_size = 128
+    c.eval.flip_average = True  # photo annotations flip exactly (WORKSPACE.md, "Mirror images")
   elif variant == "paper":
     c.init_model = "runs/stage1_paper/sfm_model.npz"
     c.data.image_size, c.data.resolution = 224, 230  # the stage-1 paper grid (52900 vertices)

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from sfm_jax import face_world, imaging
+from sfm_jax import face_world, imaging, mirror
 from sfm_jax.errors import InputError, NoFaceError
 from sfm_jax.io import read_pts
 from sfm_jax.io.mesh import read_mesh
@@ -58,6 +58,24 @@ class Split:
     noisy = self.landmarks + std * rng.standard_normal(self.landmarks.shape)
     return dataclasses.replace(self, landmarks=noisy.astype(self.landmarks.dtype))
 
+  def mirrored(self, partner: np.ndarray | None, *, identity_offset: int) -> Split:
+    """The mirror images of these rows (`sfm_jax.mirror`): pixels flipped left-right, landmarks
+    flipped and relabelled, 3D truth reflected and re-indexed by `partner` (`[V]` vertex mirror
+    map; may be None only without 3D truth), labels moved by `identity_offset` (a mirrored face
+    is another person; unlabelled rows stay -1), names suffixed `:mirrored`."""
+    if self.has_truth and partner is None:
+      raise InputError("mirroring rows with 3D truth needs the model's vertex mirror map")
+    size = self.images.shape[2]
+    reflect = lambda x: None if x is None else mirror.vertices(x, partner)
+    return dataclasses.replace(
+        self, images=self.images[:, :, ::-1].copy(),
+        landmarks=mirror.landmarks_2d(self.landmarks, size),
+        visible=self.visible[:, mirror.IBUG_MIRROR],
+        identity=np.where(self.identity >= 0, self.identity + identity_offset,
+                          -1).astype(self.identity.dtype),
+        neutral=reflect(self.neutral), posed=reflect(self.posed),
+        names=[f"{name}:mirrored" for name in self.names])
+
   def without_truth(self) -> Split:
     """The same images with no 3D truth (2D-only rows)."""
     return dataclasses.replace(self, neutral=None, posed=None, neutral_weight=None,
@@ -80,6 +98,21 @@ class Split:
                    neutral_weight=self.weights("neutral")[index],
                    posed_weight=self.weights("posed")[index])
     return batch
+
+
+def join_splits(parts: list[Split]) -> Split:
+  """The rows of `parts` (all with 3D truth or all without) one after another."""
+  if len({p.has_truth for p in parts}) > 1:
+    raise ValueError("join_splits: parts with and without 3D truth")
+  join = lambda name: np.concatenate([getattr(p, name) for p in parts])
+  truth = {}
+  if parts[0].has_truth:
+    truth = {"neutral": join("neutral"), "posed": join("posed"),
+             "neutral_weight": np.concatenate([p.weights("neutral") for p in parts]),
+             "posed_weight": np.concatenate([p.weights("posed") for p in parts])}
+  return Split(images=join("images"), landmarks=join("landmarks"), visible=join("visible"),
+               identity=join("identity"), names=[n for p in parts for n in p.names],
+               **({"neutral": None, "posed": None} | truth))
 
 
 def concat_batches(batches: list[dict], num_vertices: int) -> dict:
@@ -493,8 +526,12 @@ def load(config, *, seed: int, model=None) -> ImageData:
   if config.source not in SOURCES:
     raise InputError(f"data.source must be one of {SOURCES}, got {config.source!r}")
   data = _folder(config) if config.source == "folder" else _rendered(config, seed)
-  if not config.get("scan_dir"):
-    return data
+  if config.get("scan_dir"):
+    data = _with_scans(config, data, seed=seed, model=model)
+  return _with_mirror_images(config, data, model) if config.get("mirror") else data
+
+
+def _with_scans(config, data: ImageData, *, seed: int, model) -> ImageData:
   from sfm_jax.sources import rendered_scans
   if model is None:
     raise InputError("data.scan_dir needs the stage-1 model (its topology and landmarks)")
@@ -510,6 +547,60 @@ def load(config, *, seed: int, model=None) -> ImageData:
                    f"{len(np.unique(scans.identity[scans.identity >= 0]))} identities from "
                    f"{config.scan_dir} ({int(scans.weights('neutral').sum())} with a known "
                    "neutral)"))
+
+
+def mirror_map(config, model, *, scans: bool = False) -> np.ndarray:
+  """`[V]` the vertex mirror map for mirroring `config`'s images (`sfm_jax.mirror`): the
+  face-world template's for world and tfds data, else `mirror.vertex_map` of `model`'s mean.
+
+  `InputError` where rendered landmarks, the face world's and (`scans`) the scan renders', would
+  not mirror exactly onto the model's (`mirror.landmark_mismatch`): the face world's even grids,
+  whose midline lies between two vertex columns. Photo annotations mark the face itself, so
+  their flip is exact whatever the model. The scan renders' jaw points, blended by arc length
+  along the jaw lines, mirror only nearly; how nearly is logged.
+  """
+  rendered = config.source in ("world", "tfds")
+  if rendered:
+    template = face_world.face_template(config.resolution)
+    partner, mesh, landmarks = template.mirror, template.vertices, template.landmarks
+  elif model is None:
+    raise InputError("mirroring this data needs the stage-1 model (its topology)")
+  else:
+    mesh = np.asarray(model.mean, np.float64).reshape(-1, 3)
+    partner, landmarks = mirror.vertex_map(mesh), np.asarray(model.landmarks)
+  mismatch = mirror.landmark_mismatch(landmarks, partner, mesh)
+  if (rendered or scans) and np.nanmax(mismatch, initial=0.0) > 1e-6:
+    hint = (f"; the face world's {config.resolution} x {config.resolution} grid has its "
+            "midline between two vertex columns: use an odd data.resolution (and a stage-1 "
+            "model trained on it)" if rendered else "")
+    raise InputError(f"mirroring: the model's landmark vertices are not mirror partners, so "
+                     f"flipped rendered landmarks {np.flatnonzero(mismatch > 1e-6).tolist()} "
+                     f"would lie up to {np.nanmax(mismatch):.3g} mm off the model's{hint}")
+  if scans:
+    from sfm_jax.sources import rendered_scans
+    index, weights = rendered_scans.landmark_blend(model)
+    blend = mirror.landmark_mismatch(index, partner, mesh, weights)
+    if np.nanmax(blend, initial=0.0) > 1e-6:
+      logging.warning("mirroring: flipped scan renders' landmarks %s lie up to %.3g mm from "
+                      "the model's on the mirrored face", np.flatnonzero(blend > 1e-6).tolist(),
+                      np.nanmax(blend))
+  return partner
+
+
+def _with_mirror_images(config, data: ImageData, model) -> ImageData:
+  """`data` plus the mirror image of every training image and scan render (`Split.mirrored`,
+  vertex map `mirror_map`), as people of their own."""
+  partner = None
+  if config.source in ("world", "tfds") or data.train.has_truth or data.scans is not None:
+    partner = mirror_map(config, model, scans=data.scans is not None)
+  offset = data.num_classes
+  flip = lambda split: join_splits([split, split.mirrored(
+      partner if split.has_truth else None, identity_offset=offset)])
+  scans = None if data.scans is None else flip(data.scans)
+  return dataclasses.replace(
+      data, train=flip(data.train), scans=scans,
+      description=f"{data.description}; with the mirror image of every training image"
+                  f"{' and scan render' if scans is not None else ''} (people of their own)")
 
 
 def _rendered(config, seed: int) -> ImageData:
