@@ -113,8 +113,9 @@ def flip_average_rows(predictors: dict, split: Split, predictions: dict, *,
   if split.neutral is None:
     return {}
   return {flip_average_row(name): inference.neutral_error(
-      inference.flip_averaged_neutral(predictor, split, predictions[name]["neutral"],
-                                      partner=partner, batch_size=batch_size),
+      inference.flip_averaged_neutral(predictor, split.images, split.landmarks,
+                                      predictions[name]["neutral"], partner=partner,
+                                      batch_size=batch_size),
       split, landmark_vertices) for name, predictor in predictors.items()}
 
 

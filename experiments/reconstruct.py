@@ -21,6 +21,10 @@ reference for the landmark NME. Per face, into `--out`:
                        landmarks were given or detected
   <name>_overlay.png   the crop with the rendered reconstruction over it (predicted landmarks
                        red, given ones green)
+  <name>_neutral_flip_averaged.obj   with --flip_average: the neutral shape averaged with the
+                       mirror image of the prediction for the mirrored photo (landmarks flipped
+                       and relabelled); needs a model whose landmark vertices are mirror
+                       partners (e.g. the Surrey model, or the face world on an odd grid)
 
 An unreadable image stops the run with its path (files written so far are complete); with
 `--skip_bad` it is reported, skipped and counted instead.
@@ -32,8 +36,9 @@ import numpy as np
 from absl import app, flags
 
 from experiments import cli
-from sfm_jax import imaging, inference, metrics, viz
+from sfm_jax import imaging, inference, metrics, mirror, viz
 from sfm_jax.io import write_png
+from sfm_jax.io.mesh import write_obj
 from sfm_jax.io.reconstruction import write_reconstruction
 from sfm_jax.progress import Progress
 from sfm_jax.sources.images import faces_in_photo, list_files, read_face_pts, read_image
@@ -47,6 +52,10 @@ _SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "Skip unreadable images instead
 _LARGEST = flags.DEFINE_boolean("largest_face", False, "Only the largest face of each photo.")
 _DETECT = flags.DEFINE_boolean("detect", True, "Find landmarks with dlib where a photo has no "
                                ".pts (networks that need landmarks; --nodetect: skip it).")
+_FLIP = flags.DEFINE_boolean(
+    "flip_average", False, "Also write <name>_neutral_flip_averaged.obj: the neutral shape "
+    "averaged over the photo and its mirror image (SFM 2.34 -> 2.29 mm on the Surrey photos, "
+    "WORKSPACE.md 'Mirror images'); one more forward pass.")
 
 def _output_names(paths: list) -> list:
   """A distinct output stem per image (`name`, then `name_2`, ... for repeated file names)."""
@@ -76,6 +85,17 @@ def _prepare(path: str, predictor: inference.Predictor) -> list:
            else imaging.landmark_box(given, margin=predictor.crop_margin))
     prepared.append((suffix, imaging.crop(image, box, predictor.image_size), box, given))
   return prepared
+
+
+def _flip_partner(model) -> np.ndarray:
+  """The model's vertex mirror map for `--flip_average`; `InputError` where its landmark
+  vertices are not mirror partners (flipped landmarks would miss them)."""
+  mean = np.asarray(model.mean, np.float64).reshape(-1, 3)
+  partner = mirror.vertex_map(mean)
+  mirror.check_landmarks_mirror(
+      np.asarray(model.landmarks), partner, mean,
+      hint=" (--flip_average needs landmark vertices that mirror onto each other)")
+  return partner
 
 
 def _write(out_dir, name, predictor, out, i, crop, box, given):
@@ -114,6 +134,7 @@ def main(argv):
   names = _output_names(paths)
   os.makedirs(_OUT.value, exist_ok=True)
   size, batch_size = predictor.image_size, _BATCH.value
+  partner = _flip_partner(predictor.model) if _FLIP.value else None
 
   progress = Progress("reconstructing:", total=len(paths), unit="images")
   done, skipped, faceless, errors = 0, [], [], []
@@ -142,10 +163,15 @@ def main(argv):
         predictor, crops, points, batch_size=batch_size,
         keys=("shape_codes", "expression", "albedo", "rotation", "translation", "scale",
               "light", "neutral", "posed", "landmarks", "rendered", "mask"))
+    averaged = None if partner is None else inference.flip_averaged_neutral(
+        predictor, crops, points, out["neutral"], partner=partner, batch_size=batch_size)
     for i, (_, name, crop, box, given) in enumerate(items):
       nme = _write(_OUT.value, name, predictor, out, i, crop, box, given)
       if nme is not None:
         errors.append(nme)
+      if averaged is not None:
+        write_obj(os.path.join(_OUT.value, f"{name}_neutral_flip_averaged.obj"), averaged[i],
+                  predictor.model.triangles)
     done += len(items)
     progress.update(min(first + batch_size, len(paths)),
                     f"{done} reconstructed{f', {len(skipped)} skipped' if skipped else ''}")

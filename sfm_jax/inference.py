@@ -212,15 +212,17 @@ def evaluate_split(predictors: dict, split: Split, *, landmark_vertices: np.ndar
   return rows, predictions
 
 
-def flip_averaged_neutral(predictor: Predictor, split: Split, neutral: np.ndarray, *,
-                          partner: np.ndarray, batch_size: int) -> np.ndarray:
+def flip_averaged_neutral(predictor: Predictor, images: np.ndarray, landmarks: np.ndarray,
+                          neutral: np.ndarray, *, partner: np.ndarray,
+                          batch_size: int) -> np.ndarray:
   """`[N, V, 3]` the network's neutral shapes averaged over each image and its mirror image:
-  the mean of `neutral` (its prediction for `split`) and, mirrored back through `partner`
-  (`[V]`, `mirror.vertex_map`), its prediction for `split.mirrored` (pixels and landmarks
-  flipped). Equivariant by construction: the average for the mirrored split is the mirror of
-  this one."""
-  flipped = split.without_truth().mirrored(None, identity_offset=0)
-  other = predict_all(predictor, flipped.images, flipped.landmarks, batch_size=batch_size,
+  the mean of `neutral` (its prediction for `images` `[N, S, S, 3]` with `landmarks` `[N, 68,
+  2]`) and, mirrored back through `partner` (`[V]`, `mirror.vertex_map`), its prediction for
+  the images flipped left-right with their landmarks flipped and relabelled. Equivariant by
+  construction: the average for the mirror images is the mirror of this one."""
+  images = np.asarray(images)
+  other = predict_all(predictor, images[:, :, ::-1],
+                      mirror.landmarks_2d(landmarks, images.shape[2]), batch_size=batch_size,
                       keys=("neutral",))["neutral"]
   return 0.5 * (np.asarray(neutral, np.float64) + mirror.vertices(
       np.asarray(other, np.float64), partner))

@@ -98,3 +98,15 @@ def landmark_mismatch(landmarks: np.ndarray, partner: np.ndarray, mesh: np.ndarr
   flipped = np.einsum("lp,lpc->lc", weights[source], reflected[partner[index[source]]])
   own = np.einsum("lp,lpc->lc", weights, reflected[np.maximum(index, 0)])
   return np.where(defined, np.linalg.norm(flipped - own, axis=-1), np.nan)
+
+
+def check_landmarks_mirror(landmarks: np.ndarray, partner: np.ndarray, mesh: np.ndarray, *,
+                           hint: str = "") -> None:
+  """`InputError` (with `hint` appended) naming the landmarks whose vertices are not mirror
+  partners (`landmark_mismatch` above 1e-6), so that flipped rendered landmarks would miss the
+  model's; nothing when they all are."""
+  mismatch = landmark_mismatch(landmarks, partner, mesh)
+  if np.nanmax(mismatch, initial=0.0) > 1e-6:
+    raise InputError(f"mirroring: the model's landmark vertices are not mirror partners, so "
+                     f"flipped landmarks {np.flatnonzero(mismatch > 1e-6).tolist()} would lie "
+                     f"up to {np.nanmax(mismatch):.3g} mm off the model's{hint}")

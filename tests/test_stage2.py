@@ -354,6 +354,63 @@ def test_reconstruct_and_stage2_fail_clearly_on_bad_input(trained, reconstructio
               "--config.eval.flip_average=True")
   assert even.returncode == 1 and "use an odd data.resolution" in even.stderr
   assert not (tmp_path / "e" / "checkpoints").exists()
+  refused_flip = _run("experiments.reconstruct", f"--workdir={workdir}", f"--images={folder}",
+                      f"--out={tmp_path / 'f'}", "--flip_average")
+  assert refused_flip.returncode == 1 and "not mirror partners" in refused_flip.stderr
+  assert "[8, 27, 28, 29, 30, 33, 51, 57, 62, 66]" in refused_flip.stderr
+
+
+def test_flip_average_on_an_odd_grid_in_the_table_and_in_reconstruct(tmp_path):
+  """The tiny run on the 13 x 13 face world (whose landmarks flip exactly) with
+  `eval.flip_average`: its rows equal the flip average computed here, and `reconstruct
+  --flip_average` writes that average for a photo as `<name>_neutral_flip_averaged.obj`."""
+  from experiments.configs import stage2 as stage2_configs
+  from sfm_jax import imaging
+  from sfm_jax.sources import images as image_sources
+  world = face_world.FaceWorld(resolution=13)
+  scans = face_world.make_scans(16, 3, seed=0, world=world, noise_mm=0.0)
+  init = stage1.pca_init(scans.vertices, scans.identity, num_shape=4, num_expr=3)
+  model = stage1.pca_model(init, triangles=scans.triangles, landmarks=scans.landmarks)
+  fm.save_model(tmp_path / "sfm_model.npz", model.replace(code_kind="sphere"))
+  fm.save_model(tmp_path / "baseline_model.npz", model)
+  workdir = tmp_path / "run"
+  table = _train("tiny", workdir, init_model=str(tmp_path / "sfm_model.npz"),
+                 **{"data.resolution": 13, "eval.flip_average": True, "eval.noise_curve": (),
+                    "eval.fit_steps": 10, "train.num_steps": 4, "train.checkpoint_every": 4})
+  config = stage2_configs.get_config("tiny").data
+  config.resolution = 13
+  split = image_sources.load(config, seed=0).test
+  predictors = inference.load_predictors(str(workdir))
+  partner = world.template.mirror
+  now = world.template.landmarks[list(metrics.NOW_LANDMARKS)]
+  for name, predictor in predictors.items():
+    plain = inference.predict_all(predictor, split.images, split.landmarks, batch_size=8)
+    average = inference.flip_averaged_neutral(predictor, split.images, split.landmarks,
+                                              plain["neutral"], partner=partner, batch_size=8)
+    errors = metrics.now_aligned_errors(average, split.neutral, now)
+    row = table["models"][f"{name}, flip-averaged"]
+    assert row["median_mm"] == pytest.approx(np.median(errors), rel=1e-5)
+    assert row["median_mm"] != table["models"][name]["median_mm"]
+  assert "averaged with the mirror image" in open(workdir / "report.md").read()
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  write_png(photos / "a.png", split.images[0])
+  write_pts(photos / "a.pts", split.landmarks[0])
+  done = _run("experiments.reconstruct", f"--workdir={workdir}", f"--images={photos}",
+              f"--out={tmp_path / 'o'}", "--flip_average", "--nodetect")
+  assert done.returncode == 0, done.stderr[-3000:]
+  from sfm_jax.sources.images import read_image
+  box = imaging.full_box(32, 32)
+  crop = imaging.crop(read_image(str(photos / "a.png")), box, 32)[None]
+  points = box.to_crop(split.landmarks[0], 32)[None].astype(np.float32)
+  predictor = predictors["sfm"]
+  plain = inference.predict_all(predictor, crop, points, batch_size=1)["neutral"]
+  average = inference.flip_averaged_neutral(predictor, crop, points, plain, partner=partner,
+                                            batch_size=1)
+  written = read_obj(tmp_path / "o" / "a_neutral_flip_averaged.obj")
+  np.testing.assert_allclose(written.vertices, average[0], atol=2e-3)
+  assert not np.allclose(read_obj(tmp_path / "o" / "a_neutral.obj").vertices, average[0],
+                         atol=2e-3)
 
 
 def test_flip_averaged_rows_are_the_mirror_equivariant_average(trained):
@@ -374,13 +431,13 @@ def test_flip_averaged_rows_are_the_mirror_equivariant_average(trained):
   for name, predictor in predictors.items():
     plain = inference.predict_all(predictor, split.images, split.landmarks, batch_size=4)
     mirrored = inference.predict_all(predictor, flipped.images, flipped.landmarks, batch_size=4)
-    average = inference.flip_averaged_neutral(predictor, split, plain["neutral"],
-                                              partner=partner, batch_size=4)
+    average = inference.flip_averaged_neutral(predictor, split.images, split.landmarks,
+                                              plain["neutral"], partner=partner, batch_size=4)
     assert not np.allclose(plain["neutral"], mirror.vertices(mirrored["neutral"], partner),
                            atol=1e-2)  # the network alone is not equivariant
     np.testing.assert_allclose(
-        inference.flip_averaged_neutral(predictor, flipped, mirrored["neutral"],
-                                        partner=partner, batch_size=4),
+        inference.flip_averaged_neutral(predictor, flipped.images, flipped.landmarks,
+                                        mirrored["neutral"], partner=partner, batch_size=4),
         mirror.vertices(average, partner), atol=2e-4)
     np.testing.assert_allclose(average, 0.5 * (plain["neutral"] + mirror.vertices(
         mirrored["neutral"], partner)), atol=2e-5)

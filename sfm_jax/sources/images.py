@@ -568,14 +568,11 @@ def mirror_map(config, model, *, scans: bool = False) -> np.ndarray:
   else:
     mesh = np.asarray(model.mean, np.float64).reshape(-1, 3)
     partner, landmarks = mirror.vertex_map(mesh), np.asarray(model.landmarks)
-  mismatch = mirror.landmark_mismatch(landmarks, partner, mesh)
-  if (rendered or scans) and np.nanmax(mismatch, initial=0.0) > 1e-6:
-    hint = (f"; the face world's {config.resolution} x {config.resolution} grid has its "
-            "midline between two vertex columns: use an odd data.resolution (and a stage-1 "
-            "model trained on it)" if rendered else "")
-    raise InputError(f"mirroring: the model's landmark vertices are not mirror partners, so "
-                     f"flipped rendered landmarks {np.flatnonzero(mismatch > 1e-6).tolist()} "
-                     f"would lie up to {np.nanmax(mismatch):.3g} mm off the model's{hint}")
+  if rendered or scans:
+    mirror.check_landmarks_mirror(landmarks, partner, mesh, hint=(
+        f"; the face world's {config.resolution} x {config.resolution} grid has its midline "
+        "between two vertex columns: use an odd data.resolution (and a stage-1 model trained "
+        "on it)" if rendered else ""))
   if scans:
     from sfm_jax.sources import rendered_scans
     index, weights = rendered_scans.landmark_blend(model)
