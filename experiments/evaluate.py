@@ -97,8 +97,8 @@ def image_mode() -> None:
   first_model = next(iter(predictors.values())).model
   data = image_sources.load(data_config, seed=_SEED.value, model=first_model)
   landmark_vertices = np.asarray(first_model.landmarks)
-  flip_partner = (image_sources.mirror_map(data_config, first_model)
-                  if _CONFIG.value.eval.flip_average and data.test.neutral is not None else None)
+  flip_partner = image_eval.flip_partner(_CONFIG.value.eval.flip_average, data_config,
+                                         first_model, data)
   print(f"evaluating {', '.join(predictors)} from {_STAGE2.value} on {len(data.test)} held-out "
         f"images: {data.description}", flush=True)
   rows, predictions = inference.evaluate_split(predictors, data.test,

@@ -13,7 +13,9 @@ import os
 import numpy as np
 
 from sfm_jax import evaluation, inference, readout, viz
+from sfm_jax.errors import InputError
 from sfm_jax.io import atomic_write, write_png
+from sfm_jax.sources import images as image_sources
 from sfm_jax.sources.images import ImageData, Split
 
 
@@ -97,6 +99,18 @@ def landmark_noise_evaluation(predictors: dict, data: ImageData, *, clean_rows: 
     if "mean face" in clean_rows:
       curve["median_mm"]["mean face"] = [clean_rows["mean face"]["median_mm"]] * len(x)
   return rows, curve
+
+
+def flip_partner(enabled: bool, data_config, model, data: ImageData) -> np.ndarray | None:
+  """The vertex mirror map of `eval.flip_average` (`images.mirror_map`), None when it is off or
+  the held-out images have no 3D truth; its `InputError` says how to turn the rows off."""
+  if not enabled or data.test.neutral is None:
+    return None
+  try:
+    return image_sources.mirror_map(data_config, model)
+  except InputError as e:
+    raise InputError(f"eval.flip_average: {e} (--config.eval.flip_average=False turns the "
+                     "flip-averaged rows off)") from None
 
 
 def flip_average_row(name: str) -> str:

@@ -356,8 +356,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     print(f"stage 2 ({config.variant}): preparing images ...", flush=True)
   data = image_sources.load(config.data, seed=config.seed, model=models["sfm"])
   _check_data(data, models["sfm"])
-  flip_partner = (image_sources.mirror_map(config.data, models["sfm"])  # fails before training
-                  if config.eval.flip_average and data.test.neutral is not None else None)
+  flip_partner = image_eval.flip_partner(  # fails before training
+      config.eval.flip_average, config.data, models["sfm"], data)
   if chief:
     print(f"{data.description}; {jax.device_count()} device(s) in {jax.process_count()} "
           f"process(es) ({format_seconds(time.perf_counter() - start)})", flush=True)

@@ -353,6 +353,7 @@ def test_reconstruct_and_stage2_fail_clearly_on_bad_input(trained, reconstructio
               f"--config.init_model={stage1_models / 'sfm_model.npz'}",
               "--config.eval.flip_average=True")
   assert even.returncode == 1 and "use an odd data.resolution" in even.stderr
+  assert "--config.eval.flip_average=False turns the flip-averaged rows off" in even.stderr
   assert not (tmp_path / "e" / "checkpoints").exists()
   refused_flip = _run("experiments.reconstruct", f"--workdir={workdir}", f"--images={folder}",
                       f"--out={tmp_path / 'f'}", "--flip_average")
