@@ -87,17 +87,6 @@ def _prepare(path: str, predictor: inference.Predictor) -> list:
   return prepared
 
 
-def _flip_partner(model) -> np.ndarray:
-  """The model's vertex mirror map for `--flip_average`; `InputError` where its landmark
-  vertices are not mirror partners (flipped landmarks would miss them)."""
-  mean = np.asarray(model.mean, np.float64).reshape(-1, 3)
-  partner = mirror.vertex_map(mean)
-  mirror.check_landmarks_mirror(
-      np.asarray(model.landmarks), partner, mean,
-      hint=" (--flip_average needs landmark vertices that mirror onto each other)")
-  return partner
-
-
 def _write(out_dir, name, predictor, out, i, crop, box, given):
   model = predictor.model
   size = predictor.image_size
@@ -134,7 +123,9 @@ def main(argv):
   names = _output_names(paths)
   os.makedirs(_OUT.value, exist_ok=True)
   size, batch_size = predictor.image_size, _BATCH.value
-  partner = _flip_partner(predictor.model) if _FLIP.value else None
+  partner = (mirror.model_vertex_map(  # refused where flipped landmarks miss the model's
+      predictor.model, hint=" (--flip_average needs landmark vertices that mirror onto each "
+      "other)") if _FLIP.value else None)
 
   progress = Progress("reconstructing:", total=len(paths), unit="images")
   done, skipped, faceless, errors = 0, [], [], []

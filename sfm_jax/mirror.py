@@ -70,6 +70,16 @@ def vertex_map(vertices: np.ndarray, *, max_offset: float = 0.5) -> np.ndarray:
   return partner.astype(np.int32)
 
 
+def model_vertex_map(model, *, check_landmarks: bool = True, hint: str = "") -> np.ndarray:
+  """`vertex_map` of a `FaceModel`'s mean; with `check_landmarks`, also
+  `check_landmarks_mirror` of its landmark vertices (`hint` appended to its error)."""
+  mean = np.asarray(model.mean, np.float64).reshape(-1, 3)
+  partner = vertex_map(mean)
+  if check_landmarks:
+    check_landmarks_mirror(np.asarray(model.landmarks), partner, mean, hint=hint)
+  return partner
+
+
 def vertices(points: np.ndarray, partner: np.ndarray) -> np.ndarray:
   """Mirrored meshes `[..., V, 3]` in the same topology: vertex i of the result is the reflection
   `(-x, y, z)` of vertex `partner[i]` (`vertex_map`)."""

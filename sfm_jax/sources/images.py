@@ -559,20 +559,18 @@ def mirror_map(config, model, *, scans: bool = False) -> np.ndarray:
   their flip is exact whatever the model. The scan renders' jaw points, blended by arc length
   along the jaw lines, mirror only nearly; how nearly is logged.
   """
-  rendered = config.source in ("world", "tfds")
-  if rendered:
+  if config.source in ("world", "tfds"):
     template = face_world.face_template(config.resolution)
-    partner, mesh, landmarks = template.mirror, template.vertices, template.landmarks
+    partner, mesh = template.mirror, template.vertices
+    mirror.check_landmarks_mirror(template.landmarks, partner, mesh, hint=(
+        f"; the face world's {config.resolution} x {config.resolution} grid has its midline "
+        "between two vertex columns: use an odd data.resolution (and a stage-1 model trained "
+        "on it)"))
   elif model is None:
     raise InputError("mirroring this data needs the stage-1 model (its topology)")
   else:
     mesh = np.asarray(model.mean, np.float64).reshape(-1, 3)
-    partner, landmarks = mirror.vertex_map(mesh), np.asarray(model.landmarks)
-  if rendered or scans:
-    mirror.check_landmarks_mirror(landmarks, partner, mesh, hint=(
-        f"; the face world's {config.resolution} x {config.resolution} grid has its midline "
-        "between two vertex columns: use an odd data.resolution (and a stage-1 model trained "
-        "on it)" if rendered else ""))
+    partner = mirror.model_vertex_map(model, check_landmarks=scans)
   if scans:
     from sfm_jax.sources import rendered_scans
     index, weights = rendered_scans.landmark_blend(model)
@@ -587,8 +585,8 @@ def mirror_map(config, model, *, scans: bool = False) -> np.ndarray:
 def _with_mirror_images(config, data: ImageData, model) -> ImageData:
   """`data` plus the mirror image of every training image and scan render (`Split.mirrored`,
   vertex map `mirror_map`), as people of their own."""
-  partner = None
-  if config.source in ("world", "tfds") or data.train.has_truth or data.scans is not None:
+  partner = None  # (face-world and TFDS images always carry 3D truth)
+  if data.train.has_truth or data.scans is not None:
     partner = mirror_map(config, model, scans=data.scans is not None)
   offset = data.num_classes
   flip = lambda split: join_splits([split, split.mirrored(
