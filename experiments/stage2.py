@@ -314,7 +314,10 @@ def _report(workdir, config, data, table, seen_table, noise_table, models, elaps
        "images with known 3D); **fit sfm** / "
        "**fit baseline** fit each exported model (the stage-1 basis + `W_t`, the model its "
        "network predicts codes of) to the image's annotated landmarks by optimisation (no "
-       "network)."), "",
+       "network); **best sfm** / **best baseline** decode each model's nearest shape code to "
+       "the true neutral face (constrained least squares on the sphere): the floor no network "
+       "predicting that model's codes can beat, and how well the true faces' codes verify."),
+      "",
       table, "",
       ("Chance level: verification 0.5, silhouette about 0. Diagnostic, the same identity "
        f"metrics on {config.eval.seen_images} labelled *training* images (identities the "

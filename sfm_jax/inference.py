@@ -20,7 +20,7 @@ from sfm_jax.model import FaceModel, decode, load_model
 from sfm_jax.networks import Encoder
 from sfm_jax.progress import Progress
 from sfm_jax.sources.images import ImageData, Split
-from sfm_jax.stage2 import project_faces, render_faces, sphere_codes
+from sfm_jax.stage2 import oracle_codes, project_faces, render_faces, sphere_codes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +264,11 @@ def reference_rows(models: dict, data: ImageData, *, ridge: readout.LandmarkRidg
     landmarks: what a linear map of the landmarks reaches with the 3D supervision the networks
     get (3D error only; `ridge_penalty` is its cross-validated penalty);
   - `fit <name>`: per-image landmark fitting (`fitting.fit_landmarks`, no network) of each model
-    in `models` to the annotated landmarks: its 3D error, code identity metrics and NME.
+    in `models` to the annotated landmarks: its 3D error, code identity metrics and NME;
+  - `best <name>`: each model's nearest neutral to each held-out truth, the decoded
+    `stage2.oracle_codes` (constrained least squares on the sphere): the floor no network
+    predicting that model's codes can beat, with the identity metrics of those codes (3D and
+    identity only; needs the held-out truth).
   """
   rows = {}
   split = data.test
@@ -286,6 +290,15 @@ def reference_rows(models: dict, data: ImageData, *, ridge: readout.LandmarkRidg
         {"shape_codes": fit.shape_codes, "neutral": fit.neutral, "landmarks": fit.landmarks},
         identity=split.identity, landmarks=split.landmarks, visible=split.visible,
         landmark_vertices=np.asarray(model.landmarks), neutral=split.neutral, seed=seed)
+  if split.neutral is not None:
+    labelled = np.asarray(split.identity) >= 0
+    for name, model in models.items():
+      codes = np.asarray(oracle_codes(model, jnp.asarray(split.neutral, jnp.float32)))
+      best = np.asarray(decode(model, codes))
+      rows[f"best {name}"] = {**neutral_error(best, split, model.landmarks),
+                              **metrics.identity_metrics(codes[labelled],
+                                                         np.asarray(split.identity)[labelled],
+                                                         seed=seed)}
   return rows
 
 

@@ -52,6 +52,9 @@ class PCAInit:
     expr_codes: `[N, E]`.
     radius: mean norm of `shape_codes` (the sphere radius R).
     shape_std, expr_std: `[K]`, `[E]` the components' standard deviations (mm).
+    shape_total_variance, expr_total_variance: the variance of the identity means and of the
+      within-identity residuals summed over every direction (mm^2; None in caches written
+      before they were kept), so `variance_kept` says how much K and E directions hold.
   """
   mean: np.ndarray
   shape_basis: np.ndarray
@@ -61,6 +64,16 @@ class PCAInit:
   radius: float
   shape_std: np.ndarray
   expr_std: np.ndarray
+  shape_total_variance: float | None = None
+  expr_total_variance: float | None = None
+
+  def variance_kept(self) -> tuple[float | None, float | None]:
+    """(identity, expression): the fraction of the training scans' variance the K identity
+    and E expression directions hold (None where the total is unknown or zero)."""
+    def kept(std, total):
+      return float(np.sum(np.square(std)) / total) if total else None
+    return (kept(self.shape_std, self.shape_total_variance),
+            kept(self.expr_std, self.expr_total_variance))
 
 
 def check_sizes(num_scans: int, num_identities: int, num_shape: int, num_expr: int) -> None:
@@ -91,13 +104,16 @@ def pca_init(scans: np.ndarray, identity: np.ndarray, *, num_shape: int,
   np.add.at(identity_means, index, flat)
   identity_means /= np.bincount(index)[:, None]
   shape_dirs, shape_std = pca.principal_directions(identity_means - mean, num_shape)
+  residuals = flat - identity_means[index]
   if num_expr > 0:
-    expr_dirs, expr_std = pca.principal_directions(flat - identity_means[index], num_expr)
+    expr_dirs, expr_std = pca.principal_directions(residuals, num_expr)
   else:
     expr_dirs, expr_std = np.zeros((0, flat.shape[1])), np.zeros(0)
   basis = _scaled_basis(shape_dirs, shape_std, expr_dirs, expr_std)
   codes = np.linalg.lstsq(basis.T, (flat - mean).T, rcond=None)[0].T
-  return _pca_result(mean, basis, codes, num_shape, shape_std, expr_std)
+  totals = (np.sum(np.square(identity_means - mean)) / len(groups),
+            np.sum(np.square(residuals)) / len(flat))
+  return _pca_result(mean, basis, codes, num_shape, shape_std, expr_std, totals)
 
 
 def _scaled_basis(shape_dirs, shape_std, expr_dirs, expr_std) -> np.ndarray:
@@ -105,7 +121,7 @@ def _scaled_basis(shape_dirs, shape_std, expr_dirs, expr_std) -> np.ndarray:
   return np.concatenate([shape_dirs * shape_std[:, None], expr_dirs * expr_std[:, None]])
 
 
-def _pca_result(mean, basis, codes, num_shape, shape_std, expr_std) -> PCAInit:
+def _pca_result(mean, basis, codes, num_shape, shape_std, expr_std, totals) -> PCAInit:
   num_vertices = len(mean) // 3
   shape_codes, expr_codes = codes[:, :num_shape], codes[:, num_shape:]
   return PCAInit(
@@ -113,7 +129,9 @@ def _pca_result(mean, basis, codes, num_shape, shape_std, expr_std) -> PCAInit:
       shape_basis=basis[:num_shape].reshape(-1, num_vertices, 3),
       expr_basis=basis[num_shape:].reshape(-1, num_vertices, 3), shape_codes=shape_codes,
       expr_codes=expr_codes, radius=float(np.mean(np.linalg.norm(shape_codes, axis=1))),
-      shape_std=shape_std, expr_std=expr_std)
+      shape_std=shape_std, expr_std=expr_std,
+      shape_total_variance=None if totals[0] is None else float(totals[0]),
+      expr_total_variance=None if totals[1] is None else float(totals[1]))
 
 
 def _identity_keys(identity: np.ndarray) -> np.ndarray:
@@ -180,14 +198,19 @@ def pca_init_streamed(scans, identity: np.ndarray, *, num_shape: int, num_expr: 
   if num_expr > 0:
     iterations["expression"] = pca.SubspaceIteration(dim, num_expr, oversample=oversample,
                                                      tol=tol, seed=seed + 1)
+  squares = None  # (identity means, residuals): summed in the first pass
   for _ in range(max_iterations):
     active = {name: it for name, it in iterations.items() if not it.converged}
     if not active:
       break
     for it in active.values():
       it.begin_pass()
+    first_pass, squares = squares is None, squares or [0.0, 0.0]
     for rows in blocks:
       flat, means, local = read(rows)
+      if first_pass:
+        squares[0] += np.sum(np.square(means - mean))
+        squares[1] += np.sum(np.square(flat - means[local]))
       if "identity" in active:
         active["identity"].add(means - mean)
       if "expression" in active:
@@ -206,7 +229,9 @@ def pca_init_streamed(scans, identity: np.ndarray, *, num_shape: int, num_expr: 
   for rows in blocks:
     flat = np.asarray(scans[rows], np.float64).reshape(len(rows), -1)
     codes[rows] = np.linalg.solve(gram, basis @ (flat - mean).T).T
-  return _pca_result(mean, basis, codes, num_shape, shape_it.std, expr_std)
+  totals = ((squares[0] / len(np.unique(keys)), squares[1] / len(keys)) if squares
+            else (None, None))  # no pass was asked for
+  return _pca_result(mean, basis, codes, num_shape, shape_it.std, expr_std, totals)
 
 
 # ---------------------------------------------------------------------------------------------

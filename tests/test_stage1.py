@@ -50,6 +50,24 @@ def test_pca_init_spans_the_true_subspaces(rng):
   np.testing.assert_allclose(means.var(0), 1.0, rtol=1e-6)
 
 
+def test_pca_init_reports_the_variance_its_directions_hold(rng):
+  scans, ids, _ = _linear_scans(rng)
+  scans = scans + rng.normal(scale=0.01, size=scans.shape)  # every direction gets some
+  init = stage1.pca_init(scans, ids, num_shape=2, num_expr=1)
+  flat = scans.reshape(len(scans), -1)
+  means = np.stack([flat[ids == i].mean(0) for i in range(ids.max() + 1)])
+  identity_spectrum = np.linalg.svd(means - flat.mean(0), compute_uv=False) ** 2
+  residual_spectrum = np.linalg.svd(flat - means[ids], compute_uv=False) ** 2
+  shape_kept, expr_kept = init.variance_kept()
+  np.testing.assert_allclose(shape_kept, identity_spectrum[:2].sum() / identity_spectrum.sum(),
+                             rtol=1e-9)
+  np.testing.assert_allclose(expr_kept, residual_spectrum[:1].sum() / residual_spectrum.sum(),
+                             rtol=1e-9)
+  assert 0.5 < shape_kept < 1 and 0.3 < expr_kept < 1  # 3 and 2 true directions, fewer kept
+  # All the true directions hold all but the noise.
+  assert stage1.pca_init(scans, ids, num_shape=3, num_expr=2).variance_kept()[0] > 0.999
+
+
 @pytest.mark.parametrize("kind", ["gaussian", "sphere"])
 def test_fitting_recovers_codes_of_noise_free_scans(rng, kind):
   scans, ids, _ = _linear_scans(rng, identities=20)
@@ -190,6 +208,13 @@ def test_resume_after_kill_gives_identical_parameters(uninterrupted, tmp_path, p
   assert len(keys) == len(set(keys)) == 2 * 12
   evaluation = json.loads(open(workdir / "eval.json").read())
   assert set(evaluation["models"]) == {"sfm", "baseline", "pca"}
+  data = scan_sources.load(stage1_configs.get_config("tiny").data, seed=0)
+  kept = stage1.pca_init(data.train_scans, data.train_identity, num_shape=4,
+                         num_expr=3).variance_kept()
+  assert [evaluation["pca_variance_kept"][k] for k in ("identity", "expression")] == (
+      pytest.approx(list(kept), rel=1e-9))
+  assert f"hold {100 * kept[0]:.1f}% of the training identities'" in open(
+      workdir / "report.md").read()
   for name in ("loss_curves.png", "codes_2d.png", "components_sfm.png", "report.md"):
     assert (workdir / name).exists()
 

@@ -128,6 +128,8 @@ def test_streamed_pca_equals_batch_pca():
   np.testing.assert_allclose(streamed.shape_basis, exact.shape_basis, atol=1e-5)
   np.testing.assert_allclose(streamed.shape_codes, exact.shape_codes, atol=1e-4)
   np.testing.assert_allclose(streamed.radius, exact.radius, rtol=1e-6)
+  np.testing.assert_allclose(streamed.variance_kept(), exact.variance_kept(), rtol=1e-6)
+  assert 0 < exact.variance_kept()[0] < 1
 
 
 # --------------------------------------------------------------------------------------------
