@@ -316,7 +316,7 @@ def _report(workdir, config, data, table, seen_table, noise_table, models, elaps
        "network predicts codes of) to the image's annotated landmarks by optimisation (no "
        "network); **best sfm** / **best baseline** decode each model's nearest shape code to "
        "the true neutral face (constrained least squares on the sphere): the floor no network "
-       "predicting that model's codes can beat, and how well the true faces' codes verify."),
+       "predicting that model's codes can beat."),
       "",
       table, "",
       ("Chance level: verification 0.5, silhouette about 0. Diagnostic, the same identity "
