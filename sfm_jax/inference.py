@@ -292,10 +292,17 @@ def reference_rows(models: dict, data: ImageData, *, ridge: readout.LandmarkRidg
         landmark_vertices=np.asarray(model.landmarks), neutral=split.neutral, seed=seed)
   if split.neutral is not None:
     for name, model in models.items():
-      codes = oracle_codes(model, jnp.asarray(split.neutral, jnp.float32))
-      rows[f"best {name}"] = neutral_error(np.asarray(decode(model, codes)), split,
+      rows[f"best {name}"] = neutral_error(nearest_neutrals(model, split.neutral), split,
                                            model.landmarks)
   return rows
+
+
+def nearest_neutrals(model: FaceModel, neutral: np.ndarray, *, chunk: int = 256) -> np.ndarray:
+  """`[N, V, 3]` the model's neutral faces nearest to `neutral` `[N, V, 3]` (mm): the decoded
+  `stage2.oracle_codes`, `chunk` faces at a time."""
+  out = [np.asarray(decode(model, oracle_codes(model, jnp.asarray(part, jnp.float32))))
+         for part in np.array_split(np.asarray(neutral), max(1, -(-len(neutral) // chunk)))]
+  return np.concatenate(out)
 
 
 SEEN_COLUMNS = (("verification_accuracy", "verif. acc."), ("silhouette", "silhouette"),

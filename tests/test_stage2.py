@@ -155,6 +155,9 @@ def test_evaluation_table_and_the_image_mode_of_evaluate_agree(trained):
   # The `best` rows: each model's nearest neutral to each true one, solved here in numpy.
   for name in ("sfm", "baseline"):
     best = _nearest_neutrals(predictors[name].model, data.test.neutral)
+    np.testing.assert_allclose(inference.nearest_neutrals(predictors[name].model,
+                                                          data.test.neutral, chunk=2),
+                               best, atol=1e-3)  # mm, float32 against float64, in chunks
     errors = metrics.now_aligned_errors(best, data.test.neutral, now)
     row = table["models"][f"best {name}"]
     assert row["median_mm"] == pytest.approx(np.median(errors), rel=1e-4)
