@@ -300,9 +300,11 @@ def reference_rows(models: dict, data: ImageData, *, ridge: readout.LandmarkRidg
 def nearest_neutrals(model: FaceModel, neutral: np.ndarray, *, chunk: int = 256) -> np.ndarray:
   """`[N, V, 3]` the model's neutral faces nearest to `neutral` `[N, V, 3]` (mm): the decoded
   `stage2.oracle_codes`, `chunk` faces at a time."""
-  out = [np.asarray(decode(model, oracle_codes(model, jnp.asarray(part, jnp.float32))))
-         for part in np.array_split(np.asarray(neutral), max(1, -(-len(neutral) // chunk)))]
-  return np.concatenate(out)
+  neutral = np.asarray(neutral)
+  return np.concatenate([
+      np.asarray(decode(model, oracle_codes(model, jnp.asarray(neutral[start:start + chunk],
+                                                               jnp.float32))))
+      for start in range(0, len(neutral), chunk)])
 
 
 SEEN_COLUMNS = (("verification_accuracy", "verif. acc."), ("silhouette", "silhouette"),

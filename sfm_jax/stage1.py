@@ -103,15 +103,15 @@ def pca_init(scans: np.ndarray, identity: np.ndarray, *, num_shape: int,
   identity_means = np.zeros((len(groups), flat.shape[1]))
   np.add.at(identity_means, index, flat)
   identity_means /= np.bincount(index)[:, None]
-  shape_dirs, shape_std = pca.principal_directions(identity_means - mean, num_shape)
-  residuals = flat - identity_means[index]
+  centred_means, residuals = identity_means - mean, flat - identity_means[index]
+  shape_dirs, shape_std = pca.principal_directions(centred_means, num_shape)
   if num_expr > 0:
     expr_dirs, expr_std = pca.principal_directions(residuals, num_expr)
   else:
     expr_dirs, expr_std = np.zeros((0, flat.shape[1])), np.zeros(0)
   basis = _scaled_basis(shape_dirs, shape_std, expr_dirs, expr_std)
   codes = np.linalg.lstsq(basis.T, (flat - mean).T, rcond=None)[0].T
-  totals = (np.sum(np.square(identity_means - mean)) / len(groups),
+  totals = (np.sum(np.square(centred_means)) / len(groups),
             np.sum(np.square(residuals)) / len(flat))
   return _pca_result(mean, basis, codes, num_shape, shape_std, expr_std, totals)
 
@@ -198,23 +198,23 @@ def pca_init_streamed(scans, identity: np.ndarray, *, num_shape: int, num_expr: 
   if num_expr > 0:
     iterations["expression"] = pca.SubspaceIteration(dim, num_expr, oversample=oversample,
                                                      tol=tol, seed=seed + 1)
-  squares = None  # (identity means, residuals): summed in the first pass
-  for _ in range(max_iterations):
+  squares = np.zeros(2)  # of the centred identity means and the residuals, in the first pass
+  for iteration in range(max_iterations):
     active = {name: it for name, it in iterations.items() if not it.converged}
     if not active:
       break
     for it in active.values():
       it.begin_pass()
-    first_pass, squares = squares is None, squares or [0.0, 0.0]
     for rows in blocks:
       flat, means, local = read(rows)
-      if first_pass:
-        squares[0] += np.sum(np.square(means - mean))
-        squares[1] += np.sum(np.square(flat - means[local]))
+      centred_means = means - mean
+      residuals = flat - means[local] if iteration == 0 or "expression" in active else None
+      if iteration == 0:
+        squares += (np.sum(np.square(centred_means)), np.sum(np.square(residuals)))
       if "identity" in active:
-        active["identity"].add(means - mean)
+        active["identity"].add(centred_means)
       if "expression" in active:
-        active["expression"].add(flat - means[local])
+        active["expression"].add(residuals)
     for it in active.values():
       it.end_pass()
     report("PCA pass: " + ", ".join(f"{name} {it.iterations} iterations, residual "
@@ -229,7 +229,7 @@ def pca_init_streamed(scans, identity: np.ndarray, *, num_shape: int, num_expr: 
   for rows in blocks:
     flat = np.asarray(scans[rows], np.float64).reshape(len(rows), -1)
     codes[rows] = np.linalg.solve(gram, basis @ (flat - mean).T).T
-  totals = ((squares[0] / len(np.unique(keys)), squares[1] / len(keys)) if squares
+  totals = ((squares[0] / len(np.unique(keys)), squares[1] / len(keys)) if max_iterations
             else (None, None))  # no pass was asked for
   return _pca_result(mean, basis, codes, num_shape, shape_it.std, expr_std, totals)
 
