@@ -281,7 +281,9 @@ def _report(workdir, config, data, table, seen_table, noise_table, models, elaps
       (f"Started from `{config.init_model}`"
        + (" and its baseline" if "baseline" in models else "") + "."), "",
       "- **sfm**: codes on the sphere; identity terms on labelled images: "
-      + _identity_terms(config.objective) + ".",
+      + _identity_terms(config.objective)
+      + (f"; free-vector length term (|z| - 1)^2 weight {config.objective.weight_z_norm:g}"
+         if config.objective.weight_z_norm else "") + ".",
       *(["- **baseline**: the same pipeline from the stage-1 PCA-Gaussian baseline, Tikhonov "
          "prior, no identity term."] if "baseline" in models else []), "",
       ("3D supervision where an image's 3D is known: vertex term weight "

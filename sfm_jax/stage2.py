@@ -83,6 +83,9 @@ class Objective:
   weight_expr_prior: float = 1e-3
   weight_albedo_prior: float = 1e-3
   weight_residual: float = 1e-3
+  weight_z_norm: float = 0.0    # SFM only: (|z| - 1)^2 on the free vectors. R z / |z| ignores
+                                # |z|, but Adam turns z's direction by about lr / |z| per step,
+                                # so as |z| grows the code learns slower; this holds |z| near 1
   window: int = 4               # rasteriser window (see `render.rasterize`); the logged
                                 # `render_overflow` counts triangles it dropped (0 = exact)
   render_groups: int = 4        # the batch rendered as this many independent groups (the
@@ -277,6 +280,9 @@ def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, im
       terms["photometric"] = losses.photometric_loss(rendered, batch["images"], mask)
     if sphere_model:
       u = s / frozen.radius
+      if objective.weight_z_norm:
+        free_norm = jnp.sqrt(jnp.sum(jnp.square(out["z"]), axis=-1))
+        terms["z_norm"] = jnp.mean(jnp.square(free_norm - 1.0))
       if objective.weight_margin:
         terms["margin"] = losses.cosface_loss(u, batch["identity"], params["prototypes"],
                                               scale=objective.margin_scale,

@@ -34,7 +34,7 @@ def test_every_term_active_and_the_loss_decreases(problem, code_kind):
   encoder = Encoder(shape_dim=4, expr_dim=3, albedo_dim=2, depth="resnet10", width=8)
   # One render program (groups compile longer; test_render checks they render the same).
   objective = stage2.Objective(code_kind=code_kind, weight_shape_prior=1e-3, render_groups=1,
-                               sphere_map="metric")
+                               sphere_map="metric", weight_z_norm=0.1)
   params, model_state = stage2.init_params(encoder, model, image_size=32, num_classes=4,
                                            albedo_dim=2, seed=0)
   loss_fn = stage2.make_loss_fn(encoder, model, objective, image_size=32)
@@ -48,7 +48,7 @@ def test_every_term_active_and_the_loss_decreases(problem, code_kind):
     state, metrics = jit_train_step(state, batch)
     losses.append(float(metrics["loss"]))
   expected = {"landmark", "photometric", "expr_prior", "albedo_prior", "residual"}
-  expected |= {"margin", "center"} if code_kind == "sphere" else {"shape_prior"}
+  expected |= {"margin", "center", "z_norm"} if code_kind == "sphere" else {"shape_prior"}
   assert expected <= set(metrics)
   assert all(np.isfinite(losses))
   assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
@@ -294,6 +294,29 @@ def test_code_term_is_the_known_rows_mean_squared_code_distance_to_the_oracle(pr
   without = stage2.make_loss_fn(encoder, model, dataclasses.replace(objective, weight_code=0.0),
                                 image_size=32)
   assert "code" not in jax.jit(without)(params, model_state, batch, None)[1][0]
+
+
+def test_z_norm_term_is_the_mean_squared_distance_of_the_free_norms_from_one(problem):
+  """SFM only: `(|z| - 1)^2` averaged over the batch, from the encoder's own free vectors; the
+  Gaussian baseline's objective never has it (its z is the code)."""
+  model, batch = problem
+  encoder = Encoder(shape_dim=4, expr_dim=3, albedo_dim=2, depth="resnet10", width=8)
+  params, model_state = stage2.init_params(encoder, model, image_size=32, num_classes=4,
+                                           albedo_dim=2, seed=0)
+  objective = stage2.Objective(weight_z_norm=0.5, weight_photometric=0.0, weight_code=0.0)
+  _, (terms, _) = jax.jit(stage2.make_loss_fn(encoder, model, objective, image_size=32))(
+      params, model_state, batch, None)
+  out = encoder.apply({"params": params["encoder"], **model_state}, batch["images"], train=True,
+                      landmarks=batch["landmarks"], mutable=["batch_stats"])[0]
+  norms = np.linalg.norm(np.asarray(out["z"], np.float64), axis=1)
+  assert np.ptp(norms) > 0.01  # the batch's free vectors differ in length
+  np.testing.assert_allclose(float(terms["z_norm"]), np.mean(np.square(norms - 1.0)), rtol=1e-5)
+  baseline = stage2.baseline_objective(objective)
+  assert baseline.weight_z_norm == 0.5  # kept, but a Gaussian model has no such term
+  gaussian = model.replace(code_kind="gaussian")
+  _, (terms, _) = jax.jit(stage2.make_loss_fn(encoder, gaussian, baseline, image_size=32))(
+      params, model_state, batch, None)
+  assert "z_norm" not in terms
 
 
 def test_code_agreement_ranks_directions_by_basis_size_and_scores_each_group():
