@@ -243,7 +243,7 @@ def train(name, model, objective, data, config, workdir, log, mesh, trunk=None,
 
   def summary(metrics):
     parts = [f"{key} {metrics[key]:.4f}" for key in ("landmark", "photometric", "vertex", "code",
-                                                     *_IDENTITY_TERMS) if key in metrics]
+                                                     *_IDENTITY_TERMS, "z_norm") if key in metrics]
     return "  ".join(parts)
 
   return train_loop.run(name, state, batch_for_step, train_config=t,
@@ -259,6 +259,7 @@ def _curves(workdir, log, names):
             ("code to the oracle code (/ R^2)", {m: log.series(m, "code") for m in names}),
             ("SFM identity terms", {k: log.series("sfm", k) for k in _IDENTITY_TERMS
                                     if log.series("sfm", k)[0]}),
+            ("SFM free-vector length, (|z| - 1)^2", {"sfm": log.series("sfm", "z_norm")}),
             ("identity pretraining", {k: log.series("pretrain", k)
                                       for k in ("margin", "accuracy")})]
   write_png(os.path.join(workdir, "loss_curves.png"),
