@@ -83,9 +83,10 @@ class Objective:
   weight_expr_prior: float = 1e-3
   weight_albedo_prior: float = 1e-3
   weight_residual: float = 1e-3
-  weight_z_norm: float = 0.0    # SFM only: (|z| - 1)^2 on the free vectors. R z / |z| ignores
-                                # |z|, but Adam turns z's direction by about lr / |z| per step,
-                                # so as |z| grows the code learns slower; this holds |z| near 1
+  weight_z_norm: float = 0.0    # SFM only: (|z| - 1)^2 on the free vectors (`losses.ring_loss`
+                                # at radius 1). R z / |z| ignores |z|, but Adam turns z's
+                                # direction by about lr / |z| per step, so as |z| grows the code
+                                # learns slower; this holds |z| near 1
   window: int = 4               # rasteriser window (see `render.rasterize`); the logged
                                 # `render_overflow` counts triangles it dropped (0 = exact)
   render_groups: int = 4        # the batch rendered as this many independent groups (the
@@ -281,8 +282,7 @@ def make_loss_fn(encoder: Encoder, model: FaceModel, objective: Objective, *, im
     if sphere_model:
       u = s / frozen.radius
       if objective.weight_z_norm:
-        free_norm = jnp.sqrt(jnp.sum(jnp.square(out["z"]), axis=-1))
-        terms["z_norm"] = jnp.mean(jnp.square(free_norm - 1.0))
+        terms["z_norm"] = losses.ring_loss(out["z"], 1.0)  # (|z| - 1)^2, batch mean
       if objective.weight_margin:
         terms["margin"] = losses.cosface_loss(u, batch["identity"], params["prototypes"],
                                               scale=objective.margin_scale,
@@ -359,7 +359,8 @@ def baseline_objective(objective: Objective, **overrides) -> Objective:
   """The PCA-Gaussian baseline's objective beside `objective`: the same terms with Gaussian codes
   and no identity terms (design section 8), then `overrides` (e.g. its Tikhonov weight)."""
   return dataclasses.replace(objective, code_kind="gaussian", weight_margin=0.0,
-                             weight_center=0.0, sphere_map="radial", **overrides)
+                             weight_center=0.0, weight_z_norm=0.0, sphere_map="radial",
+                             **overrides)
 
 
 def make_optimizer(*, lr_encoder: float, lr_residual: float, lr_albedo: float,

@@ -312,7 +312,7 @@ def test_z_norm_term_is_the_mean_squared_distance_of_the_free_norms_from_one(pro
   assert np.ptp(norms) > 0.01  # the batch's free vectors differ in length
   np.testing.assert_allclose(float(terms["z_norm"]), np.mean(np.square(norms - 1.0)), rtol=1e-5)
   baseline = stage2.baseline_objective(objective)
-  assert baseline.weight_z_norm == 0.5  # kept, but a Gaussian model has no such term
+  assert baseline.weight_z_norm == 0.0  # an SFM term, like the margin and the centre
   gaussian = model.replace(code_kind="gaussian")
   _, (terms, _) = jax.jit(stage2.make_loss_fn(encoder, gaussian, baseline, image_size=32))(
       params, model_state, batch, None)
