@@ -107,3 +107,61 @@ def test_pts_round_trip_and_errors(tmp_path, rng):
     (tmp_path / "bad.pts").write_text(text)
     with pytest.raises(ValueError, match=r"bad\.pts: " + pattern):
       read_pts(tmp_path / "bad.pts")
+
+
+def test_world_source_fills_its_arrays_chunk_by_chunk_as_the_chunks_render(monkeypatch):
+  """`sources.images.load` (face world) over two chunks of identities equals the documented
+  recipe computed here in one piece: each chunk is `make_images` under `chunk_seed(split seed,
+  start)`, pixels rounded to uint8, the posed truth `apply_expressions` of all rows at once in
+  float64; training labels relabelled, held-out ones the true identities."""
+  from sfm_jax.sources import images as image_source
+  from sfm_jax.sources.splits import CHUNK_IDENTITIES, chunk_seed, relabel, split_seed
+  from experiments.configs import stage2 as stage2_config
+  config = stage2_config.get_config("tiny").data
+  config.train_identities, config.test_identities = CHUNK_IDENTITIES + 2, 2
+  config.images_per_identity, config.unlabelled_fraction = 2, 0.25
+  monkeypatch.setattr(image_source, "TRUTH_BLOCK_ROWS", 5)  # float64 passes in several blocks
+  data = image_source.load(config, seed=3)
+  np.testing.assert_allclose(data.training_neutral_mean(), data.train.neutral.mean(0), atol=1e-4)
+  world = face_world.FaceWorld(resolution=config.resolution)
+  for split, count, offset, held_out in ((data.train, config.train_identities, 0, False),
+                                         (data.test, config.test_identities,
+                                          config.train_identities, True)):
+    seed = split_seed(3, "test" if held_out else "train")
+    chunks = [face_world.make_images(
+        min(CHUNK_IDENTITIES, count - start), 2, chunk_seed(seed, start), world=world,
+        image_size=config.image_size,
+        unlabelled_fraction=0.0 if held_out else config.unlabelled_fraction,
+        occluder_probability=config.occluder_probability, identity_offset=offset + start)
+        for start in range(0, count, CHUNK_IDENTITIES)]
+    join = lambda name: np.concatenate([getattr(c, name) for c in chunks])
+    assert len(chunks) == (2 if count > CHUNK_IDENTITIES else 1) and len(split) == 2 * count
+    np.testing.assert_array_equal(
+        split.images, np.round(np.clip(join("images"), 0, 1) * 255).astype(np.uint8))
+    np.testing.assert_array_equal(split.landmarks, join("landmarks"))
+    np.testing.assert_array_equal(split.visible, join("visible"))
+    np.testing.assert_array_equal(split.neutral, join("neutral"))
+    posed = face_world.apply_expressions(world.template, join("neutral").astype(np.float64),
+                                         join("expression").astype(np.float64))
+    assert split.posed.dtype == np.float32
+    np.testing.assert_allclose(split.posed, posed, rtol=1e-6, atol=1e-4)
+    assert np.abs(posed - join("neutral")).max() > 1.0  # expressions really move the faces
+    np.testing.assert_array_equal(
+        split.identity, join("true_identity") if held_out else relabel(join("identity")))
+    assert split.names[0] == f"world_{offset * 2:05d}" and len(set(split.names)) == len(split)
+
+
+def test_posed_truth_in_blocks_equals_one_pass():
+  """`_posed` computes float64 blocks of rows; any block size gives the one-block result."""
+  from sfm_jax.sources.images import _posed
+  world = face_world.FaceWorld(resolution=12)
+  rng = np.random.default_rng(0)
+  vertices = world.template.vertices
+  neutral = (vertices[None] + rng.normal(size=(7,) + vertices.shape)).astype(np.float32)
+  expression = rng.uniform(0, 1, (7, len(face_world.EXPRESSIONS))).astype(np.float32)
+  whole = _posed(world.template, neutral, expression, rows_per_block=7)
+  np.testing.assert_allclose(whole, face_world.apply_expressions(
+      world.template, neutral.astype(np.float64), expression.astype(np.float64)),
+      rtol=1e-6, atol=1e-4)
+  np.testing.assert_array_equal(_posed(world.template, neutral, expression, rows_per_block=3),
+                                whole)

@@ -31,6 +31,7 @@ from sfm_jax.sources.splits import (
 )
 
 SOURCES = ("world", "tfds", "folder")
+TRUTH_BLOCK_ROWS = 256  # rows of 3D truth per float64 pass (posed truth, the mean face)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +176,9 @@ class ImageData:
     total = sum(w.sum() for _, w in parts) if parts else 0
     if not total:
       return None
-    return sum(np.einsum("n,nvc->vc", w, x.astype(np.float64)) for x, w in parts) / total
+    block = TRUTH_BLOCK_ROWS  # float64 copies of a block of rows, not of the whole split
+    return sum(np.einsum("n,nvc->vc", w[i:i + block], x[i:i + block].astype(np.float64))
+               for x, w in parts for i in range(0, len(x), block)) / total
 
 
 def read_image(path: str) -> np.ndarray:
@@ -358,26 +361,52 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
   return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _posed(template, neutral: np.ndarray, expression: np.ndarray) -> np.ndarray:
-  """Face-world ground truth with the expression applied (model space, float32)."""
-  return face_world.apply_expressions(template, neutral.astype(np.float64),
-                                      expression.astype(np.float64)).astype(np.float32)
+def _posed(template, neutral: np.ndarray, expression: np.ndarray, *,
+           rows_per_block: int | None = None) -> np.ndarray:
+  """Face-world ground truth with the expression applied (model space, float32): `[N, V, 3]`
+  from `neutral` `[N, V, 3]` and `expression` `[N, X]`, computed in float64 a block of rows at a
+  time, so the float64 temporaries stay a block's size whatever N."""
+  fields = face_world.expression_fields(template)
+  rows_per_block = rows_per_block or TRUTH_BLOCK_ROWS
+  posed = np.empty(neutral.shape, np.float32)
+  for start in range(0, len(neutral), rows_per_block):
+    block = slice(start, start + rows_per_block)
+    posed[block] = face_world.apply_expressions(template, neutral[block].astype(np.float64),
+                                                expression[block].astype(np.float64), fields)
+  return posed
 
 
 def _world_split(config, count: int, seed: int, offset: int, *, test: bool) -> Split:
-  chunks = [images for _, images in world_image_chunks(
-      face_world.FaceWorld(resolution=config.resolution), count, config.images_per_identity,
-      seed, image_size=config.image_size,
+  """`count` face-world identities x `config.images_per_identity` images. The large arrays
+  (uint8 images, neutral and posed truth) are filled chunk by chunk into their final buffers, so
+  the host holds them plus one chunk of `world_image_chunks`, never a second copy."""
+  world = face_world.FaceWorld(resolution=config.resolution)
+  total = count * config.images_per_identity
+  large, small = {}, {"landmarks": [], "visible": [], "identity": []}
+  row = 0
+  for _, chunk in world_image_chunks(
+      world, count, config.images_per_identity, seed, image_size=config.image_size,
       unlabelled_fraction=0.0 if test else config.unlabelled_fraction,
-      occluder_probability=config.occluder_probability, identity_offset=offset)]
-  join = lambda name: np.concatenate([getattr(c, name) for c in chunks])
-  identity = join("true_identity") if test else relabel(join("identity"))
-  template = face_world.FaceWorld(resolution=config.resolution).template
-  return Split(images=to_uint8(join("images")), landmarks=join("landmarks"),
-               visible=join("visible"), identity=identity, neutral=join("neutral"),
-               posed=_posed(template, join("neutral"), join("expression")),
+      occluder_probability=config.occluder_probability, identity_offset=offset):
+    if not large:
+      large = {"images": np.empty((total,) + chunk.images.shape[1:], np.uint8),
+               "neutral": np.empty((total,) + chunk.neutral.shape[1:], np.float32),
+               "posed": np.empty((total,) + chunk.neutral.shape[1:], np.float32)}
+    rows = slice(row, row + len(chunk.images))
+    large["images"][rows] = to_uint8(chunk.images)
+    large["neutral"][rows] = chunk.neutral
+    large["posed"][rows] = _posed(world.template, chunk.neutral, chunk.expression)
+    small["landmarks"].append(chunk.landmarks)
+    small["visible"].append(chunk.visible)
+    small["identity"].append(chunk.true_identity if test else chunk.identity)
+    row += len(chunk.images)
+  identity = np.concatenate(small["identity"])
+  return Split(images=large["images"], landmarks=np.concatenate(small["landmarks"]),
+               visible=np.concatenate(small["visible"]),
+               identity=identity if test else relabel(identity), neutral=large["neutral"],
+               posed=large["posed"],
                names=[f"world_{offset * config.images_per_identity + i:05d}"
-                      for i in range(len(identity))])
+                      for i in range(total)])
 
 
 def _tfds_split(config, split: str, *, test: bool) -> Split:
