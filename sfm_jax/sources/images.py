@@ -382,29 +382,28 @@ def _world_split(config, count: int, seed: int, offset: int, *, test: bool) -> S
   the host holds them plus one chunk of `world_image_chunks`, never a second copy."""
   world = face_world.FaceWorld(resolution=config.resolution)
   total = count * config.images_per_identity
-  large, small = {}, {"landmarks": [], "visible": [], "identity": []}
+  size, vertices = config.image_size, world.template.vertices.shape
+  images = np.empty((total, size, size, 3), np.uint8)
+  neutral = np.empty((total,) + vertices, np.float32)
+  posed = np.empty((total,) + vertices, np.float32)
+  landmarks, visible, identity = [], [], []
   row = 0
   for _, chunk in world_image_chunks(
-      world, count, config.images_per_identity, seed, image_size=config.image_size,
+      world, count, config.images_per_identity, seed, image_size=size,
       unlabelled_fraction=0.0 if test else config.unlabelled_fraction,
       occluder_probability=config.occluder_probability, identity_offset=offset):
-    if not large:
-      large = {"images": np.empty((total,) + chunk.images.shape[1:], np.uint8),
-               "neutral": np.empty((total,) + chunk.neutral.shape[1:], np.float32),
-               "posed": np.empty((total,) + chunk.neutral.shape[1:], np.float32)}
     rows = slice(row, row + len(chunk.images))
-    large["images"][rows] = to_uint8(chunk.images)
-    large["neutral"][rows] = chunk.neutral
-    large["posed"][rows] = _posed(world.template, chunk.neutral, chunk.expression)
-    small["landmarks"].append(chunk.landmarks)
-    small["visible"].append(chunk.visible)
-    small["identity"].append(chunk.true_identity if test else chunk.identity)
+    images[rows] = to_uint8(chunk.images)
+    neutral[rows] = chunk.neutral
+    posed[rows] = _posed(world.template, chunk.neutral, chunk.expression)
+    landmarks.append(chunk.landmarks)
+    visible.append(chunk.visible)
+    identity.append(chunk.true_identity if test else chunk.identity)
     row += len(chunk.images)
-  identity = np.concatenate(small["identity"])
-  return Split(images=large["images"], landmarks=np.concatenate(small["landmarks"]),
-               visible=np.concatenate(small["visible"]),
-               identity=identity if test else relabel(identity), neutral=large["neutral"],
-               posed=large["posed"],
+  identity = np.concatenate(identity)
+  return Split(images=images, landmarks=np.concatenate(landmarks),
+               visible=np.concatenate(visible),
+               identity=identity if test else relabel(identity), neutral=neutral, posed=posed,
                names=[f"world_{offset * config.images_per_identity + i:05d}"
                       for i in range(total)])
 
