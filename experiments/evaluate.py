@@ -52,9 +52,11 @@ _IMAGE_DIR = flags.DEFINE_string("image_dir", None, "Image mode: a photo folder 
                                  "images + .pts); its held-out identities are evaluated.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs/eval_images", "Image mode: output folder.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Image mode: images per forward pass.")
-_STORE_DIR = flags.DEFINE_string("store_dir", None, "With a config that streams its scans "
+_STORE_DIR = flags.DEFINE_string("store_dir", None, "With a config that streams its data "
                                  "(data.stream, e.g. :paper): the folder of its scan stores, "
-                                 "e.g. a stage-1 workdir's data/ (written there if absent).")
+                                 "e.g. a stage-1 workdir's data/ (written there if absent); in "
+                                 "image mode of its image stores (default OUT_DIR/data; a "
+                                 "stage-2 workdir's data/ reuses its images for the run's seed).")
 
 
 def _scans():
@@ -95,7 +97,8 @@ def image_mode() -> None:
     print(f"data.image_size {data_config.image_size} -> {size} (the network's input size)")
     data_config.image_size = size
   first_model = next(iter(predictors.values())).model
-  data = image_sources.load(data_config, seed=_SEED.value, model=first_model)
+  data = image_sources.load(data_config, seed=_SEED.value, model=first_model,
+                            store_dir=_STORE_DIR.value or os.path.join(_OUT_DIR.value, "data"))
   landmark_vertices = np.asarray(first_model.landmarks)
   flip_partner = image_eval.flip_partner(_CONFIG.value.eval.flip_average, data_config,
                                          first_model, data)

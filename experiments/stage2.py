@@ -16,6 +16,8 @@ Writes into the workdir:
                                          verification and silhouette, landmark NME
   loss_curves.png, gallery.png, codes_2d.png
   checkpoints/{sfm,baseline}/            orbax checkpoints; rerunning the command resumes
+  data/                                  with data.stream: the face world's images and 3D truth
+                                         (row stores, read a batch at a time; reused by reruns)
 """
 
 import json
@@ -119,6 +121,25 @@ def _load_models(config) -> dict:
   return models
 
 
+def _streamed(config, build, workdir: str, what: str):
+  """`build(store_dir)`: with `data.stream`, process 0 writes the image stores into
+  `WORKDIR/data/` (a rerun reuses them) while the others wait, then every process opens them;
+  otherwise every process builds the same (deterministic) images itself in memory."""
+  stream, chief = config.data.get("stream", False), train_loop.is_chief()
+  store_dir = os.path.join(workdir, "data")
+  if stream and not chief:
+    parallel.sync_processes(f"stage-2 {what} image stores")
+  built = build(store_dir)
+  if stream and chief:
+    parallel.sync_processes(f"stage-2 {what} image stores")
+  return built
+
+
+def _load_data(config, workdir: str, model: FaceModel) -> image_sources.ImageData:
+  return _streamed(config, lambda store_dir: image_sources.load(
+      config.data, seed=config.seed, model=model, store_dir=store_dir), workdir, "training")
+
+
 def _check_data(data: image_sources.ImageData, model: FaceModel) -> None:
   for split in (data.train, data.test):
     if split.has_truth and split.posed.shape[1] != model.num_vertices:
@@ -182,7 +203,8 @@ def pretrain(config, workdir, log, mesh, model, whitening=None):
     return None
   if train_loop.is_chief():
     print(f"identity pretraining: rendering {_pretraining_data(config)} ...", flush=True)
-  split = image_sources.pretrain_split(config, seed=config.seed, model=model)
+  split = _streamed(config, lambda store_dir: image_sources.pretrain_split(
+      config, seed=config.seed, model=model, store_dir=store_dir), workdir, "pretraining")
   trunk = Trunk(config.model.depth, config.model.width, config.model.landmark_features,
                 dtype=_float_dtype(config), landmark_norm=config.model.landmark_norm,
                 landmark_linear=config.model.landmark_linear,
@@ -360,7 +382,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   phases = Phases()
   if chief:
     print(f"stage 2 ({config.variant}): preparing images ...", flush=True)
-  data = image_sources.load(config.data, seed=config.seed, model=models["sfm"])
+  data = _load_data(config, workdir, models["sfm"])
   _check_data(data, models["sfm"])
   flip_partner = image_eval.flip_partner(  # fails before training
       config.eval.flip_average, config.data, models["sfm"], data)

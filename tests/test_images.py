@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -149,6 +151,63 @@ def test_world_source_fills_its_arrays_chunk_by_chunk_as_the_chunks_render(monke
     np.testing.assert_array_equal(
         split.identity, join("true_identity") if held_out else relabel(join("identity")))
     assert split.names[0] == f"world_{offset * 2:05d}" and len(set(split.names)) == len(split)
+
+
+def test_streamed_world_source_equals_the_in_memory_one_and_reuses_its_stores(tmp_path,
+                                                                             monkeypatch):
+  """`data.stream`: the face world's splits are row stores in the given folder with the
+  in-memory source's rows bit for bit (batches and the mean face too); a second load opens them
+  without rendering, other data (another seed) gets stores of its own data, a damaged store is
+  rewritten; what cannot stream says so."""
+  from sfm_jax.errors import InputError
+  from sfm_jax.io.row_store import RowStore
+  from sfm_jax.sources import images as image_source
+  from sfm_jax.sources.splits import CHUNK_IDENTITIES
+  from experiments.configs import stage2 as stage2_config
+  config = stage2_config.get_config("tiny").data
+  config.train_identities, config.test_identities = CHUNK_IDENTITIES + 3, 2
+  memory = image_source.load(config, seed=3)
+  config.stream = True
+  streamed = image_source.load(config, seed=3, store_dir=str(tmp_path))
+  fields = ("images", "landmarks", "visible", "identity", "neutral", "posed")
+  for a, b in ((memory.train, streamed.train), (memory.test, streamed.test)):
+    assert all(isinstance(getattr(b, f), RowStore) for f in ("images", "neutral", "posed"))
+    for field in fields:
+      x, y = getattr(a, field), np.asarray(getattr(b, field))
+      assert x.dtype == y.dtype and x.shape == y.shape, field
+      np.testing.assert_array_equal(x, y, err_msg=field)
+    assert a.names == b.names
+  index = np.array([7, 2, 3, 80, 0, 7])
+  for key, value in memory.train.batch(index).items():
+    np.testing.assert_array_equal(value, streamed.train.batch(index)[key], err_msg=key)
+  np.testing.assert_array_equal(memory.training_neutral_mean(), streamed.training_neutral_mean())
+  written = {name: os.path.getmtime(tmp_path / name) for name in os.listdir(tmp_path)}
+  assert len(written) == 2 * 2 * 6  # train and test: 6 arrays, each rows + .json
+
+  def no_rendering(*args, **kwargs):
+    raise AssertionError("rendered again")
+    yield
+  with monkeypatch.context() as patch:
+    patch.setattr(image_source, "world_image_chunks", no_rendering)
+    again = image_source.load(config, seed=3, store_dir=str(tmp_path))
+  np.testing.assert_array_equal(np.asarray(again.train.posed), memory.train.posed)
+  assert {n: os.path.getmtime(tmp_path / n) for n in os.listdir(tmp_path)} == written
+  other = image_source.load(config, seed=4, store_dir=str(tmp_path))  # other data: rewritten
+  config.stream = False
+  np.testing.assert_array_equal(np.asarray(other.test.images),
+                                image_source.load(config, seed=4).test.images)
+  config.stream = True
+  with open(tmp_path / "train_posed.f32", "r+b") as f:
+    f.truncate(100)
+  damaged = image_source.load(config, seed=4, store_dir=str(tmp_path))
+  assert os.path.getsize(tmp_path / "train_posed.f32") == memory.train.posed.nbytes
+  np.testing.assert_array_equal(np.asarray(damaged.train.posed), np.asarray(other.train.posed))
+  for change, message in ((dict(source="tfds"), "face world"), (dict(mirror=True), "in memory"),
+                          ({}, "needs a folder")):
+    bad = config.copy_and_resolve_references()
+    bad.update(change)
+    with pytest.raises(InputError, match=message):
+      image_source.load(bad, seed=3, store_dir=None if not change else str(tmp_path))
 
 
 def test_posed_truth_in_blocks_equals_one_pass():

@@ -256,22 +256,31 @@ def test_stopped_in_each_phase_and_resumed_gives_identical_parameters(trained, s
                                                                      tmp_path):
   """`train.stop_after_steps` counts over the phases (SFM, then the baseline): stopped at step 4
   of the SFM phase, then at step 4 of the baseline phase (16 = 12 + 4), then run to the end, the
-  workdir holds exactly the models, encoders and metrics of the uninterrupted fixture run. (A
-  real SIGKILL in both phases is tested in stage 1; both stages share the loop.)"""
-  reference, _ = trained
+  workdir holds exactly the models, encoders, metrics and evaluation of the uninterrupted fixture
+  run. These runs stream their images (`data.stream`: row stores in WORKDIR/data, written by the
+  first, reused by the others), the fixture holds them in memory. (A real SIGKILL in both phases
+  is tested in stage 1; both stages share the loop.)"""
+  reference, results = trained
   workdir = tmp_path / "stopped"
-  common = {"init_model": str(stage1_models / "sfm_model.npz"), "eval.fit_steps": 5}
+  common = {"init_model": str(stage1_models / "sfm_model.npz"), "data.stream": True}
   assert _train("tiny", workdir, **common, **{"train.stop_after_steps": 4}) == {}
   assert not (workdir / "checkpoints" / "baseline").exists()
+  stores = {name: os.path.getmtime(workdir / "data" / name)
+            for name in os.listdir(workdir / "data")}
+  assert "train_images.u8" in stores and "test_posed.f32.json" in stores
   assert _train("tiny", workdir, **common, **{"train.stop_after_steps": 16}) == {}
   assert max(int(p) for p in os.listdir(workdir / "checkpoints" / "baseline")) == 4
   assert not (workdir / "sfm_model.npz").exists()  # nothing exported before the end
-  _train("tiny", workdir, **common, **{"eval.enabled": False})  # the models are what is compared
+  resumed = _train("tiny", workdir, **common)
+  assert {name: os.path.getmtime(workdir / "data" / name)
+          for name in os.listdir(workdir / "data")} == stores  # reused, never rewritten
   for name in ("sfm_model.npz", "sfm_encoder.npz", "baseline_model.npz", "baseline_encoder.npz"):
     a, b = np.load(reference / name), np.load(workdir / name)
     assert sorted(a.files) == sorted(b.files)
     for key in a.files:
       np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
+  assert {k: v for k, v in resumed.items() if k != "phases"} == {
+      k: v for k, v in results.items() if k != "phases"}
   rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   keys = [(r["model"], r["step"]) for r in rows]
   expected = [(m, s) for m in ("sfm", "baseline") for s in range(2, 13, 2)]
@@ -783,19 +792,23 @@ def test_rendered_scans_join_every_batch_with_3d_truth_and_the_loss_falls(folder
 def test_pretraining_then_reconstruction_resume_exactly_and_learn(stage1_models, tmp_path):
   """Identity pretraining (CosFace on the trunk) then reconstruction, every term on: stopped
   inside the pretraining phase, then inside reconstruction, and resumed each time, the run ends
-  with exactly the parameters of an uninterrupted one; the pretraining loss falls."""
+  with exactly the parameters of an uninterrupted one (which held its images in memory; the
+  stopped runs stream theirs, pretraining images included); the pretraining loss falls."""
   common = {"init_model": str(stage1_models / "sfm_model.npz"), "baseline_model": "none",
             "pretrain.steps": 8, "train.num_steps": 8, "train.checkpoint_every": 4,
             "train.log_every": 2, "eval.enabled": False,  # the models are what is compared
             "train.parameter_average": 0.9}  # exported from the average the checkpoints carry
   _train("tiny", tmp_path / "reference", **common)
   workdir = tmp_path / "stopped"
+  common["data.stream"] = True  # the stopped runs read their images from row stores
+
   # Each stop between the periodic checkpoints (every 4 steps): it saves where it stops.
   assert _train("tiny", workdir, **common, **{"train.stop_after_steps": 6}) == {}  # pretraining
   assert not (workdir / "checkpoints" / "sfm").exists()
   assert _train("tiny", workdir, **common, **{"train.stop_after_steps": 13}) == {}  # in sfm
   assert not (workdir / "sfm_model.npz").exists()
   _train("tiny", workdir, **common)
+  assert os.path.isfile(workdir / "data" / "pretrain_images.u8")
   for name in ("sfm_model.npz", "sfm_encoder.npz"):
     a, b = np.load(tmp_path / "reference" / name), np.load(workdir / name)
     assert sorted(a.files) == sorted(b.files)

@@ -76,6 +76,40 @@ def test_store_refuses_bad_chunks_and_leaves_nothing(tmp_path, rng):
   assert sorted(os.listdir(tmp_path)) == []  # no store, no temporary file
 
 
+def test_row_store_holds_rows_of_any_shape_and_dtype(tmp_path, rng):
+  """The general row store under the scan store: uint8 image rows, bool rows, scalar int rows,
+  written in chunks, read back by index, whole (`np.asarray`), and reopened only with its key
+  and dtype."""
+  from sfm_jax.io import row_store
+  images = rng.integers(0, 256, (13, 5, 4, 3)).astype(np.uint8)
+  flags = rng.random((13, 7)) < 0.5
+  labels = rng.integers(-5, 5, 13).astype(np.int32)
+  for name, rows in (("i.u8", images), ("f.bool", flags), ("l.i32", labels)):
+    with row_store.RowStoreWriter(str(tmp_path / name), key="k", dtype=rows.dtype) as writer:
+      for start in range(0, 13, 4):
+        writer.append(rows[start:start + 4])
+    store = writer.store
+    assert store.shape == rows.shape and store.dtype == rows.dtype and len(store) == 13
+    index = rng.permutation(13)[:6]
+    np.testing.assert_array_equal(store[index], rows[index])
+    np.testing.assert_array_equal(np.asarray(store), rows)
+    again = row_store.open_row_store(str(tmp_path / name), "k", dtype=rows.dtype)
+    np.testing.assert_array_equal(again[2:9], rows[2:9])
+    assert row_store.open_row_store(str(tmp_path / name), "k", dtype=np.float64) is None
+    assert row_store.open_row_store(str(tmp_path / name), "other") is None
+  with pytest.raises(IndexError, match="indexes rows only"):
+    store[:, 0]
+  with pytest.raises(InputError, match="every row has one shape"):
+    with row_store.RowStoreWriter(str(tmp_path / "bad.u8"), key="k", dtype=np.uint8) as writer:
+      writer.append(images[:2])
+      writer.append(images[:2, :, :3])
+  with pytest.raises(InputError, match="no rows to store"):
+    with row_store.RowStoreWriter(str(tmp_path / "empty.u8"), key="k", dtype=np.uint8):
+      pass
+  assert sorted(os.listdir(tmp_path)) == sorted(
+      f"{n}{e}" for n in ("i.u8", "f.bool", "l.i32") for e in ("", ".json"))  # nothing else
+
+
 # --------------------------------------------------------------------------------------------
 # Streamed PCA.
 

@@ -12,7 +12,8 @@ Any variant: --config.data.scan_dir=DIR (a scan folder in the stage-1 model's to
 those scans under random pose, light and albedo and mixes them into every batch
 (data.scan_fraction, default 0.5) for the 3D vertex term.
   paper   224 px, ResNet-50, K = 199, a 230x230 mesh (the stage-1 `paper` model in
-          runs/stage1_paper), 2000 + 200 identities x 8; sized for GPUs
+          runs/stage1_paper), 2000 + 200 identities x 8, streamed (data.stream: 25 GB of
+          images and 3D truth on disk in WORKDIR/data); sized for GPUs
   tiny    seconds, for tests
 
 `init_model` is the stage-1 SFM model (`sfm_model.npz`); `baseline_model` the stage-1 Gaussian
@@ -63,6 +64,9 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.data.scan_dir = ""
   c.data.scan_fraction = 0.5        # share of each training batch from the rendered scans
   c.data.scan_views = 2             # images rendered per scan
+  c.data.stream = False             # world: images and 3D truth written once to row stores in
+                                    # WORKDIR/data (reused by reruns), read a batch at a time, so
+                                    # host memory does not grow with the set (the `paper` default)
   c.data.mirror = False             # also train on the mirror image of every training image
                                     # and scan render, as people of their own (sfm_jax.mirror;
                                     # face world: needs an odd resolution)
@@ -176,6 +180,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.init_model = "runs/stage1_paper/sfm_model.npz"
     c.data.image_size, c.data.resolution = 224, 230  # the stage-1 paper grid (52900 vertices)
     c.data.train_identities, c.data.test_identities, c.data.images_per_identity = 2000, 200, 8
+    c.data.stream = True  # 17600 images: 2.6 GB of pixels, 22 GB of 3D truth (on disk)
     c.model.depth, c.model.width, c.model.albedo_dim = "resnet50", 64, 80
     c.objective.render_groups = 1  # the groups help XLA:CPU; sized for an accelerator
     c.model.batch_groups = 1

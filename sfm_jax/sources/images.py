@@ -10,8 +10,11 @@ wrap, so the builders and the in-memory sources give the same examples.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import io
+import json
 import logging
 import os
 
@@ -20,8 +23,10 @@ import numpy as np
 from sfm_jax import face_world, imaging, mirror
 from sfm_jax.errors import InputError, NoFaceError
 from sfm_jax.io import read_pts
+from sfm_jax.io import row_store
 from sfm_jax.io.mesh import read_mesh
 from sfm_jax.io.scan_folder import read_scan_meta
+from sfm_jax.progress import Progress
 from sfm_jax.sources.splits import (
   CHUNK_IDENTITIES,
   chunk_seed,
@@ -376,36 +381,114 @@ def _posed(template, neutral: np.ndarray, expression: np.ndarray, *,
   return posed
 
 
-def _world_split(config, count: int, seed: int, offset: int, *, test: bool) -> Split:
-  """`count` face-world identities x `config.images_per_identity` images. The large arrays
-  (uint8 images, neutral and posed truth) are filled chunk by chunk into their final buffers, so
-  the host holds them plus one chunk of `world_image_chunks`, never a second copy."""
-  world = face_world.FaceWorld(resolution=config.resolution)
-  total = count * config.images_per_identity
-  size, vertices = config.image_size, world.template.vertices.shape
-  images = np.empty((total, size, size, 3), np.uint8)
-  neutral = np.empty((total,) + vertices, np.float32)
-  posed = np.empty((total,) + vertices, np.float32)
-  landmarks, visible, identity = [], [], []
-  row = 0
+# The face world's per-image arrays and their row stores with `data.stream` (`_world_split`):
+# the three large ones stay on disk and are read a batch at a time, the rest are read whole.
+STORE_FILES = {"images": ("u8", np.uint8), "neutral": ("f32", np.float32),
+               "posed": ("f32", np.float32), "landmarks": ("f32", np.float32),
+               "visible": ("bool", np.bool_), "identity": ("i32", np.int32)}
+STORED_ON_DISK = ("images", "neutral", "posed")
+STORE_FORMAT = 1  # bump when the rows a face-world store holds change for the same settings
+
+
+def world_store_key(config, count: int, seed: int, offset: int, *, test: bool) -> str:
+  """The data key of a streamed face-world split (`io.row_store`): the settings its images
+  depend on, with the split's size, seed and first identity."""
+  settings = {"resolution": config.resolution, "image_size": config.image_size,
+              "images_per_identity": config.images_per_identity,
+              "unlabelled_fraction": 0.0 if test else config.unlabelled_fraction,
+              "occluder_probability": config.occluder_probability}
+  text = json.dumps([settings, count, seed, offset, test, STORE_FORMAT], sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _world_chunks(world, config, count: int, seed: int, offset: int, *, test: bool):
+  """Yields each chunk of `world_image_chunks` as its rows of the split's arrays: uint8
+  `images`, `landmarks`, `visible`, `identity` (before relabelling), `neutral`, float32 `posed`."""
   for _, chunk in world_image_chunks(
-      world, count, config.images_per_identity, seed, image_size=size,
+      world, count, config.images_per_identity, seed, image_size=config.image_size,
       unlabelled_fraction=0.0 if test else config.unlabelled_fraction,
       occluder_probability=config.occluder_probability, identity_offset=offset):
-    rows = slice(row, row + len(chunk.images))
-    images[rows] = to_uint8(chunk.images)
-    neutral[rows] = chunk.neutral
-    posed[rows] = _posed(world.template, chunk.neutral, chunk.expression)
-    landmarks.append(chunk.landmarks)
-    visible.append(chunk.visible)
-    identity.append(chunk.true_identity if test else chunk.identity)
-    row += len(chunk.images)
-  identity = np.concatenate(identity)
-  return Split(images=images, landmarks=np.concatenate(landmarks),
-               visible=np.concatenate(visible),
-               identity=identity if test else relabel(identity), neutral=neutral, posed=posed,
-               names=[f"world_{offset * config.images_per_identity + i:05d}"
-                      for i in range(total)])
+    yield {"images": to_uint8(chunk.images), "landmarks": chunk.landmarks,
+           "visible": chunk.visible,
+           "identity": chunk.true_identity if test else chunk.identity,
+           "neutral": chunk.neutral,
+           "posed": _posed(world.template, chunk.neutral, chunk.expression)}
+
+
+def _world_split(config, count: int, seed: int, offset: int, *, test: bool,
+                 store_dir: str | None = None, role: str = "") -> Split:
+  """`count` face-world identities x `config.images_per_identity` images.
+
+  In memory (`store_dir` None) the large arrays (uint8 images, neutral and posed truth) are
+  filled chunk by chunk into their final buffers, so the host holds them plus one chunk of
+  `world_image_chunks`, never a second copy. With `store_dir` (`data.stream`) every array goes
+  to the row store `<store_dir>/<role>_<array>.<type>` instead, a chunk at a time, and the
+  split's `images`, `neutral` and `posed` are those stores (`io.row_store.RowStore`: read a
+  batch at a time); stores that already hold this split (`world_store_key`) are reused, and
+  the rows are the in-memory ones, bit for bit.
+  """
+  world = face_world.FaceWorld(resolution=config.resolution)
+  total = count * config.images_per_identity
+  names = [f"world_{offset * config.images_per_identity + i:05d}" for i in range(total)]
+  chunks = _world_chunks(world, config, count, seed, offset, test=test)
+  if store_dir:
+    arrays = _world_stores(chunks, store_dir, role, total,
+                           world_store_key(config, count, seed, offset, test=test), test=test)
+  else:
+    size, vertices = config.image_size, world.template.vertices.shape
+    arrays = {"images": np.empty((total, size, size, 3), np.uint8),
+              "neutral": np.empty((total,) + vertices, np.float32),
+              "posed": np.empty((total,) + vertices, np.float32)}
+    small = {"landmarks": [], "visible": [], "identity": []}
+    row = 0
+    for chunk in chunks:
+      rows = slice(row, row + len(chunk["images"]))
+      for field in STORED_ON_DISK:
+        arrays[field][rows] = chunk[field]
+      for field, parts in small.items():
+        parts.append(chunk[field])
+      row = rows.stop
+    arrays |= {field: np.concatenate(parts) for field, parts in small.items()}
+    arrays["identity"] = arrays["identity"] if test else relabel(arrays["identity"])
+  return Split(images=arrays["images"], landmarks=arrays["landmarks"],
+               visible=arrays["visible"], identity=arrays["identity"].astype(np.int32),
+               neutral=arrays["neutral"], posed=arrays["posed"], names=names)
+
+
+def _world_stores(chunks, store_dir: str, role: str, total: int, key: str, *,
+                  test: bool) -> dict:
+  """The split's arrays from its row stores in `store_dir` (`STORE_FILES`): reused when every
+  one holds data `key`, else written from `chunks` (progress lines), then opened; the small
+  arrays are read whole, `STORED_ON_DISK` stay stores. Training labels are relabelled before
+  they are stored (held-out ones are the true identities)."""
+  paths = {field: os.path.join(store_dir, f"{role}_{field}.{suffix}")
+           for field, (suffix, _) in STORE_FILES.items()}
+  stores = {field: row_store.open_row_store(path, key) for field, path in paths.items()}
+  if any(store is None for store in stores.values()):
+    progress = Progress(f"writing {role} images and 3D truth to {store_dir}:", total=total,
+                        unit="images")
+    identity, done, reported = [], 0, 0
+    with contextlib.ExitStack() as stack:
+      writers = {field: stack.enter_context(row_store.RowStoreWriter(
+          paths[field], key=key, dtype=STORE_FILES[field][1]))
+          for field in STORE_FILES if field != "identity"}
+      for chunk in chunks:
+        for field, writer in writers.items():
+          writer.append(chunk[field])
+        identity.append(chunk["identity"])
+        done += len(chunk["images"])
+        if done - reported >= total / 10 or done == total:
+          progress.update(done)
+          reported = done
+    identity = np.concatenate(identity)
+    if not test:
+      identity = relabel(identity)
+    with row_store.RowStoreWriter(paths["identity"], key=key, dtype=np.int32) as writer:
+      writer.append(identity)
+    stores = {field: writer.store for field, writer in writers.items()} | {
+        "identity": writer.store}
+  return {field: store if field in STORED_ON_DISK else np.asarray(store)
+          for field, store in stores.items()}
 
 
 def _tfds_split(config, split: str, *, test: bool) -> Split:
@@ -525,7 +608,7 @@ def pretrain_source(config) -> str:
   return source
 
 
-def pretrain_split(config, *, seed: int, model=None) -> Split:
+def pretrain_split(config, *, seed: int, model=None, store_dir: str | None = None) -> Split:
   """Rendered images for identity pretraining, every image labelled, at the stage's image size
   (`pretrain_source`):
 
@@ -534,6 +617,8 @@ def pretrain_split(config, *, seed: int, model=None) -> Split:
   - scans: the people of `config.data.scan_dir` that stage 2 trains on (`rendered_scans.
     scan_split`: stage 1's held-out identities left out), `config.pretrain.scan_views` renders
     per scan under their own seed's pose, light and albedo; needs `model` (the stage-1 model).
+
+  With `data.stream`, face-world pretraining images go to row stores in `store_dir` (`load`).
   """
   data = config.data.copy_and_resolve_references()
   if pretrain_source(config) == "scans":
@@ -544,16 +629,39 @@ def pretrain_split(config, *, seed: int, model=None) -> Split:
     return rendered_scans.scan_split(data, model, seed=split_seed(seed, "pretrain"))
   data.images_per_identity, data.unlabelled_fraction = config.pretrain.images_per_identity, 0.0
   return _world_split(data, config.pretrain.identities, split_seed(seed, "pretrain"), 0,
-                      test=False)
+                      test=False, store_dir=_store_dir(data, store_dir), role="pretrain")
 
 
-def load(config, *, seed: int, model=None) -> ImageData:
+def _store_dir(config, store_dir: str | None) -> str | None:
+  """The folder of the face world's row stores with `config.stream` (checked), else None."""
+  if not config.get("stream", False):
+    return None
+  if config.source != "world":
+    raise InputError(f"data.stream streams the rendered face world (data.source='world'), not "
+                     f"data.source={config.source!r}")
+  if config.get("mirror"):
+    raise InputError("data.mirror holds the mirror image of every training image in memory; "
+                     "it does not stream (data.stream=False, or data.mirror=False)")
+  if not store_dir:
+    raise InputError("data.stream=True needs a folder for the image stores (the stage-2 "
+                     "workdir)")
+  return store_dir
+
+
+def load(config, *, seed: int, model=None, store_dir: str | None = None) -> ImageData:
   """The config's `data` section -> train and held-out images; with `config.scan_dir`, plus the
   rendered scans of that folder (in the topology of `model`, the stage-1 model) mixed into every
-  training batch at `config.scan_fraction`."""
+  training batch at `config.scan_fraction`.
+
+  With `config.stream` (face world only) the images and their 3D truth are written once to row
+  stores in `store_dir` and read a batch at a time (`_world_split`); stores of the same data are
+  reused.
+  """
   if config.source not in SOURCES:
     raise InputError(f"data.source must be one of {SOURCES}, got {config.source!r}")
-  data = _folder(config) if config.source == "folder" else _rendered(config, seed)
+  store_dir = _store_dir(config, store_dir)
+  data = (_folder(config) if config.source == "folder"
+          else _rendered(config, seed, store_dir))
   if config.get("scan_dir"):
     data = _with_scans(config, data, seed=seed, model=model)
   return _with_mirror_images(config, data, model) if config.get("mirror") else data
@@ -626,16 +734,17 @@ def _with_mirror_images(config, data: ImageData, model) -> ImageData:
                   f"{' and scan render' if scans is not None else ''} (people of their own)")
 
 
-def _rendered(config, seed: int) -> ImageData:
-  """Face-world images, in memory or through the TFDS builder."""
+def _rendered(config, seed: int, store_dir: str | None = None) -> ImageData:
+  """Face-world images, in memory (or in row stores in `store_dir`) or through the TFDS
+  builder."""
   if config.source == "tfds":
     train, test = _tfds_split(config, "train", test=False), _tfds_split(config, "test", test=True)
     what = f"TFDS synthetic_face_images/{config.tfds_config}"
   else:
     train = _world_split(config, config.train_identities, split_seed(seed, "train"), 0,
-                         test=False)
+                         test=False, store_dir=store_dir, role="train")
     test = _world_split(config, config.test_identities, split_seed(seed, "test"),
-                        config.train_identities, test=True)
+                        config.train_identities, test=True, store_dir=store_dir, role="test")
     what = "rendered face world"
   description = (f"{what}: {config.image_size} px, {len(train)} training images "
                  f"({np.sum(train.identity < 0)} unlabelled), {len(test)} held-out images of "
