@@ -50,6 +50,18 @@ class Progress:
     return rate
 
 
+def in_tenths(chunks, progress: Progress, size):
+  """Yields `chunks` in turn, updating `progress` with the units done (`size(chunk)` each) once
+  another tenth of its total is done, and at the end: a line per tenth for long writes."""
+  done, reported = 0, 0
+  for chunk in chunks:
+    yield chunk
+    done += size(chunk)
+    if done - reported >= progress.total / 10 or done == progress.total:
+      progress.update(done)
+      reported = done
+
+
 def peak_memory_bytes() -> int:
   """This process's peak resident memory so far (`getrusage` `ru_maxrss`; KiB on Linux, bytes
   on macOS)."""

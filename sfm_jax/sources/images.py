@@ -26,7 +26,7 @@ from sfm_jax.io import read_pts
 from sfm_jax.io import row_store
 from sfm_jax.io.mesh import read_mesh
 from sfm_jax.io.scan_folder import read_scan_meta
-from sfm_jax.progress import Progress
+from sfm_jax.progress import Progress, in_tenths
 from sfm_jax.sources.splits import (
   CHUNK_IDENTITIES,
   chunk_seed,
@@ -387,7 +387,7 @@ STORE_FILES = {"images": ("u8", np.uint8), "neutral": ("f32", np.float32),
                "posed": ("f32", np.float32), "landmarks": ("f32", np.float32),
                "visible": ("bool", np.bool_), "identity": ("i32", np.int32)}
 STORED_ON_DISK = ("images", "neutral", "posed")
-STORE_FORMAT = 1  # bump when the rows a face-world store holds change for the same settings
+STORE_FORMAT = 2  # bump when the rows a face-world store holds change for the same settings
 
 
 def world_store_key(config, count: int, seed: int, offset: int, *, test: bool) -> str:
@@ -433,7 +433,7 @@ def _world_split(config, count: int, seed: int, offset: int, *, test: bool,
   chunks = _world_chunks(world, config, count, seed, offset, test=test)
   if store_dir:
     arrays = _world_stores(chunks, store_dir, role, total,
-                           world_store_key(config, count, seed, offset, test=test), test=test)
+                           world_store_key(config, count, seed, offset, test=test))
   else:
     size, vertices = config.image_size, world.template.vertices.shape
     arrays = {"images": np.empty((total, size, size, 3), np.uint8),
@@ -449,44 +449,30 @@ def _world_split(config, count: int, seed: int, offset: int, *, test: bool,
         parts.append(chunk[field])
       row = rows.stop
     arrays |= {field: np.concatenate(parts) for field, parts in small.items()}
-    arrays["identity"] = arrays["identity"] if test else relabel(arrays["identity"])
+  identity = arrays["identity"] if test else relabel(arrays["identity"])
   return Split(images=arrays["images"], landmarks=arrays["landmarks"],
-               visible=arrays["visible"], identity=arrays["identity"].astype(np.int32),
+               visible=arrays["visible"], identity=identity.astype(np.int32),
                neutral=arrays["neutral"], posed=arrays["posed"], names=names)
 
 
-def _world_stores(chunks, store_dir: str, role: str, total: int, key: str, *,
-                  test: bool) -> dict:
+def _world_stores(chunks, store_dir: str, role: str, total: int, key: str) -> dict:
   """The split's arrays from its row stores in `store_dir` (`STORE_FILES`): reused when every
   one holds data `key`, else written from `chunks` (progress lines), then opened; the small
-  arrays are read whole, `STORED_ON_DISK` stay stores. Training labels are relabelled before
-  they are stored (held-out ones are the true identities)."""
+  arrays are read whole, `STORED_ON_DISK` stay stores. Labels are stored as drawn (training
+  labels are relabelled on load, like the in-memory ones)."""
   paths = {field: os.path.join(store_dir, f"{role}_{field}.{suffix}")
            for field, (suffix, _) in STORE_FILES.items()}
   stores = {field: row_store.open_row_store(path, key) for field, path in paths.items()}
   if any(store is None for store in stores.values()):
     progress = Progress(f"writing {role} images and 3D truth to {store_dir}:", total=total,
                         unit="images")
-    identity, done, reported = [], 0, 0
     with contextlib.ExitStack() as stack:
       writers = {field: stack.enter_context(row_store.RowStoreWriter(
-          paths[field], key=key, dtype=STORE_FILES[field][1]))
-          for field in STORE_FILES if field != "identity"}
-      for chunk in chunks:
+          path, key=key, dtype=STORE_FILES[field][1])) for field, path in paths.items()}
+      for chunk in in_tenths(chunks, progress, lambda chunk: len(chunk["images"])):
         for field, writer in writers.items():
           writer.append(chunk[field])
-        identity.append(chunk["identity"])
-        done += len(chunk["images"])
-        if done - reported >= total / 10 or done == total:
-          progress.update(done)
-          reported = done
-    identity = np.concatenate(identity)
-    if not test:
-      identity = relabel(identity)
-    with row_store.RowStoreWriter(paths["identity"], key=key, dtype=np.int32) as writer:
-      writer.append(identity)
-    stores = {field: writer.store for field, writer in writers.items()} | {
-        "identity": writer.store}
+    stores = {field: writer.store for field, writer in writers.items()}
   return {field: store if field in STORED_ON_DISK else np.asarray(store)
           for field, store in stores.items()}
 

@@ -29,7 +29,7 @@ from sfm_jax import face_world
 from sfm_jax.errors import InputError
 from sfm_jax.io import scan_folder, scan_store
 from sfm_jax.io.models import load_face_model
-from sfm_jax.progress import Progress
+from sfm_jax.progress import Progress, in_tenths
 from sfm_jax.sources.splits import (
   CHUNK_IDENTITIES,
   chunk_seed,
@@ -84,17 +84,8 @@ def _split_scans(chunks, store, total: int) -> tuple:
   opened = scan_store.open_scan_store(path, key)
   if opened is None:
     progress = Progress(f"writing the scan store {path}:", total=total, unit="scans")
-
-    def counted():
-      done, reported = 0, 0
-      for scans, labels in chunks:
-        yield scans, labels
-        done += len(scans)
-        if done - reported >= total / 10 or done == total:
-          progress.update(done)
-          reported = done
-
-    opened = scan_store.write_scan_store(path, counted(), key=key)
+    opened = scan_store.write_scan_store(
+        path, in_tenths(chunks, progress, lambda chunk: len(chunk[0])), key=key)
   return opened, opened.identity
 
 
