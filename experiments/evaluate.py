@@ -104,17 +104,17 @@ def image_mode() -> None:
                                          first_model, data)
   print(f"evaluating {', '.join(predictors)} from {_STAGE2.value} on {len(data.test)} held-out "
         f"images: {data.description}", flush=True)
-  rows, predictions = inference.evaluate_split(predictors, data.test,
-                                                landmark_vertices=landmark_vertices,
-                                                batch_size=_BATCH.value, seed=_SEED.value)
+  rows, codes = inference.evaluate_split(predictors, data.test,
+                                         landmark_vertices=landmark_vertices,
+                                         batch_size=_BATCH.value, seed=_SEED.value,
+                                         flip_partner=flip_partner)
   rows, noise_curve = image_eval.references_and_noise(
       predictors, data, rows, fit_steps=_CONFIG.value.eval.fit_steps,
       row_noise=_CONFIG.value.eval.landmark_noise, curve_levels=_CONFIG.value.eval.noise_curve,
-      landmark_vertices=landmark_vertices, batch_size=_BATCH.value, seed=_SEED.value,
-      predictions=predictions, flip_partner=flip_partner)
+      landmark_vertices=landmark_vertices, batch_size=_BATCH.value, seed=_SEED.value)
   os.makedirs(_OUT_DIR.value, exist_ok=True)
   table = image_eval.write_results(
-      _OUT_DIR.value, rows, predictions, predictors, data.test, description=data.description,
+      _OUT_DIR.value, rows, codes, predictors, data.test, description=data.description,
       gallery_count=_CONFIG.value.eval.gallery,
       extra={"landmark_noise_curve": noise_curve} if noise_curve else None)
   print(table)

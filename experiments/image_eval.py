@@ -88,7 +88,7 @@ def landmark_noise_evaluation(predictors: dict, data: ImageData, *, clean_rows: 
   if split.neutral is not None:
     if ridge is not None:
       def ridge_error(reader, level):  # the read-out's 3D median on the landmarks at `level`
-        return inference.neutral_error(reader.predict(noisy[level]), split,
+        return inference.neutral_error(lambda rows: reader.predict(noisy[level][rows]), split,
                                        landmark_vertices)["median_mm"]
 
       curve["median_mm"]["landmark ridge"] = [ridge_error(ridge, level) for level in x]
@@ -113,40 +113,13 @@ def flip_partner(enabled: bool, data_config, model, data: ImageData) -> np.ndarr
                      "flip-averaged rows off)") from None
 
 
-def flip_average_row(name: str) -> str:
-  return f"{name}, flip-averaged"
-
-
-def flip_average_rows(predictors: dict, split: Split, predictions: dict, *,
-                      partner: np.ndarray, landmark_vertices: np.ndarray,
-                      batch_size: int) -> dict:
-  """`{"<name>, flip-averaged": 3D scores}`: each network's neutral shape averaged over the
-  held-out image and its mirror image (`inference.flip_averaged_neutral`; `predictions` are
-  `evaluate_split`'s), scored like the clean rows; 3D only (the two views' codes make no one
-  code without a fit). {} without 3D truth."""
-  if split.neutral is None:
-    return {}
-  return {flip_average_row(name): inference.neutral_error(
-      inference.flip_averaged_neutral(predictor, split.images, split.landmarks,
-                                      predictions[name]["neutral"], partner=partner,
-                                      batch_size=batch_size),
-      split, landmark_vertices) for name, predictor in predictors.items()}
-
-
 def references_and_noise(predictors: dict, data: ImageData, rows: dict, *, fit_steps: int,
                          row_noise: float, curve_levels, landmark_vertices: np.ndarray,
-                         batch_size: int, seed: int, predictions: dict | None = None,
-                         flip_partner: np.ndarray | None = None) -> tuple[dict, dict | None]:
+                         batch_size: int, seed: int) -> tuple[dict, dict | None]:
   """(the held-out table, the noise curve): the networks' clean `rows`
-  (`inference.evaluate_split`), with `flip_partner` (`[V]`, `images.mirror_map`) their
-  flip-averaged rows (`flip_average_rows`, from its `predictions`), their noisy rows, then the
-  references of `inference.reference_rows` for the exported models, with the landmark ridge
+  (`inference.evaluate_split`, with their flip-averaged rows if asked), their noisy rows, then
+  the references of `inference.reference_rows` for the exported models, with the landmark ridge
   fitted once for the table and the curve (`landmark_noise_evaluation`, same arguments)."""
-  if flip_partner is not None:
-    rows = {**rows, **flip_average_rows(predictors, data.test, predictions,
-                                        partner=flip_partner,
-                                        landmark_vertices=landmark_vertices,
-                                        batch_size=batch_size)}
   ridge = inference.landmark_ridge(data, seed=seed)
   models = {name: predictor.model for name, predictor in predictors.items()}
   references = inference.reference_rows(models, data, ridge=ridge, fit_steps=fit_steps,
@@ -184,11 +157,12 @@ def write_noise_curve(out_dir: str, curve: dict) -> str:
   return "\n".join(header + lines)
 
 
-def write_results(out_dir: str, rows: dict, predictions: dict, predictors: dict, split: Split,
+def write_results(out_dir: str, rows: dict, codes: dict, predictors: dict, split: Split,
                   *, description: str, gallery_count: int, seen: dict | None = None,
                   extra: dict | None = None) -> str:
   """Writes `eval.json` (with the `seen` diagnostic rows, if any, and the entries of `extra`),
-  `gallery.png` and `codes_2d.png` into `out_dir`; returns the held-out table (Markdown)."""
+  `gallery.png` and `codes_2d.png` (the networks' held-out shape `codes`, `{name: [N, K]}` of
+  `inference.evaluate_split`) into `out_dir`; returns the held-out table (Markdown)."""
   table = evaluation.format_table(rows, evaluation.IMAGE_COLUMNS)
   with atomic_write(os.path.join(out_dir, "eval.json"), "w") as f:
     json.dump({"data": description, "test_images": len(split),
@@ -199,6 +173,6 @@ def write_results(out_dir: str, rows: dict, predictions: dict, predictors: dict,
   labelled = split.identity >= 0
   write_png(os.path.join(out_dir, "codes_2d.png"), viz.plot_codes_2d(
       [(f"{name}: held-out image codes (verif. {rows[name]['verification_accuracy']:.3f})",
-        predictions[name]["shape_codes"][labelled], split.identity[labelled])
-       for name in predictions]))
+        codes[name][labelled], split.identity[labelled])
+       for name in codes]))
   return table

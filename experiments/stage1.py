@@ -206,20 +206,20 @@ def _data_and_init(config, workdir: str, phases: Phases):
   otherwise every process builds the same (deterministic) data and PCA itself."""
   chief, stream = train_loop.is_chief(), config.data.stream
   store_dir = os.path.join(workdir, "data")
-  if stream and not chief:
-    parallel.sync_processes("stage-1 scan store and PCA")
-  data = scan_sources.load(config.data, seed=config.seed, store_dir=store_dir)
-  if chief:
-    print(f"stage 1 ({config.variant}): {data.description}; {jax.device_count()} device(s) in "
-          f"{jax.process_count()} process(es), parallel mode {config.parallel.mode}"
-          + (f"; training scans streamed from {data.train_scans.path}" if stream else ""),
-          flush=True)
-  cli.end_phase(phases, "data")
-  stage1.check_sizes(len(data.train_scans), len(np.unique(data.train_identity)),
-                     config.model.shape_dim, config.model.expr_dim)
-  init = _pca(config, data, os.path.join(store_dir, "pca_init.npz") if stream else None)
-  if stream and chief:
-    parallel.sync_processes("stage-1 scan store and PCA")
+
+  def build():
+    data = scan_sources.load(config.data, seed=config.seed, store_dir=store_dir)
+    if chief:
+      print(f"stage 1 ({config.variant}): {data.description}; {jax.device_count()} device(s) "
+            f"in {jax.process_count()} process(es), parallel mode {config.parallel.mode}"
+            + (f"; training scans streamed from {data.train_scans.path}" if stream else ""),
+            flush=True)
+    cli.end_phase(phases, "data")
+    stage1.check_sizes(len(data.train_scans), len(np.unique(data.train_identity)),
+                       config.model.shape_dim, config.model.expr_dim)
+    return data, _pca(config, data, os.path.join(store_dir, "pca_init.npz") if stream else None)
+
+  data, init = parallel.chief_first(build, name="stage-1 scan store and PCA", enabled=stream)
   # Training runs in float32: keep the bases at that precision (the same values reach the
   # parameters; half the memory of the float64 solve).
   init = dataclasses.replace(init, mean=init.mean.astype(np.float32),

@@ -125,14 +125,9 @@ def _streamed(config, build, workdir: str, what: str):
   """`build(store_dir)`: with `data.stream`, process 0 writes the image stores into
   `WORKDIR/data/` (a rerun reuses them) while the others wait, then every process opens them;
   otherwise every process builds the same (deterministic) images itself in memory."""
-  stream, chief = config.data.get("stream", False), train_loop.is_chief()
   store_dir = os.path.join(workdir, "data")
-  if stream and not chief:
-    parallel.sync_processes(f"stage-2 {what} image stores")
-  built = build(store_dir)
-  if stream and chief:
-    parallel.sync_processes(f"stage-2 {what} image stores")
-  return built
+  return parallel.chief_first(lambda: build(store_dir), name=f"stage-2 {what} image stores",
+                              enabled=config.data.get("stream", False))
 
 
 def _load_data(config, workdir: str, model: FaceModel) -> image_sources.ImageData:
@@ -329,7 +324,7 @@ def _report(workdir, config, data, table, seen_table, noise_table, models, elaps
                                  f"{config.objective.landmark_noise:g}) px))."
                                  if config.objective.landmark_noise_mode == "uniform" else ".")
           if config.objective.landmark_noise else "")
-       + (f" Rows *{image_eval.flip_average_row('<name>')}*: the network's neutral shape "
+       + (f" Rows *{inference.flip_average_row('<name>')}*: the network's neutral shape "
           "averaged with the mirror image of its prediction for the horizontally flipped image "
           "(landmarks flipped and relabelled), 3D only." if config.eval.flip_average else "")),
       "",
@@ -426,16 +421,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
           f"models and encoders are in {workdir}, nothing was evaluated)", flush=True)
     return {}
   print(f"evaluating on {len(data.test)} held-out images ...", flush=True)
-  rows, predictions = inference.evaluate_split(
+  rows, codes = inference.evaluate_split(
       predictors, data.test, landmark_vertices=np.asarray(models["sfm"].landmarks),
-      batch_size=config.eval.batch_size, seed=config.seed)
+      batch_size=config.eval.batch_size, seed=config.seed, flip_partner=flip_partner)
   print("references: the mean face, the landmark ridge read-out and per-image landmark fits of "
         "each exported model; the networks reading noisy landmarks ...", flush=True)
   rows, noise_curve = image_eval.references_and_noise(
       predictors, data, rows, fit_steps=config.eval.fit_steps,
       row_noise=config.eval.landmark_noise, curve_levels=config.eval.noise_curve,
       landmark_vertices=np.asarray(models["sfm"].landmarks), batch_size=config.eval.batch_size,
-      seed=config.seed, predictions=predictions, flip_partner=flip_partner)
+      seed=config.seed)
   seen = inference.evaluate_seen(predictors, data.train, count=config.eval.seen_images,
                                  batch_size=config.eval.batch_size, seed=config.seed)
   cli.end_phase(phases, "evaluate")
@@ -443,7 +438,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if noise_curve:
     extra["landmark_noise_curve"] = noise_curve
   table = image_eval.write_results(
-      workdir, rows, predictions, predictors, data.test, description=data.description,
+      workdir, rows, codes, predictors, data.test, description=data.description,
       gallery_count=config.eval.gallery, seen=seen, extra=extra)
   noise_table = image_eval.write_noise_curve(workdir, noise_curve) if noise_curve else None
   seen_table = evaluation.format_table(seen, inference.SEEN_COLUMNS)

@@ -93,7 +93,8 @@ def code_agreement(predicted: np.ndarray, oracle: np.ndarray, shape_basis: np.nd
 
 def evaluate_images(predictions: dict, *, identity: np.ndarray, landmarks: np.ndarray,
                     visible: np.ndarray, landmark_vertices: np.ndarray,
-                    neutral: np.ndarray | None = None, seed: int = 0) -> dict:
+                    neutral: np.ndarray | None = None, neutral_errors: np.ndarray | None = None,
+                    seed: int = 0) -> dict:
   """Scores a stage-2 network's predictions on held-out images (design section 7).
 
   Args:
@@ -103,11 +104,13 @@ def evaluate_images(predictions: dict, *, identity: np.ndarray, landmarks: np.nd
     landmarks, visible: `[N, 68, 2]` annotated landmarks (pixels) and `[N, 68]` visibility.
     landmark_vertices: `[68]` the model's landmark vertex indices (-1 undefined).
     neutral: `[N, V, 3]` ground-truth neutral meshes (mm) in the model's topology, or None.
+    neutral_errors: instead of `neutral` (and `predictions["neutral"]`), the per-vertex errors
+      `[N, V]` (mm) already computed (`metrics.now_aligned_errors`, e.g. a chunk at a time).
 
   Returns `{median_mm, mean_mm, std_mm}` (neutral error after similarity alignment on the 7 NoW
-  landmarks; only with `neutral`), `{verification_accuracy, silhouette, nmcd, nmi}` of the
-  predicted shape codes across images of one identity, and `nme` (visible, defined landmarks,
-  inter-ocular).
+  landmarks; only with `neutral` or `neutral_errors`), `{verification_accuracy, silhouette,
+  nmcd, nmi}` of the predicted shape codes across images of one identity, and `nme` (visible,
+  defined landmarks, inter-ocular).
   """
   landmark_vertices = np.asarray(landmark_vertices)
   scores = {}
@@ -115,8 +118,9 @@ def evaluate_images(predictions: dict, *, identity: np.ndarray, landmarks: np.nd
     now = landmark_vertices[list(metrics.NOW_LANDMARKS)]
     if np.any(now < 0):
       raise ValueError("evaluate_images: the model lacks some of the 7 NoW landmark vertices")
-    scores.update(metrics.error_summary(metrics.now_aligned_errors(
-        predictions["neutral"], neutral, now)))
+    neutral_errors = metrics.now_aligned_errors(predictions["neutral"], neutral, now)
+  if neutral_errors is not None:
+    scores.update(metrics.error_summary(neutral_errors))
   labelled = np.asarray(identity) >= 0
   scores.update(metrics.identity_metrics(predictions["shape_codes"][labelled],
                                          np.asarray(identity)[labelled], seed=seed))

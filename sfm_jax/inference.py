@@ -190,26 +190,125 @@ def load_predictors(workdir: str, names=MODELS) -> dict:
   return predictors
 
 
-def evaluate_split(predictors: dict, split: Split, *, landmark_vertices: np.ndarray, batch_size: int,
-             seed: int, input_landmarks: np.ndarray | None = None) -> tuple[dict, dict]:
-  """(`{name: scores}`, `{name: predictions}`) on a held-out split. `input_landmarks` `[N, 68,
-  2]`: what the networks read instead of the split's landmarks (e.g. with noise added); the
-  scores (NME included) still compare with the split's own."""
-  rows, predictions = {}, {}
-  network_landmarks = split.landmarks if input_landmarks is None else input_landmarks
+# Held-out rows predicted and scored at a time, so no `[N, V, 3]` array is kept; a multiple of
+# `fitting.fit_landmarks`' batch (128), so fitting by chunks fits the same groups as at once.
+EVAL_CHUNK = 256
+
+
+def row_chunks(total: int, chunk: int) -> list[slice]:
+  """`[slice]` consecutive runs of `chunk` rows (the last shorter) covering `range(total)`."""
+  return [slice(start, min(start + chunk, total)) for start in range(0, total, chunk)]
+
+
+def flip_average_row(name: str) -> str:
+  """The table row of network `name`'s flip-averaged neutral shapes (`flip_averaged_neutral`)."""
+  return f"{name}, flip-averaged"
+
+
+def score_in_chunks(produce, split: Split, *, landmark_vertices: np.ndarray, seed: int,
+                    chunk: int = EVAL_CHUNK, progress=None) -> tuple[dict, np.ndarray | None]:
+  """Scores predictions on the rows of `split` made `chunk` rows at a time: each chunk's meshes
+  are compared with its truth as soon as they are made and dropped, so memory holds the
+  per-vertex errors `[N, V]` (float64) and the codes, never `[N, V, 3]` (a split of 1600
+  images of 53k vertices held 1 GB per mesh array).
+
+  Args:
+    produce: function of a `slice` of the split's rows -> a dict with `neutral` `[n, V, 3]`
+      (mm; asked for only when the split has 3D truth), optionally `shape_codes` `[n, K]` and
+      `landmarks` `[n, 68, 2]` (pixels) together, and any other key holding further neutral
+      shapes `[n, V, 3]`.
+    split: the held-out split; its images, landmarks and truth may be row stores.
+    landmark_vertices, seed: as for `evaluation.evaluate_images`.
+    chunk: rows per call of `produce`.
+    progress: a `progress.Progress` over the rows, or None.
+
+  Returns ({"neutral": `evaluation.evaluate_images` scores (3D only without codes), other key:
+  its 3D scores}, the codes `[N, K]` or None). Equal to scoring whole arrays.
+  """
+  landmark_vertices = np.asarray(landmark_vertices)
+  now = landmark_vertices[list(metrics.NOW_LANDMARKS)]
+  if split.neutral is not None and np.any(now < 0):
+    raise ValueError("the model lacks some of the 7 NoW landmark vertices")
+  errors: dict = {}
+  codes, marks = [], []
+  for rows in row_chunks(len(split), chunk):
+    out = produce(rows)
+    if "shape_codes" in out:
+      codes.append(np.asarray(out["shape_codes"]))
+      marks.append(np.asarray(out["landmarks"]))
+    if split.neutral is not None:
+      truth = np.asarray(split.neutral[rows])
+      for key, value in out.items():
+        if key not in ("shape_codes", "landmarks"):
+          if key not in errors:  # filled in place: no list of chunks beside its concatenation
+            errors[key] = np.empty((len(split), truth.shape[1]), np.float64)
+          errors[key][rows] = metrics.now_aligned_errors(value, truth, now)
+    if progress is not None:
+      progress.update(rows.stop)
+  neutral_errors = errors.pop("neutral", None) if codes else None
+  rows = {key: metrics.error_summary(value) for key, value in errors.items()}
+  if not codes:
+    return rows, None
+  codes = np.concatenate(codes)
+  rows["neutral"] = evaluation.evaluate_images(
+      {"shape_codes": codes, "landmarks": np.concatenate(marks)}, identity=split.identity,
+      landmarks=np.asarray(split.landmarks), visible=np.asarray(split.visible),
+      landmark_vertices=landmark_vertices, neutral_errors=neutral_errors, seed=seed)
+  return rows, codes
+
+
+def neutral_error(neutral_of, split: Split, landmark_vertices: np.ndarray, *,
+                  chunk: int = EVAL_CHUNK) -> dict:
+  """`metrics.error_summary` of predicted neutral shapes against the split's truth, after the
+  similarity alignment on the 7 NoW landmarks (vertices `landmark_vertices` `[68]`), as every
+  3D row of a stage-2 table is scored. `neutral_of`: function of a `slice` of the split's rows
+  -> their predicted neutral shapes `[n, V, 3]` (mm), asked `chunk` rows at a time."""
+  rows, _ = score_in_chunks(lambda rows: {"neutral": neutral_of(rows)}, split,
+                            landmark_vertices=landmark_vertices, seed=0, chunk=chunk)
+  return rows["neutral"]
+
+
+def evaluate_split(predictors: dict, split: Split, *, landmark_vertices: np.ndarray,
+                   batch_size: int, seed: int, input_landmarks: np.ndarray | None = None,
+                   flip_partner: np.ndarray | None = None,
+                   chunk: int = EVAL_CHUNK) -> tuple[dict, dict]:
+  """(`{name: scores}`, `{name: shape codes [N, K]}`) of each network on a held-out split,
+  predicted and scored `chunk` images at a time (`score_in_chunks`; rounded to whole batches,
+  so the batches are those of one `predict_all` over the split).
+
+  `input_landmarks` `[N, 68, 2]`: what the networks read instead of the split's landmarks (e.g.
+  with noise added); the scores (NME included) still compare with the split's own.
+  `flip_partner` (`[V]`, `images.mirror_map`): with 3D truth, each network's flip-averaged
+  neutral shapes (`flip_averaged_neutral`) are scored in the same pass, as rows
+  `flip_average_row(name)` after the networks' rows (3D only: the two views' codes make no one
+  code without a fit).
+  """
+  rows, flipped, codes = {}, {}, {}
+  network_landmarks = np.asarray(split.landmarks if input_landmarks is None
+                                 else input_landmarks, np.float32)
+  chunk = max(1, chunk // batch_size) * batch_size
+  truth = split.neutral is not None
   for name, predictor in predictors.items():
     if predictor.image_size != split.images.shape[1]:
       raise InputError(f"{name}: the network takes {predictor.image_size} px images but the "
                        f"evaluation images are {split.images.shape[1]} px")
-    predictions[name] = predict_all(predictor, split.images, network_landmarks,
-                                    batch_size=batch_size,
-                                    progress=Progress(f"  predicting ({name}):",
-                                                      total=len(split), unit="images"))
-    rows[name] = evaluation.evaluate_images(
-        predictions[name], identity=split.identity, landmarks=split.landmarks,
-        visible=split.visible, landmark_vertices=landmark_vertices, neutral=split.neutral,
-        seed=seed)
-  return rows, predictions
+
+    def produce(rows, predictor=predictor):
+      images, points = np.asarray(split.images[rows]), network_landmarks[rows]
+      out = predict_all(predictor, images, points, batch_size=batch_size,
+                        keys=("shape_codes", "landmarks") + (("neutral",) if truth else ()))
+      if truth and flip_partner is not None:
+        out["flipped"] = flip_averaged_neutral(predictor, images, points, out["neutral"],
+                                               partner=flip_partner, batch_size=batch_size)
+      return out
+
+    scored, codes[name] = score_in_chunks(
+        produce, split, landmark_vertices=landmark_vertices, seed=seed, chunk=chunk,
+        progress=Progress(f"  predicting ({name}):", total=len(split), unit="images"))
+    rows[name] = scored["neutral"]
+    if "flipped" in scored:
+      flipped[flip_average_row(name)] = scored["flipped"]
+  return {**rows, **flipped}, codes
 
 
 def flip_averaged_neutral(predictor: Predictor, images: np.ndarray, landmarks: np.ndarray,
@@ -244,14 +343,6 @@ def landmark_ridge(data: ImageData, *, seed: int,
   return readout.fit_landmark_ridge(training, image_size=data.image_size, seed=seed)
 
 
-def neutral_error(neutral: np.ndarray, split: Split, landmark_vertices: np.ndarray) -> dict:
-  """`metrics.error_summary` of predicted neutral shapes `[N, V, 3]` (mm) against the split's
-  truth, after the similarity alignment on the 7 NoW landmarks (vertices `landmark_vertices`
-  `[68]`), as every 3D row of a stage-2 table is scored."""
-  now = np.asarray(landmark_vertices)[list(metrics.NOW_LANDMARKS)]
-  return metrics.error_summary(metrics.now_aligned_errors(neutral, split.neutral, now))
-
-
 def reference_rows(models: dict, data: ImageData, *, ridge: readout.LandmarkRidge | None,
                    fit_steps: int, seed: int) -> dict:
   """The rows that say whether a network learned anything (design section 7), scored like its
@@ -275,25 +366,30 @@ def reference_rows(models: dict, data: ImageData, *, ridge: readout.LandmarkRidg
   first = next(iter(models.values()))
   if split.neutral is not None:
     mean_face = data.training_neutral_mean()
-    if mean_face is None:
-      mean_face = np.asarray(first.mean)
-    rows["mean face"] = neutral_error(np.broadcast_to(np.asarray(mean_face, np.float32),
-                                                      split.neutral.shape), split, first.landmarks)
+    mean_face = np.asarray(first.mean if mean_face is None else mean_face, np.float32)
+    rows["mean face"] = neutral_error(
+        lambda rows: np.broadcast_to(mean_face, (rows.stop - rows.start, *mean_face.shape)),
+        split, first.landmarks)
     if ridge is not None:
-      rows["landmark ridge"] = {**neutral_error(ridge.predict(split.landmarks), split,
-                                                first.landmarks),
+      rows["landmark ridge"] = {**neutral_error(lambda rows: ridge.predict(split.landmarks[rows]),
+                                                split, first.landmarks),
                                 "ridge_penalty": ridge.penalty}
   for name, model in models.items():
-    fit = fitting.fit_landmarks(model, split.landmarks, image_size=data.image_size,
-                                visible=split.visible, steps=fit_steps)
-    rows[f"fit {name}"] = evaluation.evaluate_images(
-        {"shape_codes": fit.shape_codes, "neutral": fit.neutral, "landmarks": fit.landmarks},
-        identity=split.identity, landmarks=split.landmarks, visible=split.visible,
-        landmark_vertices=np.asarray(model.landmarks), neutral=split.neutral, seed=seed)
+    def fit(rows, model=model):
+      result = fitting.fit_landmarks(model, split.landmarks[rows], image_size=data.image_size,
+                                     visible=split.visible[rows], steps=fit_steps)
+      return {"shape_codes": result.shape_codes, "landmarks": result.landmarks,
+              **({"neutral": result.neutral} if split.neutral is not None else {})}
+
+    scored, _ = score_in_chunks(fit, split, landmark_vertices=np.asarray(model.landmarks),
+                                seed=seed, progress=Progress(f"  landmark fits ({name}):",
+                                                             total=len(split), unit="images"))
+    rows[f"fit {name}"] = scored["neutral"]
   if split.neutral is not None:
     for name, model in models.items():
-      rows[f"best {name}"] = neutral_error(nearest_neutrals(model, split.neutral), split,
-                                           model.landmarks)
+      rows[f"best {name}"] = neutral_error(
+          lambda rows, model=model: nearest_neutrals(model, split.neutral[rows]), split,
+          model.landmarks)
   return rows
 
 
@@ -320,7 +416,7 @@ def evaluate_seen(predictors: dict, split: Split, *, count: int, batch_size: int
   rows = {}
   for name, predictor in predictors.items():
     out = predict_all(predictor, split.images[index], split.landmarks[index],
-                      batch_size=batch_size)
+                      batch_size=batch_size, keys=("shape_codes", "landmarks"))
     rows[name] = evaluation.evaluate_images(
         out, identity=split.identity[index], landmarks=split.landmarks[index],
         visible=split.visible[index], landmark_vertices=np.asarray(predictor.model.landmarks),

@@ -64,6 +64,20 @@ def sync_processes(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def chief_first(build, *, name: str, enabled: bool = True):
+  """`build()` in every process, process 0's first: with `enabled` (e.g. `build` writes files
+  that it reads back when they exist), the other processes wait at `sync_processes(name)` until
+  process 0's `build` has returned, then run theirs; without, all build at once (e.g. the same
+  deterministic data in memory). Returns this process's `build()`."""
+  chief = jax.process_index() == 0
+  if enabled and not chief:
+    sync_processes(name)
+  built = build()
+  if enabled and chief:
+    sync_processes(name)
+  return built
+
+
 def split_groups(x: jax.Array, groups: int) -> list[jax.Array]:
   """`x [B, ...]` as `groups` arrays `[B / groups, ...]`, row b in group b mod `groups` (so a
   batch sharded along B over devices splits into groups on each device without moving data);

@@ -466,7 +466,6 @@ def test_flip_averaged_rows_are_the_mirror_equivariant_average(trained):
   """`eval.flip_average`'s rows: each network's neutral averaged with the mirror image of its
   prediction for the flipped image. The average is equivariant: for the mirrored images it is
   the mirror of the average (whatever the network). Scored like the clean rows."""
-  from experiments import image_eval
   from experiments.configs import stage2 as stage2_configs
   from sfm_jax import mirror
   from sfm_jax.sources import images as image_sources
@@ -490,15 +489,18 @@ def test_flip_averaged_rows_are_the_mirror_equivariant_average(trained):
         mirror.vertices(average, partner), atol=2e-4)
     np.testing.assert_allclose(average, 0.5 * (plain["neutral"] + mirror.vertices(
         mirrored["neutral"], partner)), atol=2e-5)
-    rows = image_eval.flip_average_rows(
-        {name: predictor}, split, {name: plain}, partner=partner,
-        landmark_vertices=predictor.model.landmarks, batch_size=4)
+    rows, _ = inference.evaluate_split(
+        {name: predictor}, split, landmark_vertices=predictor.model.landmarks, batch_size=4,
+        seed=0, flip_partner=partner)
     errors = metrics.now_aligned_errors(average, split.neutral, now)
-    assert set(rows) == {f"{name}, flip-averaged"}
+    assert list(rows) == [name, f"{name}, flip-averaged"]
     assert rows[f"{name}, flip-averaged"]["median_mm"] == pytest.approx(np.median(errors),
                                                                          rel=1e-5)
-  assert image_eval.flip_average_rows(predictors, split.without_truth(), {}, partner=partner,
-                                      landmark_vertices=now, batch_size=4) == {}
+  rows, _ = inference.evaluate_split(predictors, split.without_truth(),
+                                     landmark_vertices=face_world.face_template(12).landmarks,
+                                     batch_size=4, seed=0,
+                                     flip_partner=partner)
+  assert list(rows) == list(predictors)  # no truth: no flip-averaged rows
 
 
 def test_encoder_whitens_landmarks_with_the_training_statistics(trained, tmp_path):

@@ -1,5 +1,6 @@
-"""Streaming stage 1 (issue 17): the scan store, the streamed PCA, every source streamed, a
-streamed run equal to an in-memory one, and host memory that does not grow with the scans."""
+"""Streaming (issue 17): the scan store, the streamed PCA, every source streamed, a
+streamed run equal to an in-memory one, host memory that does not grow with the scans, and
+held-out images scored a chunk at a time."""
 
 import json
 import os
@@ -315,3 +316,66 @@ def test_streamed_run_memory_does_not_grow_with_the_scans(tmp_path):
   # The extra 18 000 scans cost almost nothing: far less than holding them (an exact PCA would
   # also make a float64 copy, twice this).
   assert large - small < in_memory_bytes / 4, (small, large)
+
+
+# --------------------------------------------------------------------------------------------
+# Held-out evaluation a chunk at a time (stage 2 at paper scale).
+
+
+def test_held_out_scores_made_a_chunk_at_a_time_equal_whole_array_scores(tmp_path, rng):
+  """`inference.score_in_chunks` on a split whose truth is a row store: each call of `produce`
+  gets at most `chunk` rows, the scores equal `evaluation.evaluate_images` on whole arrays (and
+  further neutral keys their own 3D rows), and memory never holds an `[N, V, 3]` array."""
+  import tracemalloc
+
+  from sfm_jax import evaluation, inference, metrics
+  from sfm_jax.io import row_store
+  from sfm_jax.sources.images import Split
+  template = face_world.face_template(60)  # V = 3600
+  count, vertices = 64, len(template.vertices)
+  truth = (template.vertices[None] + rng.normal(scale=2.0, size=(count, vertices, 3))).astype(
+      np.float32)
+  with row_store.RowStoreWriter(str(tmp_path / "neutral.f32"), key="k",
+                                dtype=np.float32) as writer:
+    writer.append(truth)
+  identity = np.repeat(np.arange(16), 4).astype(np.int32)
+  identity[::7] = -1  # unlabelled rows count for 3D and landmarks only
+  landmarks = rng.uniform(5, 60, (count, 68, 2)).astype(np.float32)
+  split = Split(images=np.zeros((count, 2, 2, 3), np.uint8), landmarks=landmarks,
+                visible=rng.random((count, 68)) < 0.9, identity=identity, neutral=writer.store,
+                posed=None, names=[str(i) for i in range(count)])
+  predicted = {"neutral": truth + rng.normal(scale=1.0, size=truth.shape).astype(np.float32),
+               "shape_codes": np.eye(16)[identity % 16] + rng.normal(scale=0.3, size=(count, 16)),
+               "landmarks": landmarks + rng.normal(size=landmarks.shape).astype(np.float32)}
+  other = truth + 3.0 * rng.normal(size=truth.shape).astype(np.float32)
+  asked = []
+
+  def produce(rows):
+    asked.append(rows)
+    return {"shape_codes": predicted["shape_codes"][rows],
+            "landmarks": predicted["landmarks"][rows], "neutral": predicted["neutral"][rows],
+            "other": other[rows]}
+
+  score = lambda: inference.score_in_chunks(produce, split, landmark_vertices=template.landmarks,
+                                            seed=3, chunk=8)
+  score()  # compiles the alignment and the metrics' programs
+  asked.clear()
+  tracemalloc.start()
+  rows, codes = score()
+  peak = tracemalloc.get_traced_memory()[1]
+  tracemalloc.stop()
+  assert [(r.start, r.stop) for r in asked] == [(i, i + 8) for i in range(0, count, 8)]
+  whole = evaluation.evaluate_images(predicted, identity=identity, landmarks=landmarks,
+                                     visible=split.visible, landmark_vertices=template.landmarks,
+                                     neutral=truth, seed=3)
+  assert rows["neutral"] == whole
+  now = template.landmarks[list(metrics.NOW_LANDMARKS)]
+  assert rows["other"] == metrics.error_summary(metrics.now_aligned_errors(other, truth, now))
+  np.testing.assert_array_equal(codes, predicted["shape_codes"])
+  # In units of one [N, V] float64 array: the errors of the two keys and a copy for the median
+  # (3.3 measured). Scoring whole arrays held the predictions and the truth as float64
+  # [N, V, 3], 6 units, beside the errors.
+  assert peak < 4 * count * vertices * 8, peak / (count * vertices * 8)
+  only_3d = inference.neutral_error(lambda rows: other[rows], split, template.landmarks, chunk=5)
+  assert only_3d == rows["other"]
+
