@@ -107,7 +107,7 @@ def _squared_error(s: _Sums, matrix: np.ndarray, offset: np.ndarray) -> float:
 
 def fit_landmark_ridge(splits: Sequence[Split], *, image_size: int,
                        penalties: Sequence[float] = PENALTIES, folds: int = 5, seed: int = 0,
-                       chunk: int = 512) -> LandmarkRidge:
+                       chunk: int = 512, progress=None) -> LandmarkRidge:
   """Fits the read-out on every row of `splits` whose neutral truth is known.
 
   Args:
@@ -119,6 +119,7 @@ def fit_landmark_ridge(splits: Sequence[Split], *, image_size: int,
     folds: cross-validation folds over identities (fewer if there are fewer identities).
     seed: the identities' assignment to folds.
     chunk: rows read at a time.
+    progress: a `progress.Progress` over the rows read (their count is its total), or None.
 
   Raises:
     ValueError: if no row has a known neutral shape.
@@ -144,6 +145,8 @@ def fit_landmark_ridge(splits: Sequence[Split], *, image_size: int,
       in_fold = fold[start + lo:start + lo + len(part)]
       for f in np.unique(in_fold):
         sums[f].add(x[in_fold == f], y[in_fold == f])
+      if progress is not None:
+        progress.update(start + lo + len(part))
     start += len(index)
   total = sum(sums[1:], sums[0])
   cv_errors = {}

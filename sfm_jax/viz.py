@@ -185,11 +185,13 @@ def _figure_to_image(figure) -> np.ndarray:
 def plot_curves(panels: list, *, log_y: tuple = (), x_label: str = "step",
                 markers: bool = False) -> np.ndarray:
   """Line plots side by side. `panels`: list of `(title, {label: (x, y)})`; titles in `log_y` get
-  a logarithmic y axis; `markers` marks each point. Returns a float image."""
+  a logarithmic y axis; `markers` marks each point (a series of one point is always marked: as
+  a line it would draw nothing, e.g. a short run's one logged step). Returns a float image."""
   figure, axes = _figure(len(panels), 4.2, 3.4)
   for axis, (title, series) in zip(axes, panels):
     for label, (x, y) in series.items():
-      axis.plot(x, y, label=label, linewidth=1.4, marker="o" if markers else None, markersize=4)
+      marked = markers or len(x) == 1
+      axis.plot(x, y, label=label, linewidth=1.4, marker="o" if marked else None, markersize=4)
     axis.set_title(title, fontsize=10)
     axis.set_xlabel(x_label)
     if title in log_y:

@@ -70,3 +70,20 @@ def test_column_titles_sit_above_their_columns_and_leave_the_grid_untouched():
   assert ink[spans[0]].any() and not ink[spans[1]].any() and ink[spans[2]].any()
   assert ink[spans[2]].sum() > ink[spans[0]].sum()  # the longer title covers more columns
   assert not ink[:4].any() and not ink[-4:].any()  # the outer pads stay white
+
+
+def test_curve_of_one_logged_step_is_drawn():
+  """A run logged once (e.g. 4 steps, logged every 200) still shows its point: a plain line of
+  one point would leave the panel empty."""
+  from sfm_jax import viz
+  blue = np.array([0x1F, 0x77, 0xB4]) / 255  # matplotlib's first line colour
+
+  def series_pixels(x, y):
+    picture = viz.plot_curves([("loss", {"sfm": (x, y)})])[..., :3]
+    return int(np.sum(np.all(np.abs(picture - blue) < 0.08, axis=-1)))
+
+  legend_only = series_pixels([], [])  # the legend's line sample is the same colour
+  one_point = series_pixels([4], [2.5])
+  assert one_point > legend_only + 10, (one_point, legend_only)
+  two_points = series_pixels([0, 4], [1.0, 2.5])  # lines are unmarked as before
+  assert two_points > legend_only + 10
