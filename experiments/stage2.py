@@ -52,7 +52,8 @@ def _validate(config) -> None:
                      f"{config.train.lr_schedule!r}")
   if not 0 <= config.train.warmup_steps < config.train.num_steps:
     raise InputError(f"train.warmup_steps must be >= 0 and below train.num_steps "
-                     f"({config.train.num_steps}), got {config.train.warmup_steps}")
+                     f"({config.train.num_steps}), got {config.train.warmup_steps} (a shorter "
+                     "run sets its own, e.g. --config.train.warmup_steps=0)")
   if not 0.0 <= config.train.parameter_average < 1.0:
     raise InputError(f"train.parameter_average must be in [0, 1) (0 = off), got "
                      f"{config.train.parameter_average}")
@@ -249,7 +250,7 @@ def train(name, model, objective, data, config, workdir, log, mesh, trunk=None,
   cosine = t.lr_schedule == "cosine"
   tx = stage2.make_optimizer(lr_encoder=t.lr_encoder, lr_residual=t.lr_residual,
                              lr_albedo=t.lr_albedo, lr_identity=t.lr_identity,
-                             warmup_steps=t.warmup_steps if cosine else 0,
+                             warmup_steps=t.warmup_steps,
                              total_steps=t.num_steps if cosine else None,
                              average_decay=t.parameter_average)
   state = TrainState.create(params=params, tx=tx, loss_fn=loss_fn, seed=config.seed,

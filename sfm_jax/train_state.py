@@ -177,12 +177,15 @@ def grouped_optimizer(transforms: dict, group_of: dict) -> optax.GradientTransfo
 
 def adam(learning_rate: float, *, warmup_steps: int = 0,
          total_steps: int | None = None) -> optax.GradientTransformation:
-  """Adam at `learning_rate`; with `total_steps`, a linear warm-up over `warmup_steps` and a
-  cosine decay to 10% at `total_steps` (both stages build their parameter groups from this)."""
+  """Adam at `learning_rate` after a linear warm-up from 0 over `warmup_steps` (0: none); with
+  `total_steps`, then a cosine decay to 10% at `total_steps`, else constant (both stages build
+  their parameter groups from this)."""
   if total_steps:
     learning_rate = optax.warmup_cosine_decay_schedule(
         0.0 if warmup_steps else learning_rate, learning_rate, warmup_steps,
         max(total_steps, warmup_steps + 1), learning_rate * 0.1)
+  elif warmup_steps:
+    learning_rate = optax.linear_schedule(0.0, learning_rate, warmup_steps)
   return optax.adam(learning_rate)
 
 

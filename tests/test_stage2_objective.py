@@ -338,13 +338,16 @@ def test_code_agreement_ranks_directions_by_basis_size_and_scores_each_group():
                                                                  [5, 50, 95]))
 
 
-def test_warmed_up_cosine_schedule_scales_every_group_by_the_closed_form_rate():
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_warmed_up_schedule_scales_every_group_by_the_closed_form_rate(schedule):
   """With a constant gradient, Adam's bias-corrected step is `-lr_t * g / (|g| + eps)`, so each
-  update reads the rate off: linear from 0 over the warm-up, then a cosine to 10% at the end
-  (float32 bias corrections at the first steps limit the agreement to about 1e-4)."""
+  update reads the rate off: linear from 0 over the warm-up, then a cosine to 10% at the end, or
+  (no `total_steps`) constant (float32 bias corrections at the first steps limit the agreement
+  to about 1e-4)."""
   rates = dict(lr_encoder=3e-3, lr_residual=1e-4, lr_albedo=1e-2, lr_identity=2e-2)
   warmup, total = 4, 20
-  tx = stage2.make_optimizer(**rates, warmup_steps=warmup, total_steps=total)
+  tx = stage2.make_optimizer(**rates, warmup_steps=warmup,
+                             total_steps=total if schedule == "cosine" else None)
   params = {"encoder": {"w": jnp.zeros(3)}, "residual": {"shape": jnp.zeros(2)},
             "albedo": {"mean": jnp.zeros(2)}, "prototypes": jnp.zeros(2),
             "centers": jnp.zeros(1)}
@@ -357,6 +360,8 @@ def test_warmed_up_cosine_schedule_scales_every_group_by_the_closed_form_rate():
     updates, opt_state = tx.update(grads, opt_state, params)
     if step < warmup:
       fraction = step / warmup
+    elif schedule == "constant":
+      fraction = 1.0
     else:
       progress = min(step - warmup, total - warmup) / (total - warmup)
       fraction = 0.1 + 0.9 * 0.5 * (1.0 + np.cos(np.pi * progress))
