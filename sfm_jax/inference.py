@@ -340,12 +340,9 @@ def landmark_ridge(data: ImageData, *, seed: int,
   if landmark_noise:
     rng = np.random.default_rng([seed, 69])
     training = [s.with_landmark_noise(landmark_noise, rng) for s in training]
-  rows = sum(int(np.sum(s.weights("neutral") > 0)) for s in training)
-  return readout.fit_landmark_ridge(
-      training, image_size=data.image_size, seed=seed,
-      progress=Progress("  landmark ridge" + (f" ({landmark_noise:g} px noise)" if landmark_noise
-                                               else "") + ": training meshes read",
-                        total=rows, unit="meshes"))
+  noise = f" ({landmark_noise:g} px noise)" if landmark_noise else ""
+  return readout.fit_landmark_ridge(training, image_size=data.image_size, seed=seed,
+                                    progress_label=f"  landmark ridge{noise}: training meshes read")
 
 
 def reference_rows(models: dict, data: ImageData, *, ridge: readout.LandmarkRidge | None,

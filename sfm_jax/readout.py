@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from sfm_jax.networks import DESCRIPTOR_SIZE, landmark_descriptor_array
+from sfm_jax.progress import Progress
 from sfm_jax.sources.images import Split
 
 # Penalties per row: the objective is mean_n |y_n - f(x_n)|^2 + penalty * |W|^2.
@@ -107,7 +108,7 @@ def _squared_error(s: _Sums, matrix: np.ndarray, offset: np.ndarray) -> float:
 
 def fit_landmark_ridge(splits: Sequence[Split], *, image_size: int,
                        penalties: Sequence[float] = PENALTIES, folds: int = 5, seed: int = 0,
-                       chunk: int = 512, progress=None) -> LandmarkRidge:
+                       chunk: int = 512, progress_label: str | None = None) -> LandmarkRidge:
   """Fits the read-out on every row of `splits` whose neutral truth is known.
 
   Args:
@@ -119,7 +120,7 @@ def fit_landmark_ridge(splits: Sequence[Split], *, image_size: int,
     folds: cross-validation folds over identities (fewer if there are fewer identities).
     seed: the identities' assignment to folds.
     chunk: rows read at a time.
-    progress: a `progress.Progress` over the rows read (their count is its total), or None.
+    progress_label: with it, a progress line (`progress.Progress`) over the meshes read.
 
   Raises:
     ValueError: if no row has a known neutral shape.
@@ -136,6 +137,8 @@ def fit_landmark_ridge(splits: Sequence[Split], *, image_size: int,
   reference = rows[0][0].neutral[rows[0][1][0]].reshape(-1).astype(np.float64)  # centres y
   p = len(reference)
   sums = [_Sums.zeros(DESCRIPTOR_SIZE, p) for _ in range(folds)]
+  progress = None if progress_label is None else Progress(progress_label, total=len(groups),
+                                                          unit="meshes")
   start = 0
   for s, index in rows:
     for lo in range(0, len(index), chunk):
