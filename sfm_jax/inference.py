@@ -367,7 +367,7 @@ def reference_rows(models: dict, data: ImageData, *, ridge: readout.LandmarkRidg
   split = data.test
   first = next(iter(models.values()))
   if split.neutral is not None:
-    mean_face = data.training_neutral_mean()
+    mean_face = data.training_neutral_mean(progress_label="  mean face: training neutrals read")
     mean_face = np.asarray(first.mean if mean_face is None else mean_face, np.float32)
     rows["mean face"] = neutral_error(
         lambda rows: np.broadcast_to(mean_face, (rows.stop - rows.start, *mean_face.shape)),

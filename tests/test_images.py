@@ -154,11 +154,11 @@ def test_world_source_fills_its_arrays_chunk_by_chunk_as_the_chunks_render(monke
 
 
 def test_streamed_world_source_equals_the_in_memory_one_and_reuses_its_stores(tmp_path,
-                                                                             monkeypatch):
+                                                                             monkeypatch, capsys):
   """`data.stream`: the face world's splits are row stores in the given folder with the
-  in-memory source's rows bit for bit (batches and the mean face too); a second load opens them
-  without rendering, other data (another seed) gets stores of its own data, a damaged store is
-  rewritten; what cannot stream says so."""
+  in-memory source's rows bit for bit (batches and the mean face, whose progress lines count
+  every row, too); a second load opens them without rendering, other data (another seed) gets
+  stores of its own data, a damaged store is rewritten; what cannot stream says so."""
   from sfm_jax.errors import InputError
   from sfm_jax.io.row_store import RowStore
   from sfm_jax.sources import images as image_source
@@ -181,6 +181,10 @@ def test_streamed_world_source_equals_the_in_memory_one_and_reuses_its_stores(tm
   for key, value in memory.train.batch(index).items():
     np.testing.assert_array_equal(value, streamed.train.batch(index)[key], err_msg=key)
   np.testing.assert_array_equal(memory.training_neutral_mean(), streamed.training_neutral_mean())
+  np.testing.assert_array_equal(memory.training_neutral_mean(),
+                                streamed.training_neutral_mean(progress_label="read:"))
+  lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("read:")]
+  assert lines and lines[-1].startswith(f"read: {len(memory.train)}/{len(memory.train)} rows")
   written = {name: os.path.getmtime(tmp_path / name) for name in os.listdir(tmp_path)}
   assert len(written) == 2 * 2 * 6  # train and test: 6 arrays, each rows + .json
 

@@ -11,7 +11,7 @@ apart from the median step time, and the train state's bytes per device (replica
 import jax
 from absl import flags
 
-from experiments import cli
+from experiments import cli, host
 from experiments.benchmarks import steps
 from experiments.benchmarks.common import write_json
 
@@ -32,7 +32,7 @@ def main(argv):
   result = steps.stage1_step(vertices=v, shape_dim=k, expr_dim=e, num_scans=n, classes=c, global_batch=b,
                    repeats=_REPEATS.value)
   print(f"stage-1 step, V={v} K={k} E={e} N={n} C={c} global batch {b}, "
-        f"{jax.device_count()} x {result['device']}")
+        f"{jax.device_count()} x {result['device']}; {host.describe_memory_settings()}")
   print(f"  compile {result['compile_s']:.2f} s | step {result['step_ms']:.1f} ms (median of "
         f"{_REPEATS.value}) | {result['steps_per_s']:.2f} steps/s | decode matmuls "
         f"{result['decode_gflop_per_s']:.0f} GFLOP/s | train state "

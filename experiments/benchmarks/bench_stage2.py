@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from experiments import cli
+from experiments import cli, host
 from experiments.benchmarks import op_profile, steps
 from experiments.benchmarks.common import write_json
 from sfm_jax import stage2
@@ -110,7 +110,8 @@ def main(argv):
   result = steps.stage2_step(**shapes, repeats=_REPEATS.value)
   step_ms, encoder_ms, b = result["step_ms"], result["encoder_fwd_bwd_ms"], _BATCH.value
   print(f"stage-2 step: {_DEPTH.value} (width {_WIDTH.value}) at {_SIZE.value} px, "
-        f"V={result['vertices']}, global batch {b}, {jax.device_count()} x {result['device']}")
+        f"V={result['vertices']}, global batch {b}, {jax.device_count()} x {result['device']}; "
+        f"{host.describe_memory_settings()}")
   print("| compile (s) | step (ms, median) | encoder fwd+bwd (ms) | rest (ms) | images/s |")
   print("|---|---|---|---|---|")
   print(f"| {result['compile_s']:.1f} | {step_ms:.1f} | {encoder_ms:.1f} | "

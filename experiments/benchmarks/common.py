@@ -66,12 +66,14 @@ def random_stage1_problem(*, vertices: int, shape_dim: int, expr_dim: int, num_s
 
 
 def write_json(path: str, results: dict) -> None:
-  """Writes benchmark results as JSON atomically (creating the folder)."""
+  """Writes benchmark results as JSON atomically (creating the folder), with the host memory
+  settings they ran under (`host_memory`: huge pages change CPU step times by 10-50%)."""
   import json
   import os
 
+  from experiments import host
   from sfm_jax.io import atomic_write
 
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with atomic_write(path, "w") as f:
-    json.dump(results, f, indent=1)
+    json.dump({**results, "host_memory": host.memory_settings()}, f, indent=1)

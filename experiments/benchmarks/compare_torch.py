@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from experiments import cli
+from experiments import cli, host
 from experiments.benchmarks.common import (
   random_stage1_problem,
   roofline,
@@ -214,7 +214,7 @@ def main(argv):
   print(f"JAX {jax.__version__} on {jax_device.platform}:{jax_device.device_kind}; PyTorch "
         f"{torch.__version__} on {device}; measured copy bandwidth {machine['bandwidth'] / 1e9:.0f}"
         f" GB/s, matmul {machine['matmul']['float32'] / 1e12:.2f} TFLOP/s f32, "
-        f"{machine['matmul']['bfloat16'] / 1e12:.2f} bf16")
+        f"{machine['matmul']['bfloat16'] / 1e12:.2f} bf16; {host.describe_memory_settings()}")
   print(f"{'workload':<19}{'framework':<15}{'dtype':<6}{'compile s':>10}{'step ms':>10}"
         f"{'JAX/this':>9}{'roofline ms':>12}{'GB/s':>9}{'% BW':>7}{'GFLOP/s':>10}{'% MM':>7}")
   for row in rows:

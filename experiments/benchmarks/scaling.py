@@ -24,7 +24,7 @@ import tempfile
 import numpy as np
 from absl import flags
 
-from experiments import cli
+from experiments import cli, host
 from experiments.benchmarks import steps
 from experiments.benchmarks.common import write_json
 from sfm_jax.errors import InputError
@@ -186,7 +186,7 @@ def main(argv):
   write_png(os.path.join(options.out, "scaling.png"), picture(results, options.axes))
   device = results["points"][0]["device"]
   print(f"\n{device}; base points {BASE['1'][options.quick]} (stage 1), "
-        f"{BASE['2'][options.quick]} (stage 2)")
+        f"{BASE['2'][options.quick]} (stage 2); {host.describe_memory_settings()}")
   print("| stage | axis | values | step (ms) | peak (MiB) | time slope | memory slope |")
   print("|---|---|---|---|---|---|---|")
   for name, entry in results["slopes"].items():

@@ -173,17 +173,22 @@ class ImageData:
                            self.train.batch(photos[rows[rows >= scan_rows] - scan_rows])],
                           self.scans.posed.shape[1])
 
-  def training_neutral_mean(self) -> np.ndarray | None:
+  def training_neutral_mean(self, *, progress_label: str | None = None) -> np.ndarray | None:
     """`[V, 3]` the mean of the known neutral truth over training images and rendered scans
-    (the `mean face` reference), None without any."""
+    (the `mean face` reference), None without any. With `progress_label`, a progress line per
+    tenth of the rows read (at paper size the pass reads 16000 neutrals, about a minute)."""
     parts = [(s.neutral, s.weights("neutral")) for s in (self.train, self.scans)
              if s is not None and s.has_truth]
     total = sum(w.sum() for _, w in parts) if parts else 0
     if not total:
       return None
     block = TRUTH_BLOCK_ROWS  # float64 copies of a block of rows, not of the whole split
+    blocks = [(x, w, i) for x, w in parts for i in range(0, len(x), block)]
+    if progress_label is not None:
+      counter = Progress(progress_label, total=sum(len(x) for x, _ in parts), unit="rows")
+      blocks = in_tenths(blocks, counter, lambda b: min(block, len(b[0]) - b[2]))
     return sum(np.einsum("n,nvc->vc", w[i:i + block], x[i:i + block].astype(np.float64))
-               for x, w in parts for i in range(0, len(x), block)) / total
+               for x, w, i in blocks) / total
 
 
 def read_image(path: str) -> np.ndarray:
