@@ -6,7 +6,8 @@ decoded faces, PyTorch's intermediates) are new 4 KiB pages that the kernel faul
 one. With transparent huge pages in the kernel's `madvise` mode (this machine's, and a common
 distribution default), glibc >= 2.35 asks for 2 MiB pages when `GLIBC_TUNABLES` holds
 `glibc.malloc.hugetlb=1`: measured on the 2-core CPU, the paper-shape stage-1 step 1.16-1.20x
-faster, the `demo` stage-2 step 1.11-1.15x, decode 1.16-1.5x, the same peak memory. The memory is returned to the system as
+faster, the `demo` stage-2 step 1.11-1.15x, decode 1.16-1.5x; peak memory the same to 4%
+(`:paper` stage 2, reduced: 10.45 against 10.05 GiB). The memory is returned to the system as
 before (unlike turning `mmap` off).
 
 The tunable is read when the process starts, so `restart_with_huge_pages` (called by
