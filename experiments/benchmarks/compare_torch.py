@@ -6,8 +6,10 @@ r"""JAX against PyTorch (eager and `torch.compile`) on the same math, timed in o
 Workloads (design section 11, paper shapes):
   decode     B=64, K=199, E=100, V=53149 (float32 and bf16)
   spherical  loss forward + backward: project + CosFace + centre + isotropy, B=512, C=8631, K=199
-  stage1     one full stage-1 train step (forward, backward, Adam on every group), V=53149,
-             K=199, E=100, N=4000 scans, C=1000, batch 128 (float32)
+  stage1     one full stage-1 train step (forward, backward, the gradient norm and the
+             finiteness flag that `train_state.train_step` reports and the training loop stops
+             on, Adam on every group), V=53149, K=199, E=100, N=4000 scans, C=1000, batch 128
+             (float32)
 The stage-2 step has no PyTorch reference yet (its renderer is JAX only); it is timed alone by
 `experiments.benchmarks.bench_stage2`.
 
@@ -188,12 +190,15 @@ def bench_stage1(machine, repeats, with_compile):
     optimizer = torch.optim.Adam(module.groups(lrs))
     forward = torch.compile(module) if name == "torch.compile" else module
 
-    def torch_step(forward=forward, optimizer=optimizer):
+    def torch_step(forward=forward, optimizer=optimizer, module=module):
       optimizer.zero_grad(set_to_none=True)
       loss, _ = forward(*tb)
       loss.backward()
+      grad_norm = torch.nn.utils.get_total_norm([p.grad for p in module.parameters()
+                                                 if p.grad is not None])
+      finite = torch.isfinite(loss) & torch.isfinite(grad_norm)  # what the JAX step reports
       optimizer.step()
-      return loss
+      return loss, finite
 
     rows.append(_row("stage1 step", name, "f32",
                      *time_calls(torch_step, sync, repeats=repeats), moved, flops, machine))
