@@ -95,11 +95,14 @@ def end_phase(phases, name: str) -> None:
 
 
 def phase_table(phases) -> list:
-  """Markdown lines: the phases of this invocation, their time and host memory."""
+  """Markdown lines: the phases of this invocation, their time and host memory, and the host
+  memory setting they ran under (`experiments.host`: huge pages change CPU times by 10-20%)."""
+  from experiments import host
   from sfm_jax.progress import format_seconds
 
   return ["Phases of this invocation (wall time; the process's host memory at the end of each, "
           "and its peak so far):", "",
           "| phase | time | memory (GiB) | peak so far (GiB) |", "|---|---|---|---|",
           *(f"| {row['phase']} | {format_seconds(row['seconds'])} | {row['memory_gb']:.2f} | "
-            f"{row['peak_memory_gb']:.2f} |" for row in phases.rows), ""]
+            f"{row['peak_memory_gb']:.2f} |" for row in phases.rows), "",
+          f"Ran with {host.describe_memory_settings()}.", ""]

@@ -24,7 +24,7 @@ import time
 import jax
 import numpy as np
 
-from experiments import cli
+from experiments import cli, host
 from sfm_jax import evaluation, parallel, stage1, train_loop, viz
 from sfm_jax.errors import InputError
 from sfm_jax.io import atomic_write, load_tree, save_tree, write_png
@@ -291,7 +291,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                  ("identity", "expression"), init.variance_kept())),
              "test_scans": len(data.test_scans),
              "test_identities": int(len(np.unique(data.test_identity))), "models": table_rows,
-             "phases": phases.rows}
+             "phases": phases.rows, "host_memory": host.memory_settings()}
   with atomic_write(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump(results, f, indent=1)
   _pictures(workdir, log, models, evaluations, data.test_identity)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import cli, image_eval
+from experiments import cli, host, image_eval
 from sfm_jax import evaluation, inference, parallel, stage2, train_loop, viz
 from sfm_jax.errors import InputError
 from sfm_jax.io import atomic_write, write_png
@@ -435,7 +435,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   seen = inference.evaluate_seen(predictors, data.train, count=config.eval.seen_images,
                                  batch_size=config.eval.batch_size, seed=config.seed)
   cli.end_phase(phases, "evaluate")
-  extra = {"phases": phases.rows}
+  extra = {"phases": phases.rows, "host_memory": host.memory_settings()}
   if noise_curve:
     extra["landmark_noise_curve"] = noise_curve
   table = image_eval.write_results(

@@ -213,8 +213,16 @@ def test_resume_after_kill_gives_identical_parameters(uninterrupted, tmp_path, p
                          num_expr=3).variance_kept()
   assert [evaluation["pca_variance_kept"][k] for k in ("identity", "expression")] == (
       pytest.approx(list(kept), rel=1e-9))
-  assert f"hold {100 * kept[0]:.1f}% of the training identities'" in open(
-      workdir / "report.md").read()
+  report = open(workdir / "report.md").read()
+  assert f"hold {100 * kept[0]:.1f}% of the training identities'" in report
+  from experiments import host  # the command restarted itself with huge pages where due
+  expected = host.memory_settings()
+  if host.huge_pages_environment(["python", "-m", "experiments.stage1"], os.environ,
+                                 thp_mode=expected["transparent_huge_pages"],
+                                 glibc=expected["glibc"]) is not None:
+    expected["malloc_hugetlb"] = "1"
+  assert evaluation["host_memory"] == json.loads(json.dumps(expected))
+  assert f"\nRan with {host.describe_memory_settings(expected)}.\n" in report
   for name in ("loss_curves.png", "codes_2d.png", "components_sfm.png", "report.md"):
     assert (workdir / name).exists()
 

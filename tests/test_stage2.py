@@ -250,6 +250,10 @@ def test_evaluation_table_and_the_image_mode_of_evaluate_agree(trained):
   report = open(workdir / "report.md").read()
   assert (f"margin softmax (weight {objective.weight_margin:g}), centre (weight "
           f"{objective.weight_center:g})") in report
+  from experiments import host
+  assert f"\nRan with {host.describe_memory_settings()}.\n" in report
+  evaluation = json.loads(open(workdir / "eval.json").read())
+  assert evaluation["host_memory"] == json.loads(json.dumps(host.memory_settings()))
 
 
 def test_stopped_in_each_phase_and_resumed_gives_identical_parameters(trained, stage1_models,
