@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from experiments import cli
+from experiments import cli, host
 from experiments.benchmarks.common import time_jax, write_json
 from sfm_jax import face_world, geometry, render
 
@@ -61,7 +61,7 @@ def main(argv):
                 vertices=int(v.shape[0]), triangles=int(template.triangles.shape[0]),
                 image_size=size, mode=mode)
   print(f"render B={batch} V={v.shape[0]} T={template.triangles.shape[0]} at {size}x{size} on "
-        f"{result['device']}, rasteriser {mode}")
+        f"{result['device']}, rasteriser {mode}; {host.describe_memory_settings()}")
   print("| way | forward (ms) | fwd+bwd (ms) | forward / image (ms) | compile fwd, fwd+bwd (s) |")
   print("|---|---|---|---|---|")
   for name, forward in ways.items():

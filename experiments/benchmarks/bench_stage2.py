@@ -75,7 +75,8 @@ def _profile(shapes: dict) -> None:
         f"{_SIZE.value} px, V={problem['vertices']}, global batch {_BATCH.value}, "
         f"{jax.device_count()} x {jax.devices()[0].platform}; median wall {wall:.1f} ms, "
         f"operation time {total:.1f} ms ({total / wall:.2f} busy threads), "
-        f"{sum(row.thunks for row in rows):.0f} operations per step")
+        f"{sum(row.thunks for row in rows):.0f} operations per step; "
+        f"{host.describe_memory_settings()}")
   shown, rest = rows[:_TOP.value], rows[_TOP.value:]
   cells = lambda label, rs: [label] + [f"{sum(getattr(r, key) for r in rs):.2f}" for key in (
       "forward_ms", "backward_ms", "unknown_ms", "total_ms")] + [

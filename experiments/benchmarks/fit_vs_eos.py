@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from experiments import cli
+from experiments import cli, host
 from sfm_jax import camera, fitting, geometry, metrics
 from sfm_jax.errors import InputError
 from sfm_jax.io.models import load_face_model
@@ -167,7 +167,7 @@ def main(argv):
     sources["astronaut, dlib landmarks (66, jaw contour)"] = (
         detection.detect(photo)[:1], np.array([max(photo.shape[:2])], np.float32), True)
   print(f"Surrey model: V={model.num_vertices} K={model.shape_dim} E={model.expr_dim}; "
-        f"{jax.devices()[0].platform}")
+        f"{jax.devices()[0].platform}; {host.describe_memory_settings()}")
   print("| photos | fitter | time, all photos (in process) | box NME mean | box NME median | "
         "vs noise-free truth: mean | median |")
   print("|---|---|---|---|---|---|---|")
