@@ -96,7 +96,8 @@ def end_phase(phases, name: str) -> None:
 
 def phase_table(phases) -> list:
   """Markdown lines: the phases of this invocation, their time and host memory, and the host
-  memory setting they ran under (`experiments.host`: huge pages change CPU step times by 10-50%)."""
+  memory setting they ran under (`experiments.host`: huge pages change CPU step times by
+  10-50%)."""
   from experiments import host
   from sfm_jax.progress import format_seconds
 

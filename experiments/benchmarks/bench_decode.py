@@ -63,8 +63,8 @@ def main(argv):
   device = jax.devices()[0]
   print(f"decode B={b} K={k} E={e} V={v} on {device.platform}:{device.device_kind}; "
         f"measured copy bandwidth {bandwidth / 1e9:.0f} GB/s, matmul "
-        f"{rates['float32'] / 1e12:.1f} TFLOP/s f32 (highest), {rates['bfloat16'] / 1e12:.1f} bf16; "
-        f"{host.describe_memory_settings()}")
+        f"{rates['float32'] / 1e12:.1f} TFLOP/s f32 (highest), "
+        f"{rates['bfloat16'] / 1e12:.1f} bf16; {host.describe_memory_settings()}")
   header = (f"{'variant':<27}{'compile s':>10}{'step ms':>10}{'roofline ms':>12}{'GB/s':>9}"
             f"{'% BW':>7}{'GFLOP/s':>10}{'% MM':>7}")
   print(header)
