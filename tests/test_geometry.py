@@ -133,6 +133,27 @@ def test_squared_lengths_match_numpy_with_the_plain_derivatives(x64, rng):
   check_grads(jax.jit(geometry.squared_lengths), (vectors,), order=2, modes=["fwd", "rev"])
 
 
+def test_lengths_match_numpy_with_the_plain_derivatives_and_zero_gradient_at_zero(x64, rng):
+  from jax.test_util import check_grads
+  vectors = rng.normal(size=(4, 6, 3)) * np.exp(rng.uniform(-2, 2, size=(4, 6, 1)))
+  np.testing.assert_allclose(np.asarray(geometry.lengths(vectors)),
+                             np.linalg.norm(vectors, axis=-1), rtol=1e-14)
+  weights = rng.normal(size=(4, 6))
+  grad = jax.grad(lambda v: jnp.sum(weights * geometry.lengths(v)))(vectors)
+  expected = vectors / np.linalg.norm(vectors, axis=-1, keepdims=True) * weights[..., None]
+  np.testing.assert_allclose(np.asarray(grad), expected, rtol=1e-12)
+  check_grads(jax.jit(geometry.lengths), (vectors,), order=2, modes=["fwd", "rev"])
+  # A zero vector (an exact match in the vertex loss): length 0, gradient 0 in both modes.
+  with_zero = vectors.copy()
+  with_zero[1, 2] = 0.0
+  assert float(geometry.lengths(with_zero)[1, 2]) == 0.0
+  grad = np.asarray(jax.grad(lambda v: jnp.sum(geometry.lengths(v)))(with_zero))
+  assert np.all(np.isfinite(grad)) and np.all(grad[1, 2] == 0.0)
+  tangent = rng.normal(size=with_zero.shape)
+  _, forward = jax.jvp(geometry.lengths, (with_zero,), (tangent,))
+  assert float(forward[1, 2]) == 0.0 and np.all(np.isfinite(np.asarray(forward)))
+
+
 def test_normals_of_a_batch_equal_each_mesh_alone(x64, rng):
   vertices = rng.normal(size=(2, 3, 6, 3))
   triangles = np.array([[0, 1, 2], [1, 3, 2], [2, 3, 4], [3, 5, 4]])
