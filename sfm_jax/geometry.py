@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sfm_jax.sphere import normalize, safe_norm
+from sfm_jax.sphere import normalize, safe_norm, where_positive
 
 Array = Any
 
@@ -138,8 +138,7 @@ def lengths(vectors: Array) -> Array:
 def _lengths_jvp(primals, tangents):
   (vectors,), (d_vectors,) = primals, tangents
   length = lengths(vectors)
-  positive = length > 0
-  inverse = jnp.where(positive, 1.0 / jnp.where(positive, length, 1.0), 0.0)
+  inverse = where_positive(length, lambda positive: 1.0 / positive)
   return length, jnp.sum(vectors * d_vectors, axis=-1) * inverse
 
 

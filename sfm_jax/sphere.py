@@ -18,7 +18,7 @@ Array = Any
 DEFAULT_EPS = 1e-6
 
 
-def _where_positive(x: Array, f, fallback: float = 0.0) -> Array:
+def where_positive(x: Array, f, fallback: float = 0.0) -> Array:
   """`f(x)` where `x > 0` else `fallback`, with finite gradients on both branches (double where)."""
   positive = x > 0
   return jnp.where(positive, f(jnp.where(positive, x, 1.0)), fallback)
@@ -26,7 +26,7 @@ def _where_positive(x: Array, f, fallback: float = 0.0) -> Array:
 
 def safe_sqrt(x: Array) -> Array:
   """`sqrt(max(x, 0))` with gradient 0 (not inf/NaN) at and below 0."""
-  return _where_positive(x, jnp.sqrt)
+  return where_positive(x, jnp.sqrt)
 
 
 def safe_norm(x: Array, axis: int = -1, keepdims: bool = False) -> Array:
