@@ -65,6 +65,32 @@ def test_eight_devices_match_one(one_device, tmp_path, mode):
   _assert_same_models(one_device, str(tmp_path))
 
 
+_UNREPLICATE = """
+import json, jax, numpy as np
+from sfm_jax import parallel
+host = np.arange(8 * 6, dtype=np.float32).reshape(8, 2, 3)
+mapped = jax.pmap(lambda x: 2.0 * x)(host)
+first = parallel.pmap_unreplicate({"mapped": mapped, "host": host})
+print(json.dumps({"mapped": np.asarray(first["mapped"]).tolist(), "host": first["host"].tolist(),
+                  "devices": sorted(str(d) for d in first["mapped"].devices()),
+                  "device_0": str(jax.devices()[0])}))
+"""
+
+
+def test_pmap_unreplicate_reads_the_first_shard_on_its_own_device():
+  """Indexing a pmap output (`x[0]`) runs an all-reduce on all 8 devices and returns an array
+  replicated on all of them; the first shard lives on device 0 alone."""
+  result = subprocess.run([sys.executable, "-c", _UNREPLICATE], cwd=ROOT, capture_output=True,
+                          env={**with_devices(os.environ, 8), "JAX_PLATFORMS": "cpu"},
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  got = json.loads(result.stdout.strip().splitlines()[-1])
+  host = np.arange(8 * 6, dtype=np.float32).reshape(8, 2, 3)
+  np.testing.assert_array_equal(got["mapped"], 2.0 * host[0])
+  np.testing.assert_array_equal(got["host"], host[0])
+  assert got["devices"] == [got["device_0"]]
+
+
 def test_global_batch_must_divide_by_devices(tmp_path):
   env = with_devices(os.environ, 8)
   result = subprocess.run(
