@@ -72,7 +72,8 @@ def train(name: str, objective: stage1.Objective, init: stage1.PCAInit, data, co
                                     shared_identity_codes=objective.shared_identity_codes),
           tx=tx, loss_fn=loss_fn, seed=config.seed),
       batch_for_step, train_config=train_config, parallel_config=config.parallel,
-      workdir=workdir, log=log, mesh=mesh, summary=summary, steps_before=steps_before)
+      workdir=workdir, log=log, mesh=mesh, summary=summary, steps_before=steps_before,
+      earlier_layouts=[stage1.separate_bases_layout])
 
 
 def objectives(config) -> dict:

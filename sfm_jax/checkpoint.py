@@ -13,6 +13,7 @@ code, rebuilt by the entry point, and restoring fills them from the template sta
 from __future__ import annotations
 
 import os
+from typing import Callable, Sequence
 
 import jax
 import orbax.checkpoint as ocp
@@ -59,8 +60,8 @@ def _host_arrays(arrays: dict) -> dict:
   return arrays
 
 
-def restore(manager: ocp.CheckpointManager, template: TrainState,
-            step: int | None = None) -> TrainState:
+def restore(manager: ocp.CheckpointManager, template: TrainState, step: int | None = None, *,
+            earlier_layouts: Sequence[EarlierLayout] = ()) -> TrainState:
   """The state saved at `step` (default: the latest), with `template`'s structure and shardings.
 
   Args:
@@ -68,6 +69,9 @@ def restore(manager: ocp.CheckpointManager, template: TrainState,
     template: a state of the same structure (e.g. freshly created); its arrays give shapes,
       dtypes and shardings of the result, and its loss function and optimizer are kept.
     step: which checkpoint; None for the latest.
+    earlier_layouts: for checkpoints an older version wrote: each takes `template` and returns
+      (a template in the older layout, a function from a state restored in it to `template`'s
+      layout). Tried in order when the checkpoint does not restore as `template`.
 
   Raises:
     FileNotFoundError: when there is no checkpoint (or not the requested step).
@@ -77,6 +81,23 @@ def restore(manager: ocp.CheckpointManager, template: TrainState,
   if step is None or step not in manager.all_steps():
     raise FileNotFoundError(f"{manager.directory}: no checkpoint at step {step} "
                             f"(available: {sorted(manager.all_steps())})")
+  try:
+    return _restore_as(manager, template, step)
+  except Exception:  # noqa: BLE001 - an older layout may still read it; else re-raised below
+    for layout in earlier_layouts:
+      older, upgrade = layout(template)
+      try:
+        restored = _restore_as(manager, older, step)
+      except Exception:  # noqa: BLE001 - not this layout either
+        continue
+      return upgrade(restored)
+    raise
+
+
+EarlierLayout = Callable[[TrainState], tuple[TrainState, Callable[[TrainState], TrainState]]]
+
+
+def _restore_as(manager: ocp.CheckpointManager, template: TrainState, step: int) -> TrainState:
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template.arrays())
   arrays = manager.restore(step, args=ocp.args.StandardRestore(abstract))
   return template.with_arrays(arrays)
@@ -87,8 +108,9 @@ def latest_step(manager: ocp.CheckpointManager) -> int | None:
   return manager.latest_step()
 
 
-def restore_latest_good(make, template: TrainState,
-                        report=print) -> tuple[ocp.CheckpointManager, TrainState | None]:
+def restore_latest_good(make, template: TrainState, report=print, *,
+                        earlier_layouts: Sequence[EarlierLayout] = ()
+                        ) -> tuple[ocp.CheckpointManager, TrainState | None]:
   """(a manager, the newest checkpoint that restores or None when there is none).
 
   `make()` builds the manager (`make_manager` with the run's options). A damaged step (truncated
@@ -101,7 +123,7 @@ def restore_latest_good(make, template: TrainState,
   manager = make()
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      return manager, restore(manager, template, step)
+      return manager, restore(manager, template, step, earlier_layouts=earlier_layouts)
     except Exception as e:  # noqa: BLE001 - any failure to read a step means: try the older one
       path = os.path.join(str(manager.directory), str(step))
       aside = f"{path}.damaged"

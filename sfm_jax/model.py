@@ -158,6 +158,36 @@ def decode(model: FaceModel, shape_codes: Array, expr_codes: Array | None = None
   return add_to_each(out, model.mean.astype(out.dtype))
 
 
+def decode_stacked(mean: Array, bases: Array, codes: Array, *, compute_dtype=None,
+                   precision: jax.lax.Precision | str | None = "highest") -> Array:
+  """`mean + einsum('bk,kvc->bvc', codes, bases)`: `decode` for bases stored stacked.
+
+  Stage 1 trains its bases as one `[K + E, V, 3]` array (shape rows, then expression rows), so
+  the codes `[s | e]` meet them in one product rather than two plus an add. On the 2-core CPU at
+  B = 64, K = 199, E = 100, V = 53149: 30 ms for the one product against 24 + 14 for the two,
+  and 35 against 41 ms with the adds (medians of 6, one process; `bench_decode` has the row).
+  Differentiable in `mean`, `bases` and `codes`, with `decode`'s rules (the bases' gradient is
+  `codes^T` times the cotangent, the mean's a product with ones).
+
+  Args:
+    mean: `[V, 3]` mean shape, mm.
+    bases: `[K + E, V, 3]` the shape basis' rows, then the expression basis' (`stack_bases`).
+    codes: `[B, K + E]` shape codes, then expression codes (`jnp.concatenate([s, e], -1)`).
+    compute_dtype, precision: as for `decode`.
+
+  Returns:
+    `[B, V, 3]` vertices in mm.
+  """
+  flat = _contract(codes, bases, compute_dtype, precision)
+  out = flat.reshape(codes.shape[0], *bases.shape[1:])
+  return add_to_each(out, mean.astype(out.dtype))
+
+
+def stack_bases(shape_basis: Array, expr_basis: Array) -> Array:
+  """`[K, V, 3]` and `[E, V, 3]` -> `[K + E, V, 3]`, the layout `decode_stacked` reads."""
+  return jnp.concatenate([jnp.asarray(shape_basis), jnp.asarray(expr_basis)], axis=0)
+
+
 @jax.custom_jvp
 def add_to_each(batch: Array, row: Array) -> Array:
   """`batch + row` for `batch [B, ...]` and `row [...]` (the same row added to every element).

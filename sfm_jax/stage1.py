@@ -16,14 +16,16 @@ Objective (every weight switchable, 0 disables the term):
     shape_prior, expr_prior   Tikhonov on s (baseline) and on e
     orthogonality, smoothness, symmetry   basis regularisers
 
-Parameters are a dict `{"model": {mean, shape_basis, expr_basis}, "codes": {z, e},
-"prototypes": [C, K], "centers": [C, K]}`, each group with its own learning rate through
-`optax.multi_transform`.
+Parameters are a dict `{"model": {mean, bases}, "codes": {z, e}, "prototypes": [C, K],
+"centers": [C, K]}`, each group with its own learning rate through `optax.multi_transform`.
+`bases` `[K + E, V, 3]` holds the shape basis' rows, then the expression basis' (one product
+decodes both: `model.decode_stacked`); `model_arrays` splits them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +35,8 @@ import optax
 from sfm_jax import losses, pca, sphere
 from sfm_jax.errors import InputError
 from sfm_jax.geometry import mesh_edges
-from sfm_jax.model import FaceModel, decode
-from sfm_jax.train_state import adam, grouped_optimizer
+from sfm_jax.model import FaceModel, decode_stacked
+from sfm_jax.train_state import TrainState, adam, grouped_optimizer
 
 # ---------------------------------------------------------------------------------------------
 # PCA initialisation.
@@ -304,8 +306,8 @@ def init_params(init: PCAInit, identity: np.ndarray, num_classes: int, *, seed: 
       identity_codes[c] = codes[members].mean(0)
   class_means /= np.linalg.norm(class_means, axis=1, keepdims=True)
   as32 = lambda x: jnp.asarray(x, jnp.float32)
-  params = {"model": {"mean": as32(init.mean), "shape_basis": as32(init.shape_basis),
-                      "expr_basis": as32(init.expr_basis)},
+  bases = np.concatenate([init.shape_basis, init.expr_basis], axis=0, dtype=np.float32)
+  params = {"model": {"mean": as32(init.mean), "bases": as32(bases)},
             "codes": {"z": as32(codes), "e": as32(init.expr_codes)},
             "prototypes": as32(class_means), "centers": as32(class_means)}
   if shared_identity_codes:
@@ -343,10 +345,7 @@ def make_loss_fn(objective: Objective, *, radius: float, triangles: np.ndarray,
     z = scan_shape_codes(params, batch["index"], batch["identity"])
     e = params["codes"]["e"][batch["index"]]
     s = sphere.shape_codes(z, objective.code_kind, radius, hard=objective.hard_sphere)
-    face = FaceModel(mean=model["mean"], shape_basis=model["shape_basis"],
-                     expr_basis=model["expr_basis"], radius=radius, triangles=triangles,
-                     landmarks=jnp.zeros((0,), jnp.int32))
-    decoded = decode(face, s, e)
+    decoded = decode_stacked(model["mean"], model["bases"], jnp.concatenate([s, e], axis=-1))
     terms = {"rec": losses.vertex_loss(decoded, batch["scans"], squared=objective.squared_error)}
     labels = batch["identity"]
     if axis_name is not None:  # the batch-coupled terms see the whole global batch
@@ -371,11 +370,10 @@ def make_loss_fn(objective: Objective, *, radius: float, triangles: np.ndarray,
     if objective.weight_expr_prior and e.shape[-1]:
       terms["expr_prior"] = losses.code_prior(e)
     if objective.weight_orthogonality:
-      terms["orthogonality"] = losses.basis_orthogonality(model["shape_basis"],
+      terms["orthogonality"] = losses.basis_orthogonality(model["bases"][:s.shape[-1]],
                                                           scale_invariant=True)
     if objective.weight_smoothness:
-      terms["smoothness"] = losses.laplacian_smoothness(
-          jnp.concatenate([model["shape_basis"], model["expr_basis"]]), edges)
+      terms["smoothness"] = losses.laplacian_smoothness(model["bases"], edges)
     if objective.weight_symmetry and mirror is not None:
       terms["symmetry"] = losses.symmetry_loss(model["mean"], mirror)
     weights = {name: getattr(objective, f"weight_{name}") for name in terms}
@@ -417,13 +415,52 @@ def export_model(params: dict, base: FaceModel) -> FaceModel:
   and the `code_kind` trained) with the trained mean and bases. Gaussian models get as radius
   the mean norm of their training codes (their typical norm)."""
   params = jax.device_get(params)
-  model = params["model"]
+  arrays = model_arrays(params)
   codes = np.asarray(params.get("identity_codes", params["codes"]["z"]))
   radius = base.radius if base.code_kind == "sphere" else np.mean(np.linalg.norm(codes, axis=1))
-  return base.replace(mean=np.asarray(model["mean"], np.float32),
-                      shape_basis=np.asarray(model["shape_basis"], np.float32),
-                      expr_basis=np.asarray(model["expr_basis"], np.float32),
+  return base.replace(**{name: np.asarray(value, np.float32) for name, value in arrays.items()},
                       radius=np.asarray(radius, np.float32))
+
+
+def model_arrays(params: dict) -> dict:
+  """`{"mean": [V, 3], "shape_basis": [K, V, 3], "expr_basis": [E, V, 3]}` of stage-1 params
+  (the stacked `bases` split after the K rows of the shape code's size; arrays as given)."""
+  model, shape_dim = params["model"], params["codes"]["z"].shape[-1]
+  return {"mean": model["mean"], "shape_basis": model["bases"][:shape_dim],
+          "expr_basis": model["bases"][shape_dim:]}
+
+
+def separate_bases_layout(template: TrainState) -> tuple[TrainState, Callable]:
+  """Stage-1 checkpoints written before the bases were stacked (stop 49) kept
+  `params.model = {mean, shape_basis, expr_basis}`, and Adam's moments likewise. Returns (an
+  abstract template in that layout, a function that stacks a state restored in it into
+  `template`'s layout); `checkpoint.restore(..., earlier_layouts=[separate_bases_layout])`."""
+  shape_dim = template.params["codes"]["z"].shape[-1]
+  leaf = template.step
+  sharding = leaf.sharding if isinstance(leaf, jax.Array) else None
+  abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  bases = template.params["model"]["bases"]
+  rows = lambda count: jax.ShapeDtypeStruct((count, *bases.shape[1:]), bases.dtype)
+  model = {"mean": template.params["model"]["mean"], "shape_basis": rows(shape_dim),
+           "expr_basis": rows(bases.shape[0] - shape_dim)}
+  params = jax.tree_util.tree_map(abstract, {**template.params, "model": model})
+  opt_state = jax.tree_util.tree_map(abstract, jax.eval_shape(template.tx.init, params))
+  older = template.replace(params=params, opt_state=opt_state)
+
+  def stack(restored: TrainState) -> TrainState:
+    saved = dict(jax.tree_util.tree_flatten_with_path(restored.arrays())[0])
+    paths, treedef = jax.tree_util.tree_flatten_with_path(template.arrays())
+    leaves = []
+    for path, _ in paths:
+      if path[-1] == jax.tree_util.DictKey("bases"):
+        parts = [saved[path[:-1] + (jax.tree_util.DictKey(key),)]
+                 for key in ("shape_basis", "expr_basis")]
+        leaves.append(jnp.concatenate(parts, axis=0))
+      else:
+        leaves.append(saved[path])
+    return template.with_arrays(jax.tree_util.tree_unflatten(treedef, leaves))
+
+  return older, stack
 
 
 def pca_model(init: PCAInit, *, triangles: np.ndarray, landmarks: np.ndarray,

@@ -33,7 +33,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -107,11 +107,13 @@ def host_step(state: TrainState) -> int:
 
 def run(name: str, state: TrainState, batch_for_step: Callable[[int, slice], dict], *,
         train_config, parallel_config, workdir: str, log: MetricsLog, mesh,
-        summary: Callable[[dict], str], steps_before: int = 0) -> TrainState:
+        summary: Callable[[dict], str], steps_before: int = 0,
+        earlier_layouts: Sequence[checkpoint.EarlierLayout] = ()) -> TrainState:
   """Trains `state` (fresh, on host) as model `name`; returns the final state (on devices).
 
   `summary(metrics)` formats the stage-specific part of a progress line; `steps_before` is the
-  number of steps of the run's earlier phases (for `train.stop_after_steps`).
+  number of steps of the run's earlier phases (for `train.stop_after_steps`);
+  `earlier_layouts` read checkpoints of older versions (`checkpoint.restore`).
   """
   use_pmap = parallel_config.mode == "pmap"
   if not use_pmap:
@@ -121,7 +123,8 @@ def run(name: str, state: TrainState, batch_for_step: Callable[[int, slice], dic
                                       max_to_keep=train_config.max_to_keep,
                                       save_interval_steps=train_config.checkpoint_every,
                                       async_save=async_checkpoints(train_config)),
-      state, report=lambda line: print(f"[{name}] {line}", flush=True))
+      state, report=lambda line: print(f"[{name}] {line}", flush=True),
+      earlier_layouts=earlier_layouts)
   if restored is not None:
     state = restored
     if is_chief():

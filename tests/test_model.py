@@ -104,6 +104,31 @@ def test_decode_derivatives_in_codes_and_bases_are_those_of_the_products(x64, rn
   check_grads(jax.jit(loss), args, order=2, modes=("fwd", "rev"))
 
 
+def test_decode_stacked_equals_decode_and_has_the_products_derivatives(x64, rng):
+  """Stage 1's layout: `[s | e]` against the stacked bases is `decode` of the separate ones,
+  and its gradients in mean, bases and codes are the plain products' (numpy, then
+  `check_grads` to second order)."""
+  from jax.test_util import check_grads
+  m = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64) if a.dtype.kind == "f" else a,
+                             _random_model(rng))
+  s, e = rng.normal(size=(5, 4)), rng.normal(size=(5, 3))
+  bases = np.asarray(fm.stack_bases(m.shape_basis, m.expr_basis))
+  np.testing.assert_array_equal(bases, np.concatenate([m.shape_basis, m.expr_basis]))
+  codes = np.concatenate([s, e], axis=1)
+  expected = m.mean[None] + np.einsum("bk,kvc->bvc", codes, bases)
+  np.testing.assert_allclose(fm.decode_stacked(m.mean, bases, codes), expected, rtol=1e-12)
+  np.testing.assert_allclose(fm.decode_stacked(m.mean, bases, codes), fm.decode(m, s, e),
+                             rtol=1e-12)
+  weights = rng.normal(size=(5, 7, 3))
+  loss = lambda mean, bases, codes: jnp.sum(weights * fm.decode_stacked(mean, bases, codes) ** 2)
+  grads = jax.grad(loss, argnums=(0, 1, 2))(m.mean, bases, codes)
+  flat = (2 * weights * expected).reshape(5, -1)
+  np.testing.assert_allclose(grads[0], flat.sum(0).reshape(7, 3), rtol=1e-12)
+  np.testing.assert_allclose(grads[1], (codes.T @ flat).reshape(7, 7, 3), rtol=1e-12)
+  np.testing.assert_allclose(grads[2], flat @ bases.reshape(7, -1).T, rtol=1e-12)
+  check_grads(jax.jit(loss), (m.mean, bases, codes), order=2, modes=("fwd", "rev"))
+
+
 @pytest.mark.parametrize("albedo", [False, True])
 def test_model_file_round_trip(tmp_path, rng, albedo):
   m = _random_model(rng, albedo=albedo)

@@ -99,6 +99,53 @@ def _tiny_config(**train):
   return config
 
 
+def test_checkpoints_with_separate_bases_restore_into_the_stacked_layout(tmp_path, rng):
+  """Checkpoints from before stop 49 held `shape_basis` and `expr_basis` apart (params and
+  Adam's moments); restored with `separate_bases_layout` they give the stacked state: each
+  `bases` leaf the rows of the two, every other array as saved."""
+  from sfm_jax import checkpoint
+  scans, ids, _ = _linear_scans(rng)
+  init = stage1.pca_init(scans, ids, num_shape=3, num_expr=2)
+  tx = stage1.make_optimizer(lr_basis=1e-3, lr_codes=1e-2, lr_prototypes=1e-2, lr_centers=1e-2)
+  loss_fn = stage1.make_loss_fn(stage1.Objective(), radius=init.radius,
+                                triangles=np.zeros((1, 3), np.int32))
+  template = TrainState.create(params=stage1.init_params(init, ids, 12, seed=0), tx=tx,
+                               loss_fn=loss_fn, seed=0)
+  v = scans.shape[1]
+  separate = {**template.params, "model": {
+      "mean": template.params["model"]["mean"],
+      "shape_basis": rng.normal(size=(3, v, 3)).astype(np.float32),
+      "expr_basis": rng.normal(size=(2, v, 3)).astype(np.float32)}}
+  old = TrainState.create(params=separate, tx=tx, loss_fn=loss_fn, seed=0)
+  noisy = lambda x: (rng.normal(size=np.shape(x)).astype(np.float32)
+                     if np.asarray(x).dtype == np.float32 else x)
+  old = old.replace(step=jnp.asarray(7, jnp.int32), opt_state=jax.tree_util.tree_map(
+      noisy, old.opt_state))
+  manager = checkpoint.make_manager(tmp_path / "checkpoints", async_save=False)
+  checkpoint.save(manager, old, force=True)
+  checkpoint.wait(manager)
+  with pytest.raises(Exception):
+    checkpoint.restore(manager, template)
+  restored = checkpoint.restore(manager, template, earlier_layouts=[stage1.separate_bases_layout])
+  saved = {jax.tree_util.keystr(path): np.asarray(x)
+           for path, x in jax.tree_util.tree_flatten_with_path(old.arrays())[0]}
+  got = jax.tree_util.tree_flatten_with_path(restored.arrays())[0]
+  assert len(got) == len(saved) - sum("['expr_basis']" in key for key in saved)
+  stacked = 0
+  for path, x in got:
+    key = jax.tree_util.keystr(path)
+    if key.endswith("['bases']"):
+      expected = np.concatenate([saved[key.replace("['bases']", "['shape_basis']")],
+                                 saved[key.replace("['bases']", "['expr_basis']")]])
+      stacked += 1
+    else:
+      expected = saved[key]
+    np.testing.assert_array_equal(np.asarray(x), expected, err_msg=key)
+  assert stacked == 3  # the parameter and Adam's two moments
+  assert int(restored.step) == 7
+  manager.close()
+
+
 def test_tiny_training_decreases_the_loss():
   config = _tiny_config()
   data = scan_sources.load(config.data, seed=0)

@@ -142,7 +142,8 @@ def test_full_stage1_step_matches(rng, code_kind):
   loss, _ = reference(torch.tensor(scans[index]), torch.tensor(identity[index], dtype=torch.long),
                       torch.tensor(index, dtype=torch.long))
   loss.backward()
-  for got, expected in ((grads["model"]["shape_basis"], reference.shape_basis.grad),
+  for got, expected in ((stage1.model_arrays(grads)["shape_basis"], reference.shape_basis.grad),
+                        (stage1.model_arrays(grads)["expr_basis"], reference.expr_basis.grad),
                         (grads["model"]["mean"], reference.mean.grad),
                         (grads["codes"]["z"], reference.z.grad),
                         (grads["prototypes"], reference.prototypes.grad),
@@ -162,7 +163,7 @@ def test_full_stage1_step_matches(rng, code_kind):
   got = state.params
   for name, expected in (("mean", reference.mean), ("shape_basis", reference.shape_basis),
                          ("expr_basis", reference.expr_basis)):
-    _close(got["model"][name], expected, rtol=1e-5)
+    _close(stage1.model_arrays(got)[name], expected, rtol=1e-5)
   _close(got["codes"]["z"], reference.z, rtol=1e-5)
   _close(got["codes"]["e"], reference.e, rtol=1e-5)
   _close(got["prototypes"], reference.prototypes, rtol=1e-5)

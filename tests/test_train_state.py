@@ -143,7 +143,7 @@ def test_the_donated_step_options_change_no_value(rng):
     return state.arrays(), metrics
 
   with_options, without = run(jit_train_step), run(jax.jit(train_step, donate_argnums=0))
-  for name in ("shape_basis", "expr_basis", "mean"):
+  for name in ("bases", "mean"):
     np.testing.assert_array_equal(with_options[0]["params"]["model"][name],
                                   without[0]["params"]["model"][name], err_msg=name)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(

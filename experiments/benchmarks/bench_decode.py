@@ -4,8 +4,9 @@ r"""Benchmark of `decode`, the hot path of both stages, against the machine's ow
       --vertices=53149 --repeats=20 --json=PATH]
 
 Measures, in one run: the device's copy bandwidth and matmul rate (the roofline), then decode
-with a float32 basis, with bf16 compute on a float32 basis (the cast is paid each call), and with
-a basis stored in bf16. Compile time is reported apart from the step time (median of repeats,
+with a float32 basis, with bf16 compute on a float32 basis (the cast is paid each call), with
+a basis stored in bf16, and `decode_stacked` on the bases stacked `[K + E, V, 3]` as stage 1
+trains them (one product for `[s | e]`). Compile time is reported apart from the step time (median of repeats,
 `block_until_ready` around each).
 """
 
@@ -17,7 +18,7 @@ from absl import flags
 
 from experiments import cli, host
 from experiments.benchmarks.common import roofline, time_jax, write_json
-from sfm_jax.model import FaceModel, decode
+from sfm_jax.model import FaceModel, decode, decode_stacked, stack_bases
 
 _BATCH = flags.DEFINE_integer("batch", 64, "B")
 _SHAPE = flags.DEFINE_integer("shape_dim", 199, "K")
@@ -42,24 +43,24 @@ def main(argv):
                             expr_basis=model32.expr_basis.astype(jnp.bfloat16))
   s = jnp.asarray(rng.normal(size=(b, k)), jnp.float32)
   x = jnp.asarray(rng.normal(size=(b, e)), jnp.float32)
-  flops = 2.0 * b * (k + e) * v * 3
   variants = [  # name, model, compute dtype, matmul precision, bytes per basis entry
       ("f32 basis, f32 highest", model32, None, "highest", 4),
       ("f32 basis, f32 default", model32, None, None, 4),  # TF32 on GPUs
       ("f32 basis, bf16 compute", model32, jnp.bfloat16, None, 4),  # casts every call
       ("bf16 basis, bf16 compute", model16, jnp.bfloat16, None, 2),
   ]
+  stacked = (model32.mean, stack_bases(model32.shape_basis, model32.expr_basis))
   rows = []
   for name, model, compute, precision, basis_bytes in variants:
     fn = jax.jit(lambda m, s, x, c=compute, p=precision: decode(m, s, x, compute_dtype=c,
                                                                 precision=p))
     compile_s, step_s = time_jax(fn, model, s, x, repeats=_REPEATS.value, calls_per_repeat=10)
-    moved = (k + e) * v * 3 * basis_bytes + (b * v * 3 + v * 3) * 4  # basis + output + mean
-    peak = rates["bfloat16" if compute is not None else "float32"]
-    rows.append(dict(variant=name, compile_s=compile_s, step_ms=step_s * 1e3,
-                     gb_per_s=moved / step_s / 1e9, bandwidth_fraction=moved / step_s / bandwidth,
-                     gflop_per_s=flops / step_s / 1e9, matmul_fraction=flops / step_s / peak,
-                     roofline_ms=1e3 * max(moved / bandwidth, flops / peak)))
+    rows.append(_row(name, compile_s, step_s, compute, basis_bytes, shapes=(b, k, e, v),
+                     bandwidth=bandwidth, rates=rates))
+  fn = jax.jit(lambda mean, bases, s, x: decode_stacked(mean, bases, jnp.concatenate([s, x], 1)))
+  compile_s, step_s = time_jax(fn, *stacked, s, x, repeats=_REPEATS.value, calls_per_repeat=10)
+  rows.append(_row("stacked f32 bases, highest", compile_s, step_s, None, 4, shapes=(b, k, e, v),
+                   bandwidth=bandwidth, rates=rates))
   device = jax.devices()[0]
   print(f"decode B={b} K={k} E={e} V={v} on {device.platform}:{device.device_kind}; "
         f"measured copy bandwidth {bandwidth / 1e9:.0f} GB/s, matmul "
@@ -75,6 +76,17 @@ def main(argv):
   if _JSON.value:
     write_json(_JSON.value, dict(device=str(device.device_kind), bandwidth=bandwidth, matmul=rates,
                      shapes=dict(B=b, K=k, E=e, V=v), rows=rows))
+
+
+def _row(name, compile_s, step_s, compute, basis_bytes, *, shapes, bandwidth, rates) -> dict:
+  b, k, e, v = shapes
+  flops = 2.0 * b * (k + e) * v * 3
+  moved = (k + e) * v * 3 * basis_bytes + (b * v * 3 + v * 3) * 4  # basis + output + mean
+  peak = rates["bfloat16" if compute is not None else "float32"]
+  return dict(variant=name, compile_s=compile_s, step_ms=step_s * 1e3,
+              gb_per_s=moved / step_s / 1e9, bandwidth_fraction=moved / step_s / bandwidth,
+              gflop_per_s=flops / step_s / 1e9, matmul_fraction=flops / step_s / peak,
+              roofline_ms=1e3 * max(moved / bandwidth, flops / peak))
 
 
 if __name__ == "__main__":

@@ -156,9 +156,10 @@ class Stage1(torch.nn.Module):
   def __init__(self, params: dict, *, radius: float, settings: dict, edges=None, mirror=None):
     super().__init__()
     as_param = lambda x: torch.nn.Parameter(torch.from_numpy(np.array(x, copy=True)))
+    shape_dim = np.shape(params["codes"]["z"])[-1]  # JAX stacks the bases: [K + E, V, 3]
     self.mean = as_param(params["model"]["mean"])
-    self.shape_basis = as_param(params["model"]["shape_basis"])
-    self.expr_basis = as_param(params["model"]["expr_basis"])
+    self.shape_basis = as_param(np.asarray(params["model"]["bases"])[:shape_dim])
+    self.expr_basis = as_param(np.asarray(params["model"]["bases"])[shape_dim:])
     self.z = as_param(params["codes"]["z"])
     self.e = as_param(params["codes"]["e"])
     self.prototypes = as_param(params["prototypes"])
