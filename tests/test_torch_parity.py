@@ -11,7 +11,7 @@ torch = pytest.importorskip(
 
 from experiments.benchmarks import torch_ref  # noqa: E402
 from sfm_jax import geometry, losses, sphere, stage1  # noqa: E402
-from sfm_jax.model import FaceModel, decode  # noqa: E402
+from sfm_jax.model import FaceModel, decode, decode_stacked  # noqa: E402
 from sfm_jax.train_state import TrainState, jit_train_step  # noqa: E402
 
 RTOL = 1e-6
@@ -93,6 +93,10 @@ def test_decode_landmarks_and_regularisers(x64, rng):
   _compare(lambda m, sb, eb, s, x: losses.vertex_loss(decode(face(m, sb, eb), s, x), target),
            lambda m, sb, eb, s, x: torch_ref.vertex_loss(torch_ref.decode(m, sb, eb, s, x),
                                                          torch.tensor(target)), arrays)
+  stacked = [rng.normal(size=(v, 3)), rng.normal(size=(k + e, v, 3)), rng.normal(size=(b, k + e))]
+  _compare(lambda m, w, c: losses.vertex_loss(decode_stacked(m, w, c), target),
+           lambda m, w, c: torch_ref.vertex_loss(torch_ref.decode_stacked(m, w, c),
+                                                 torch.tensor(target)), stacked)
   predicted, annotated = rng.normal(size=(3, 10, 2)) * 20, rng.normal(size=(3, 10, 2)) * 20
   visible = (rng.uniform(size=(3, 10)) > 0.3).astype(float)
   _compare(lambda p: losses.landmark_loss(p, annotated, visible=visible),

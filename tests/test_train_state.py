@@ -5,7 +5,8 @@ import optax
 import pytest
 
 from sfm_jax import checkpoint
-from sfm_jax.train_state import TrainState, global_norm, jit_train_step, train_step
+from sfm_jax.train_state import (TrainState, global_norm, jit_train_step, squared_global_norm,
+                                 train_step)
 
 
 def _least_squares(params, model_state, batch, rng):
@@ -159,6 +160,7 @@ def test_global_norm_is_the_norm_of_all_leaves(rng):
   np.testing.assert_allclose(float(global_norm(tree)), expected, rtol=1e-6)
   np.testing.assert_allclose(float(jax.jit(global_norm)(tree)), expected, rtol=1e-6)
   np.testing.assert_allclose(float(global_norm(tree)), float(optax.tree.norm(tree)), rtol=1e-6)
-  with jax.enable_x64(True):  # the factor 2 is exact: float64 agrees to its own rounding
+  np.testing.assert_allclose(float(squared_global_norm(tree)), expected ** 2, rtol=2e-6)
+  with jax.enable_x64(True):  # float64 agrees to its own rounding
     tree64 = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), tree)
     np.testing.assert_allclose(float(global_norm(tree64)), expected, rtol=1e-14)

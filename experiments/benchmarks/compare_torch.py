@@ -4,7 +4,8 @@ r"""JAX against PyTorch (eager and `torch.compile`) on the same math, timed in o
       --skip=stage1 --compile=true]
 
 Workloads (design section 11, paper shapes):
-  decode     B=64, K=199, E=100, V=53149 (float32 and bf16)
+  decode     B=64, K=199, E=100, V=53149 (float32 and bf16; `decode stacked`: float32 on the
+             bases stacked [K + E, V, 3] as stage 1 trains them, one product on both sides)
   spherical  loss forward + backward: project + CosFace + centre + isotropy, B=512, C=8631, K=199
   stage1     one full stage-1 train step (forward, backward, the gradient norm and the
              finiteness flag that `train_state.train_step` reports and the training loop stops
@@ -34,7 +35,7 @@ from experiments.benchmarks.common import (
   write_json,
 )
 from sfm_jax import losses, sphere, stage1
-from sfm_jax.model import FaceModel, decode
+from sfm_jax.model import FaceModel, decode, decode_stacked, stack_bases
 from sfm_jax.train_state import TrainState, jit_train_step
 
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed groups per measurement.")
@@ -101,6 +102,34 @@ def bench_decode(machine, repeats, with_compile):
         rows.append(_row("decode", name, dtype, *time_calls(run, sync, repeats=repeats,
                                                             calls_per_repeat=10),
                          moved, flops, machine))
+    if dtype == "f32":  # stage 1's layout: the bases stacked [K + E, V, 3], one product
+      rows += _decode_stacked_rows(model, s, x, t, sync, repeats, with_compile, moved, flops,
+                                   machine)
+  return rows
+
+
+def _decode_stacked_rows(model, s, x, t, sync, repeats, with_compile, moved, flops, machine):
+  """`decode stacked` rows: JAX's `decode_stacked` and PyTorch's `addmm` on the same stacked
+  bases and codes `[s | e]` (stage 1 trains its bases in this layout)."""
+  import torch
+  from experiments.benchmarks import torch_ref
+  bases, codes = stack_bases(model.shape_basis, model.expr_basis), jnp.concatenate([s, x], 1)
+  fn = jax.jit(lambda mean, bases, codes: decode_stacked(mean, bases, codes))
+  rows = [_row("decode stacked", "jax", "f32", *time_jax(fn, model.mean, bases, codes,
+                                                         repeats=repeats, calls_per_repeat=10),
+               moved, flops, machine)]
+  del bases
+  t_bases = torch.cat([t["shape_basis"], t["expr_basis"]], 0)
+  t_codes = torch.cat([t["s"], t["x"]], 1)
+  variants = [("torch eager", torch_ref.decode_stacked)]
+  if with_compile:
+    variants.append(("torch.compile", torch.compile(torch_ref.decode_stacked)))
+  with torch.no_grad():
+    for name, function in variants:
+      run = lambda f=function: f(t["mean"], t_bases, t_codes)
+      rows.append(_row("decode stacked", name, "f32", *time_calls(run, sync, repeats=repeats,
+                                                                  calls_per_repeat=10),
+                       moved, flops, machine))
   return rows
 
 

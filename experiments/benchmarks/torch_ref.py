@@ -30,6 +30,12 @@ def decode(mean: torch.Tensor, shape_basis: torch.Tensor, expr_basis: torch.Tens
   return out.view(batch, -1, 3) + mean
 
 
+def decode_stacked(mean: torch.Tensor, bases: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+  """`mean [V,3] + codes [B,K+E] . bases [K+E,V,3]` -> `[B,V,3]`: one `addmm`, the mean as its
+  bias (PyTorch's own fused form of stage 1's stacked layout)."""
+  return torch.addmm(mean.flatten(), codes, bases.flatten(1)).view(codes.shape[0], -1, 3)
+
+
 def project(z: torch.Tensor, radius, eps: float = 1e-6) -> torch.Tensor:
   """`R z / max(||z||, eps)` along the last axis."""
   return radius * z / torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp_min(eps)
