@@ -93,11 +93,12 @@ def train_step(state: TrainState, batch: Any, *, axis_name: str | None = None,
   if axis_name is not None:
     grads, loss, metrics, model_state = jax.lax.pmean((grads, loss, metrics, model_state),
                                                       axis_name)
-  # The norm's squares are taken before the barrier and Adam's after it, so XLA cannot merge the
-  # two (merged, the squares are written out for both readers) and reduces `g * g` in one read of
-  # each gradient. The barrier materialises the gradients once, before the update reads them:
-  # without it XLA on CPU (0.10) fused the norm's sum of squares into a windowed reduction that
-  # added 150 ms to a 520 ms stage-1 step at paper shapes (48 M basis gradients).
+  # The barrier materialises the gradients once, before the update reads them, and keeps the
+  # norm's squares (taken before it) apart from Adam's (after it): XLA cannot merge the two sets,
+  # which it would then write out for both readers, and reduces `g * g` inside one read of each
+  # gradient (seen in the compiled stage-1 step at paper shapes). With no barrier at all XLA on
+  # CPU (0.10) had fused the norm's sum of squares into a windowed reduction that added 150 ms to
+  # a 520 ms stage-1 step (48 M basis gradients).
   squared_norm = squared_global_norm(grads)
   grads, squared_norm = jax.lax.optimization_barrier((grads, squared_norm))
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
