@@ -6,8 +6,8 @@ r"""Benchmark of `decode`, the hot path of both stages, against the machine's ow
 Measures, in one run: the device's copy bandwidth and matmul rate (the roofline), then decode
 with a float32 basis, with bf16 compute on a float32 basis (the cast is paid each call), with
 a basis stored in bf16, and `decode_stacked` on the bases stacked `[K + E, V, 3]` as stage 1
-trains them (one product for `[s | e]`). Compile time is reported apart from the step time (median of repeats,
-`block_until_ready` around each).
+trains them (one product for `[s | e]`). Compile time is reported apart from the step time
+(median of repeats, `block_until_ready` around each).
 """
 
 
@@ -17,7 +17,7 @@ import numpy as np
 from absl import flags
 
 from experiments import cli, host
-from experiments.benchmarks.common import roofline, time_jax, write_json
+from experiments.benchmarks.common import against_roofline, roofline, time_jax, write_json
 from sfm_jax.model import FaceModel, decode, decode_stacked, stack_bases
 
 _BATCH = flags.DEFINE_integer("batch", 64, "B")
@@ -56,11 +56,11 @@ def main(argv):
                                                                 precision=p))
     compile_s, step_s = time_jax(fn, model, s, x, repeats=_REPEATS.value, calls_per_repeat=10)
     rows.append(_row(name, compile_s, step_s, compute, basis_bytes, shapes=(b, k, e, v),
-                     bandwidth=bandwidth, rates=rates))
+                     machine=machine))
   fn = jax.jit(lambda mean, bases, s, x: decode_stacked(mean, bases, jnp.concatenate([s, x], 1)))
   compile_s, step_s = time_jax(fn, *stacked, s, x, repeats=_REPEATS.value, calls_per_repeat=10)
   rows.append(_row("stacked f32 bases, highest", compile_s, step_s, None, 4, shapes=(b, k, e, v),
-                   bandwidth=bandwidth, rates=rates))
+                   machine=machine))
   device = jax.devices()[0]
   print(f"decode B={b} K={k} E={e} V={v} on {device.platform}:{device.device_kind}; "
         f"measured copy bandwidth {bandwidth / 1e9:.0f} GB/s, matmul "
@@ -78,15 +78,13 @@ def main(argv):
                      shapes=dict(B=b, K=k, E=e, V=v), rows=rows))
 
 
-def _row(name, compile_s, step_s, compute, basis_bytes, *, shapes, bandwidth, rates) -> dict:
+def _row(name, compile_s, step_s, compute, basis_bytes, *, shapes, machine) -> dict:
   b, k, e, v = shapes
   flops = 2.0 * b * (k + e) * v * 3
   moved = (k + e) * v * 3 * basis_bytes + (b * v * 3 + v * 3) * 4  # basis + output + mean
-  peak = rates["bfloat16" if compute is not None else "float32"]
-  return dict(variant=name, compile_s=compile_s, step_ms=step_s * 1e3,
-              gb_per_s=moved / step_s / 1e9, bandwidth_fraction=moved / step_s / bandwidth,
-              gflop_per_s=flops / step_s / 1e9, matmul_fraction=flops / step_s / peak,
-              roofline_ms=1e3 * max(moved / bandwidth, flops / peak))
+  return dict(variant=name, compile_s=compile_s,
+              **against_roofline(step_s, moved, flops, machine,
+                                 "bfloat16" if compute is not None else "float32"))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,18 @@ def roofline(repeats: int = 10) -> dict:
   return {"bandwidth": 2 * x.nbytes / copy_s, "matmul": rates}
 
 
+def against_roofline(step_s: float, bytes_moved: float, flops: float, machine: dict,
+                     peak: str = "float32") -> dict:
+  """A timed workload against `roofline()`'s `machine`: its step in ms, achieved GB/s and
+  GFLOP/s, their fractions of the measured bandwidth and of the `peak` dtype's matmul rate, and
+  the roofline time (the larger of bytes over bandwidth and FLOPs over rate) in ms."""
+  rate, bandwidth = machine["matmul"][peak], machine["bandwidth"]
+  return dict(step_ms=step_s * 1e3, gb_per_s=bytes_moved / step_s / 1e9,
+              bandwidth_fraction=bytes_moved / step_s / bandwidth,
+              gflop_per_s=flops / step_s / 1e9, matmul_fraction=flops / step_s / rate,
+              roofline_ms=1e3 * max(bytes_moved / bandwidth, flops / rate))
+
+
 def random_stage1_problem(*, vertices: int, shape_dim: int, expr_dim: int, num_scans: int,
                           classes: int, seed: int):
   """A stage-1 initialisation and identity labels of the given shapes with random values (step

@@ -28,6 +28,7 @@ from absl import flags
 
 from experiments import cli, host
 from experiments.benchmarks.common import (
+  against_roofline,
   random_stage1_problem,
   roofline,
   time_calls,
@@ -55,12 +56,9 @@ def _torch_setup():
 
 
 def _row(workload, framework, dtype, compile_s, step_s, bytes_moved, flops, machine):
-  peak = machine["matmul"]["bfloat16" if dtype == "bf16" else "float32"]
   return dict(workload=workload, framework=framework, dtype=dtype, compile_s=compile_s,
-              step_ms=step_s * 1e3, gb_per_s=bytes_moved / step_s / 1e9,
-              bandwidth_fraction=bytes_moved / step_s / machine["bandwidth"],
-              gflop_per_s=flops / step_s / 1e9, matmul_fraction=flops / step_s / peak,
-              roofline_ms=1e3 * max(bytes_moved / machine["bandwidth"], flops / peak))
+              **against_roofline(step_s, bytes_moved, flops, machine,
+                                 "bfloat16" if dtype == "bf16" else "float32"))
 
 
 def bench_decode(machine, repeats, with_compile):
@@ -114,7 +112,7 @@ def _decode_stacked_rows(model, s, x, t, sync, repeats, with_compile, moved, flo
   import torch
   from experiments.benchmarks import torch_ref
   bases, codes = stack_bases(model.shape_basis, model.expr_basis), jnp.concatenate([s, x], 1)
-  fn = jax.jit(lambda mean, bases, codes: decode_stacked(mean, bases, codes))
+  fn = jax.jit(decode_stacked)
   rows = [_row("decode stacked", "jax", "f32", *time_jax(fn, model.mean, bases, codes,
                                                          repeats=repeats, calls_per_repeat=10),
                moved, flops, machine)]
