@@ -3,13 +3,16 @@
 - `run(main)`: `absl.app.run`, where bad input (`sfm_jax.errors.InputError`, raised by the
   validators with the file, key or line) or a training stopped by non-finite steps
   (`NonFiniteError`, naming the step and terms) ends the program with that one message on stderr
-  and exit status 1. Every other exception keeps its traceback.
+  and exit status 1. So do the config flags' own mistakes: an override `--config.PATH=VALUE`
+  naming no field of the config (with ml_collections' "did you mean"), a config file that does
+  not exist, and an unknown variant. Every other exception keeps its traceback.
 - `run_stage(train_and_evaluate, ...)`: the `main` of a stage: `--config` and `--workdir` flags,
   multi-host start-up and quiet orbax logs, then `train_and_evaluate(config, workdir)`.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -27,17 +30,101 @@ def print_table(table: str, out: str | None = None) -> None:
       f.write(table + "\n")
 
 
+def _fail(message: str):
+  program = sys.argv[0].rsplit("/", 1)[-1]
+  print(f"{program}: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(1)
+
+
+def unknown_config_field(args: list[str], error: Exception) -> str | None:
+  """The message for a config override that names no field, or None if `error` is not that.
+
+  ml_collections raises a `KeyError` (wrapped in an `AttributeError`) whose text is the missing
+  key in quotes, then, when a field's name is close, a line "Did you mean ...". The override is
+  the argument `--config.A.B=VALUE` (or `-config...`, or `--config.A.B VALUE`) whose dotted path
+  holds that key; without one, the error is something else and None is returned.
+  """
+  inner = error
+  while isinstance(inner, (AttributeError, KeyError)) and inner.args and isinstance(
+      inner.args[0], BaseException):
+    inner = inner.args[0]
+  text = str(inner.args[0]) if inner.args else ""
+  if not text:
+    return None
+  first, *hint = text.splitlines()
+  key = first.strip("'\"")
+  for arg in args:
+    name, _, _ = arg.lstrip("-").partition("=")
+    head, dot, path = name.partition(".")
+    parts = path.split(".")
+    if dot and key in parts:
+      parent = ".".join([head, *parts[:parts.index(key)]])
+      return " ".join([f"--{name}: {parent} has no field {key!r}.", *hint]).strip()
+  return None
+
+
+def define_config(default: str | None, help_string: str):
+  """`config_flags.DEFINE_config_file("config", default, help_string)`. ml_collections applies
+  the command line's overrides to the default config as the flag is defined, so an override
+  naming no field fails here first: reported as one line, like the rest."""
+  from ml_collections import config_flags
+
+  try:
+    return config_flags.DEFINE_config_file("config", default, help_string)
+  except (AttributeError, KeyError) as error:
+    message = unknown_config_field(sys.argv[1:], error)
+    if message is None:
+      raise
+    _fail(message)
+
+
+def _missing_config_file() -> str | None:
+  """The message for a config flag whose file does not exist (ml_collections defers that error
+  to the first use of the config, as a traceback), or None."""
+  for name in list(flags.FLAGS):
+    try:
+      filename = flags.FLAGS[name].config_filename
+    except (AttributeError, flags.Error):  # not a config file's flag, or not parsed
+      continue
+    if not filename:  # a config flag without a default, not given
+      continue
+    path = filename.split(":", 1)[0]
+    if not os.path.isfile(path):
+      return (f"--{name}={filename}: no config file {path!r} (relative paths start at "
+              f"{os.getcwd()}; run from the repository root or give the file's path)")
+  return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with the config flags' mistakes as one line (see the module doc)."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as error:
+    message = unknown_config_field(argv[1:], error)
+    if message is None:
+      raise
+    _fail(message)
+  except flags.Error as error:
+    cause = error.__cause__ or error.__context__
+    if isinstance(cause, InputError):  # a config's get_config refused its variant
+      _fail(str(cause).strip().splitlines()[-1].split("InputError: ", 1)[-1])
+    print(f"FATAL Flags parsing error: {error}\nPass --helpshort or --helpfull to see help on "
+          "flags.", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
 def run(main) -> None:
   def guarded(argv):
     if not flags.FLAGS["verbosity"].present:  # no INFO lines from jax / orbax unless asked
       logging.set_verbosity(logging.WARNING)
     try:
+      missing = _missing_config_file()
+      if missing:
+        raise InputError(missing)
       return main(argv)
     except (InputError, NonFiniteError) as e:
-      program = sys.argv[0].rsplit("/", 1)[-1]
-      print(f"{program}: error: {e}", file=sys.stderr, flush=True)
-      sys.exit(1)
-  app.run(guarded)
+      _fail(str(e))
+  app.run(guarded, flags_parser=_parse_flags)
 
 
 def setup(parallel_config) -> None:
@@ -69,10 +156,7 @@ def check_train_config(train) -> None:
 def run_stage(train_and_evaluate, *, default_config: str, default_workdir: str) -> None:
   """Defines `--config` (`path:variant`, fields overridable as `--config.FIELD=VALUE`) and
   `--workdir`, then runs `train_and_evaluate(config, workdir)` under `run`."""
-  from ml_collections import config_flags
-
-  config_flag = config_flags.DEFINE_config_file(
-      "config", default_config, "Config file and variant (`path:variant`).")
+  config_flag = define_config(default_config, "Config file and variant (`path:variant`).")
   workdir_flag = flags.DEFINE_string("workdir", default_workdir,
                                      "Output folder; rerunning the command resumes there.")
 

@@ -12,15 +12,13 @@ import time
 import jax
 import numpy as np
 from absl import flags, logging
-from ml_collections import config_flags
 
 from experiments import cli
 from sfm_jax import face_world, sphere, viz
 from sfm_jax import model as face_model
 from sfm_jax.io import write_obj, write_png
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/demo.py", "Demo config file (`path[:variant]`).")
+_CONFIG = cli.define_config("experiments/configs/demo.py", "Demo config file (`path[:variant]`).")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Output folder (created if missing).")
 
 

@@ -27,7 +27,6 @@ import os
 
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 from experiments import cli, image_eval
 from sfm_jax import evaluation, inference
@@ -39,8 +38,7 @@ from sfm_jax.sources import scans as scan_sources
 
 _MODELS = flags.DEFINE_list("models", None, "Comma-separated `name=path` or `path` model files.")
 _SCAN_DIR = flags.DEFINE_string("scan_dir", None, "A scan folder to evaluate on (all its scans).")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Or: a stage-1 config whose data source's split is used.")
+_CONFIG = cli.define_config(None, "Or: a stage-1 config whose data source's split is used.")
 _SPLIT = flags.DEFINE_enum("split", "test", ["test", "train"], "Split of the config's data.")
 _OUT = flags.DEFINE_string("out", "eval.json", "Where to write the JSON results.")
 _FIT_STEPS = flags.DEFINE_integer("fit_steps", 150, "Adam steps per fitting round.")

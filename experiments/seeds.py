@@ -15,14 +15,12 @@ import sys
 
 import numpy as np
 from absl import flags
-from ml_collections import config_flags
 
 from experiments import cli, stage1
 from sfm_jax.evaluation import COLUMNS
 from sfm_jax.io import atomic_write
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/stage1.py:demo",
-                                          "Stage-1 config.")
+_CONFIG = cli.define_config("experiments/configs/stage1.py:demo", "Stage-1 config.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/seeds", "Parent folder of the per-seed runs.")
 

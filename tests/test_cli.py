@@ -54,3 +54,61 @@ def test_shared_train_fields_are_checked_for_both_stages(variant, key, value, me
   config.train[key] = value
   with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
     cli.check_train_config(config.train)
+
+
+CONFIG_PROGRAM = """
+from experiments import cli
+
+config = cli.define_config({default!r}, "a config")
+
+def main(argv):
+  print("steps", None if config.value is None else config.value.train.num_steps)
+
+cli.run(main)
+"""
+
+
+def _run_config_program(*args, default="experiments/configs/stage1.py:tiny"):
+  return subprocess.run([sys.executable, "-c", CONFIG_PROGRAM.format(default=default), *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args,message", [
+    # an override naming no field, at the top and nested, with ml_collections' suggestion
+    (["--config.init_dir=x"], "error: --config.init_dir: config has no field 'init_dir'."),
+    (["--config.train.num_step=5"], "error: --config.train.num_step: config.train has no field "
+                                    "'num_step'. Did you mean \"num_steps\" instead of \"num_step\"?"),
+    # the same with the config named on the command line (then ml_collections parses twice)
+    (["--config=experiments/configs/stage1.py:demo", "--config.data.nope", "3"],
+     "error: --config.data.nope: config.data has no field 'nope'."),
+    (["--config=nothere.py:demo"], "error: --config=nothere.py:demo: no config file 'nothere.py' "
+                                   f"(relative paths start at {ROOT};"),
+    (["--config=experiments/configs/stage1.py:nope"],
+     "error: unknown stage-1 config variant 'nope'; choose one of"),
+])
+def test_config_flag_mistakes_are_one_line(args, message):
+  result = _run_config_program(*args)
+  assert result.returncode == 1 and result.stdout == ""
+  assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+  assert result.stderr.strip().count("\n") == 0
+
+
+def test_config_flag_overrides_still_apply_and_other_flag_errors_keep_absl_message():
+  from experiments.configs import stage1
+  default_steps = stage1.get_config("tiny").train.num_steps
+  assert _run_config_program().stdout.split() == ["steps", str(default_steps)]
+  assert _run_config_program("--config.train.num_steps=7").stdout.split() == ["steps", "7"]
+  assert _run_config_program(default=None).stdout.split() == ["steps", "None"]  # no config
+  result = _run_config_program("--config.train.num_steps=abc")
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert ("FATAL Flags parsing error: flag --config.train.num_steps=abc: invalid literal for "
+          "int()" in result.stderr)
+
+
+def test_unknown_config_field_ignores_other_errors():
+  from experiments import cli
+  missing = KeyError("'train'")
+  assert cli.unknown_config_field(["--config.model.shape_dim=3"], AttributeError(missing)) is None
+  assert cli.unknown_config_field(["--workdir=train"], AttributeError(missing)) is None
+  assert cli.unknown_config_field(["--config.train=3"], AttributeError(missing)) == (
+      "--config.train: config has no field 'train'.")
