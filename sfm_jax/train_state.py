@@ -130,11 +130,6 @@ def squared_global_norm(tree: Any) -> jax.Array:
   return sum(jnp.sum(leaf * leaf) for leaf in jax.tree_util.tree_leaves(tree))
 
 
-def global_norm(tree: Any) -> jax.Array:
-  """The Euclidean norm of all of `tree`'s (real) leaves together, as `optax.tree.norm`."""
-  return jnp.sqrt(squared_global_norm(tree))
-
-
 class ParameterAverageState(NamedTuple):
   """`count`: int32 scalar, updates seen; `parameter_average`: a pytree like the params."""
   count: jax.Array
